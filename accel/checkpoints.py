@@ -1,0 +1,102 @@
+"""Loading the released checkpoints unchanged: local path or s3://, safetensors or torch files.
+
+torch files are read with `weights_only=True`, so a checkpoint from an untrusted place cannot run code.
+Keys are matched strictly; a mismatch is reported with the keys that are missing, unexpected or of the
+wrong shape.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from accel.api import ArgenError
+
+CACHE_DIR = Path(os.environ.get("ARGEN_CACHE", Path.home() / ".cache" / "argen"))
+
+
+def _local_copy(uri: str) -> Path:
+    """Download an s3:// object once into the cache (file name = hash of the URI, never user text)."""
+    import boto3  # the usual credential chain; AWS_ENDPOINT_URL selects an S3-compatible store
+
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise ArgenError(f"checkpoint URI {uri!r} is not of the form s3://bucket/key")
+    dest = CACHE_DIR / "checkpoints" / (hashlib.sha256(uri.encode()).hexdigest()[:32] + Path(key).suffix)
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(dest.suffix + f".part{os.getpid()}")
+        boto3.client("s3").download_file(bucket, key, str(tmp))
+        tmp.replace(dest)
+    return dest
+
+
+def read_checkpoint(path_or_uri: str | os.PathLike) -> Any:
+    """The raw object stored in a checkpoint file (a state dict, or a dict wrapping one)."""
+    uri = str(path_or_uri)
+    if uri.startswith("s3://"):
+        path = _local_copy(uri)
+    else:
+        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+    if not path.is_file():
+        raise ArgenError(f"checkpoint file {str(path)!r} does not exist; pass the path of the released file "
+                         f"(or an s3:// URI), or random_init=True for random weights")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickles with code in them are refused here
+        raise ArgenError(f"could not read {str(path)!r} as a weights-only torch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}); argen never unpickles arbitrary objects") from e
+
+
+def unwrap_state_dict(obj: Any, prefer: Iterable[str] = ("model_ema", "model", "state_dict", "module")
+                      ) -> dict[str, torch.Tensor]:
+    """The weights inside a training checkpoint: the first of `prefer` present, else the dict itself."""
+    if not isinstance(obj, Mapping):
+        raise ArgenError(f"checkpoint holds a {type(obj).__name__}, expected a dict of tensors")
+    for key in prefer:
+        if key in obj and isinstance(obj[key], Mapping):
+            return dict(obj[key])
+    return dict(obj)
+
+
+def _short(items: list[str], n: int = 12) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def check_keys(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise listing every missing / unexpected / wrong-shape key (strict matching, buffers included)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
+                   for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes: {_short(wrong)}")
+        raise ArgenError(f"{what} does not match the model: " + "; ".join(parts)
+                         + ". Check that the checkpoint is the one released for this model name.")
+
+
+def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    check_keys(module, state_dict, what)
+    module.load_state_dict(state_dict, strict=True)
+
+
+def save_safetensors(module_or_state: torch.nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata=metadata)

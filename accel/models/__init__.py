@@ -1,0 +1,46 @@
+"""Generator networks, one file per family, in the official state_dict layout.
+
+Each family module exposes `CONFIGS` (model name -> config), `build_model(name)` (the network alone,
+buildable under torch.device("meta")) and `make_generator(name, accel=..., ...)`.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+FAMILIES = ("var", "llamagen", "mar")
+
+
+def _family_module(family: str):
+    return importlib.import_module(f"accel.models.{family}")
+
+
+def known_model_names() -> list[str]:
+    names = []
+    for family in FAMILIES:
+        try:
+            names.extend(_family_module(family).CONFIGS)
+        except ModuleNotFoundError as e:  # a family not built yet; never hide errors inside a module
+            if e.name != f"accel.models.{family}":
+                raise
+    return sorted(names)
+
+
+def family_of(name: str) -> str:
+    from accel.api import ArgenError
+
+    family = str(name).split("_", 1)[0]
+    if family in FAMILIES:
+        try:
+            if name in _family_module(family).CONFIGS:
+                return family
+        except ModuleNotFoundError as e:
+            if e.name != f"accel.models.{family}":
+                raise
+    raise ArgenError(f"unknown model {name!r}; known models: {', '.join(known_model_names())}")
+
+
+def build_model(name: str) -> torch.nn.Module:
+    """The generator network with the official keys and shapes (works under torch.device('meta'))."""
+    return _family_module(family_of(name)).build_model(name)

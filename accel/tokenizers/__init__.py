@@ -1,0 +1,21 @@
+"""Image tokenizers in the official state_dict layout: `var_vqvae`, `llamagen_vq16`, `mar_kl16`."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+# tokenizer name -> module that builds it
+TOKENIZERS = {
+    "var_vqvae": "accel.tokenizers.msvq",
+    "llamagen_vq16": "accel.tokenizers.vq",
+    "mar_kl16": "accel.tokenizers.kl_vae",
+}
+
+
+def build_tokenizer(name: str, **kwargs) -> torch.nn.Module:
+    from accel.api import ArgenError
+
+    if name not in TOKENIZERS:
+        raise ArgenError(f"unknown tokenizer {name!r}; known: {sorted(TOKENIZERS)}")
+    return importlib.import_module(TOKENIZERS[name]).build_tokenizer(name, **kwargs)

@@ -1,0 +1,45 @@
+"""`argen bench [suite] [key=value ...]`: speed and quality benchmarks, ratios measured in one run.
+
+Benchmarks are not tests. Each suite prints a markdown table; the figures and the exact command go
+into docs/BENCHMARKS.md. With no suite, every suite runs in turn with its defaults.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUITES = {
+    "var": "jobs.benches.var",            # accel=none vs fastvar
+    "llamagen": "jobs.benches.llamagen",  # plain AR vs speculative / LANTERN / SJD
+    "mar": "jobs.benches.mar",            # accel=none vs lazymar
+    "pipeline": "jobs.benches.pipeline",  # bare generator vs the whole pipeline
+}
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    out = {}
+    for a in args:
+        key, eq, value = a.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"argen bench: expected key=value, got {a!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    suites = []
+    while argv and "=" not in argv[0]:
+        suites.append(argv.pop(0))
+    for s in suites:
+        if s not in SUITES:
+            raise SystemExit(f"argen bench: unknown suite {s!r}; known: {', '.join(SUITES)}")
+    for s in suites or list(SUITES):
+        module = importlib.import_module(SUITES[s])
+        print(f"\n## bench {s}\n", flush=True)
+        module.run(parse_overrides(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""`argen <job> [hydra overrides]`: the same as `python -m jobs.<job> [overrides]`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+JOBS = {
+    "generate": "jobs.generate",
+    "evaluate": "jobs.evaluate",
+    "submit": "jobs.submit",
+    "bench": "jobs.bench",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: argen <job> [hydra overrides]\n\njobs:")
+        for name in JOBS:
+            print(f"  {name}")
+        print("\nexample: argen generate model=var_tiny model.random_init=true output.uri=/tmp/run")
+        return 0 if argv else 2
+    job = argv.pop(0)
+    if job not in JOBS:
+        print(f"argen: unknown job {job!r}; known jobs: {', '.join(JOBS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(JOBS[job])
+    sys.argv = [f"argen {job}"] + argv  # Hydra parses sys.argv
+    result = module.main()
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
