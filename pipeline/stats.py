@@ -1,0 +1,174 @@
+"""Per-shard stats records (the shard's commit marker), the manifest and the run's totals.
+
+A shard exists only when `shards/NNNNNN.stats.json` exists; it is written last, after the tar
+and the features. The manifest is one row per committed shard; the report holds the totals.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+STATS_FIELDS = (
+    "shard", "count", "attempt", "worker", "device", "model", "accel",
+    "started_at", "finished_at", "seconds", "generate_seconds", "encode_seconds", "write_seconds",
+    "images_per_second", "flops", "counters", "bytes", "sha256", "quality",
+)
+TIMING_KEYS = ("seconds", "images", "flops")  # generate() stats that are not method counters
+
+MANIFEST_COLUMNS = ("shard", "count", "tar", "bytes", "sha256", "first_key", "last_key", "seconds",
+                    "generate_seconds", "images_per_second", "flops", "worker", "attempt", "finished_at")
+
+
+def shard_tar_key(shard: int) -> str:
+    return f"shards/{shard:06d}.tar"
+
+
+def shard_stats_key(shard: int) -> str:
+    return f"shards/{shard:06d}.stats.json"
+
+
+def shard_features_key(shard: int) -> str:
+    return f"shards/{shard:06d}.features.npy"
+
+
+def shard_of_stats_key(key: str) -> int | None:
+    """shards/000012.stats.json -> 12; anything else -> None."""
+    if not (key.startswith("shards/") and key.endswith(".stats.json")):
+        return None
+    stem = key[len("shards/"):-len(".stats.json")]
+    return int(stem) if len(stem) == 6 and stem.isdigit() else None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class CounterMerger:
+    """Merges the method counters of a shard's generate() calls.
+
+    Integer counters are summed; float counters (rates, fractions, mean lengths) are averaged,
+    weighted by the number of images of each call.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weighted: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, stats: dict[str, Any]) -> None:
+        images = float(stats.get("images", 1) or 1)
+        for k, v in stats.items():
+            if k in TIMING_KEYS or isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                continue
+            if isinstance(v, (int, np.integer)):
+                self.sums[k] = self.sums.get(k, 0) + int(v)
+            else:
+                self.weighted[k] = self.weighted.get(k, 0.0) + float(v) * images
+                self.weights[k] = self.weights.get(k, 0.0) + images
+
+    def result(self) -> dict[str, float]:
+        out: dict[str, float] = dict(self.sums)
+        for k, total in self.weighted.items():
+            out[k] = total / self.weights[k] if self.weights[k] else 0.0
+        return dict(sorted(out.items()))
+
+
+def image_moments(images: np.ndarray) -> tuple[float, float, int]:
+    """(sum, sum of squares, count) of pixel values, for a streaming mean/std."""
+    x = images.astype(np.float64, copy=False)
+    return float(x.sum()), float(np.square(x).sum()), int(x.size)
+
+
+def moments_to_mean_std(total: float, total_sq: float, n: int) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 0.0
+    mean = total / n
+    return mean, math.sqrt(max(total_sq / n - mean * mean, 0.0))
+
+
+def check_stats(record: dict[str, Any]) -> list[str]:
+    """Problems with a stats record (empty list: it is complete)."""
+    problems = [f"missing field {f!r}" for f in STATS_FIELDS if f not in record]
+    if not problems:
+        if not isinstance(record["count"], int) or record["count"] < 1:
+            problems.append(f"count={record['count']!r}")
+        if not isinstance(record["sha256"], str) or len(record["sha256"]) != 64:
+            problems.append(f"sha256={record['sha256']!r}")
+    return problems
+
+
+def dumps_stats(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
+
+
+def manifest_row(record: dict[str, Any]) -> dict[str, Any]:
+    shard, count = int(record["shard"]), int(record["count"])
+    return {
+        "shard": shard, "count": count, "tar": shard_tar_key(shard), "bytes": int(record["bytes"]),
+        "sha256": record["sha256"], "first_key": f"{shard:06d}_{0:06d}", "last_key": f"{shard:06d}_{count - 1:06d}",
+        "seconds": float(record["seconds"]), "generate_seconds": float(record["generate_seconds"]),
+        "images_per_second": float(record["images_per_second"]), "flops": float(record["flops"]),
+        "worker": str(record["worker"]), "attempt": int(record["attempt"]), "finished_at": str(record["finished_at"]),
+    }
+
+
+def manifest_parquet(records: Iterable[dict[str, Any]]) -> bytes:
+    """manifest.parquet bytes: one row per committed shard, sorted by shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = sorted((manifest_row(r) for r in records), key=lambda r: r["shard"])
+    schema = pa.schema([
+        ("shard", pa.int64()), ("count", pa.int64()), ("tar", pa.string()), ("bytes", pa.int64()),
+        ("sha256", pa.string()), ("first_key", pa.string()), ("last_key", pa.string()),
+        ("seconds", pa.float64()), ("generate_seconds", pa.float64()), ("images_per_second", pa.float64()),
+        ("flops", pa.float64()), ("worker", pa.string()), ("attempt", pa.int64()), ("finished_at", pa.string()),
+    ])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"min": min(values), "median": statistics.median(values), "mean": statistics.fmean(values),
+            "max": max(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def summarize(records: Sequence[dict[str, Any]], new_records: Sequence[dict[str, Any]], seconds: float,
+              planned_shards: int, planned_images: int) -> dict[str, Any]:
+    """report.json's totals.
+
+    images / shards: what the output holds now. seconds: this run's wall time;
+    images_per_second: images generated by this run / seconds. per_shard: spread over the shards
+    generated by this run (all shards when this run generated none).
+    """
+    new_images = sum(int(r["count"]) for r in new_records)
+    basis = new_records or records
+    return {
+        "images": sum(int(r["count"]) for r in records),
+        "shards": len(records),
+        "planned_images": planned_images,
+        "planned_shards": planned_shards,
+        "complete": len(records) == planned_shards,
+        "generated_images": new_images,
+        "generated_shards": len(new_records),
+        "seconds": seconds,
+        "images_per_second": new_images / seconds if seconds > 0 else 0.0,
+        "generate_seconds": sum(float(r["generate_seconds"]) for r in new_records),
+        "flops": sum(float(r["flops"]) for r in records),
+        "bytes": sum(int(r["bytes"]) for r in records),
+        "retried_shards": sum(1 for r in new_records if int(r["attempt"]) > 0),
+        "per_shard": {
+            "images_per_second": _spread([float(r["images_per_second"]) for r in basis]),
+            "seconds": _spread([float(r["seconds"]) for r in basis]),
+        },
+    }

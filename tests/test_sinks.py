@@ -1,0 +1,118 @@
+"""LocalSink and S3Sink (real HTTP to a moto server on 127.0.0.1)."""
+from __future__ import annotations
+
+import os
+
+import boto3
+import pytest
+
+from accel.api import ArgenError
+from pipeline.sinks import LocalSink, S3Settings, S3Sink, open_sink, redact_url
+
+
+def test_local_sink_roundtrip(tmp_path):
+    sink = open_sink(str(tmp_path / "out"))
+    assert isinstance(sink, LocalSink)
+    sink.preflight()
+    assert sink.list() == []  # the probe is gone
+    sink.write("shards/000001.tar", b"abc")
+    sink.write("run.json", b"{}")
+    sink.write("shards/000001.tar", b"abcd")  # overwrite is a whole-object replace
+    assert sink.read("shards/000001.tar") == b"abcd"
+    assert sink.list() == ["run.json", "shards/000001.tar"]
+    assert sink.list("shards/") == ["shards/000001.tar"]
+    assert sink.exists("run.json") and not sink.exists("nope")
+    # no temporary files are left behind
+    assert sorted(os.listdir(tmp_path / "out" / "shards")) == ["000001.tar"]
+    sink.delete("run.json")
+    sink.delete("run.json")
+    assert not sink.exists("run.json")
+    assert isinstance(open_sink(f"file://{tmp_path}/o2"), LocalSink)
+
+
+def test_local_sink_rejects(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ArgenError, match="is a file, not a folder"):
+        LocalSink(tmp_path / "f").preflight()
+    with pytest.raises(ArgenError, match="scheme 'gs'"):
+        open_sink("gs://bucket/x")
+    with pytest.raises(ArgenError, match="output.uri is empty"):
+        open_sink("")
+    with pytest.raises(ValueError, match="bad object key"):
+        LocalSink(tmp_path).write("../escape", b"")
+
+
+def test_settings():
+    assert S3Settings(endpoint_url="http://x").checksum_mode() == "when_required"
+    assert S3Settings().checksum_mode() == "when_supported"
+    assert S3Settings(checksum="when_supported", endpoint_url="http://x").checksum_mode() == "when_supported"
+    with pytest.raises(ArgenError, match="storage.checksum='sometimes'"):
+        S3Settings.from_config({"checksum": "sometimes"})
+    assert redact_url("http://user:pw@host:9000/x") == "http://host:9000/x"
+
+
+def sink_for(endpoint, bucket, prefix="run/a", **kw):
+    return S3Sink(f"s3://{bucket}/{prefix}", S3Settings(endpoint_url=endpoint, region="us-east-1", **kw))
+
+
+@pytest.mark.slow
+def test_s3_sink_roundtrip_and_multipart(s3_bucket):
+    endpoint, bucket = s3_bucket
+    sink = sink_for(endpoint, bucket, multipart_threshold_mb=5, multipart_chunksize_mb=5)
+    sink.preflight()
+    assert sink.list() == []
+    small, big = b"x" * 100, os.urandom(11 * 1024 * 1024)  # big: 3 parts
+    sink.write("shards/000000.tar", big)
+    sink.write("run.json", small)
+    assert sink.read("shards/000000.tar") == big
+    assert sink.list() == ["run.json", "shards/000000.tar"]
+    assert sink.list("shards/") == ["shards/000000.tar"]
+    assert sink.exists("run.json") and not sink.exists("shards/000001.tar")
+    head = boto3.client("s3", endpoint_url=endpoint).head_object(Bucket=bucket, Key="run/a/shards/000000.tar")
+    assert head["ETag"].strip('"').endswith("-3")  # it really was a multipart upload
+    assert sink.incomplete_uploads() == []
+    sink.delete("run.json")
+    assert sink.list() == ["shards/000000.tar"]
+
+
+@pytest.mark.slow
+def test_s3_multipart_failure_aborts(s3_bucket, monkeypatch):
+    endpoint, bucket = s3_bucket
+    sink = sink_for(endpoint, bucket, multipart_threshold_mb=5, multipart_chunksize_mb=5, max_concurrency=1)
+    client = sink.client
+    real = client.upload_part
+    calls = []
+
+    def flaky(**kw):
+        calls.append(kw["PartNumber"])
+        if kw["PartNumber"] == 2:
+            raise ConnectionError("network dropped (test)")
+        return real(**kw)
+
+    monkeypatch.setattr(client, "upload_part", flaky)
+    with pytest.raises(ConnectionError):
+        sink.write("shards/000000.tar", b"y" * (11 * 1024 * 1024))
+    assert 2 in calls
+    assert not sink.exists("shards/000000.tar")  # nothing half-written is visible
+    assert sink.incomplete_uploads() == []       # and the upload was aborted
+
+
+@pytest.mark.slow
+def test_s3_preflight_errors(s3_bucket, monkeypatch):
+    endpoint, bucket = s3_bucket
+    with pytest.raises(ArgenError, match="bucket 'argen-no-such-bucket' does not exist"):
+        sink_for(endpoint, "argen-no-such-bucket").preflight()
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ArgenError, match="no S3 credentials") as e:
+        sink_for(endpoint, bucket).preflight()
+    assert "testing" not in str(e.value)
+
+
+def test_s3_sink_pickles_without_client():
+    import pickle
+
+    sink = S3Sink("s3://bucket-x/p/", S3Settings(endpoint_url="http://127.0.0.1:1"))
+    assert sink.uri == "s3://bucket-x/p"
+    clone = pickle.loads(pickle.dumps(sink))
+    assert clone._client is None and clone.bucket == "bucket-x" and clone.prefix == "p"
