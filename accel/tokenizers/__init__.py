@@ -10,6 +10,7 @@ TOKENIZERS = {
     "var_vqvae": "accel.tokenizers.msvq",
     "llamagen_vq16": "accel.tokenizers.vq",
     "mar_kl16": "accel.tokenizers.kl_vae",
+    "var_vqvae_tiny": "accel.tokenizers.msvq",  # narrow, same structure: tests and CPU benchmarks
 }
 
 

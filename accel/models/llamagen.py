@@ -1,0 +1,552 @@
+"""LlamaGen class-conditional generators (Sun et al. 2024), in the official c2i layout.
+
+A plain Llama decoder over VQ-16 codes: a class token, then the image tokens in raster order, 2D
+RoPE, SwiGLU, RMSNorm, no biases. The module tree and parameter names follow the released
+`c2i_*.pt` files exactly, so those files load with strict key matching.
+
+Model names (`CONFIGS`):
+
+    llamagen_b   llamagen_l   llamagen_xl   llamagen_xxl   llamagen_3b        16x16 grid, 256 px
+    llamagen_b_384 ... llamagen_3b_384                                         24x24 grid, 384 px
+    llamagen_tiny        random-init test model: official structure, 2 narrow layers, 16x16 grid
+    llamagen_tiny_draft  an even smaller random-init model with the same vocabulary and grid,
+                         the default drafter of llamagen_tiny for speculative decoding
+
+Released files: c2i_B_256.pt -> llamagen_b, c2i_B_384.pt -> llamagen_b_384, c2i_L_256.pt ->
+llamagen_l, c2i_L_384.pt -> llamagen_l_384, c2i_XL_384.pt -> llamagen_xl_384, c2i_XXL_384.pt ->
+llamagen_xxl_384, c2i_3B_384.pt -> llamagen_3b_384 (DDP files hold the weights under "model", the
+FSDP ones (XXL, 3B) are a bare state dict; both are read). Tokenizer: vq_ds16_c2i.pt.
+
+Sampling (`generate_tokens`) is the official loop: CFG by batch doubling with the null class
+`num_classes`, the same token fed to both halves, guidance on logits, then temperature, top-k and
+top-p, `cfg_interval`, a static KV cache. Accelerations plug in through two hooks only: the
+`KVCache` object (per-row positions, so speculative decoding rolls a row back by just moving its
+length) and the acceptance rule of accel/methods/speculative.py.
+
+Options (`load_generator(..., **options)`): cfg (guidance scale; default per model as in the
+paper's FID runs), cfg_interval (-1), temperature (1.0), top_k (0 = off), top_p (1.0), greedy
+(False; True = argmax, the official `sample_logits=False`). Speculative options are listed in
+accel/methods/speculative.py.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from accel import flops as F_
+from accel.api import ArgenError, BaseGenerator, check_option_names, require_weights, seeded_init
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - (n % k)
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: Optional[int] = None
+    multiple_of: int = 256            # SwiGLU hidden size is rounded up to this
+    ffn_dim_multiplier: Optional[float] = None
+    rope_base: float = 10000
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1   # > 0 gives the embedding table its null row (index num_classes)
+    vocab_size: int = 16384
+    cls_token_num: int = 1
+    block_size: int = 256             # image tokens: (image_size / 16) ** 2
+
+
+@dataclass
+class LlamaGenConfig:
+    """A named generator: network shape, image size, tokenizer and sampling defaults."""
+    args: ModelArgs
+    image_size: int
+    cfg: float                        # guidance scale used for the paper's FID numbers
+    tokenizer: dict = field(default_factory=dict)   # kwargs of accel.tokenizers.vq.build_tokenizer
+    default_drafter: str = "sjd"
+    random_init_only: bool = False
+
+    @property
+    def grid(self) -> int:
+        return int(math.isqrt(self.args.block_size))
+
+
+_SIZES = {  # n_layer, n_head, dim (gpt.py GPT_B ... GPT_3B), cfg of the FID runs
+    "b": (12, 12, 768, 2.0),
+    "l": (24, 16, 1024, 2.0),
+    "xl": (36, 20, 1280, 1.75),
+    "xxl": (48, 24, 1536, 1.75),
+    "3b": (24, 32, 3200, 1.65),
+}
+# the tiny models get a narrow tokenizer too, so that decoding is cheap on a CPU
+TINY_TOKENIZER = {"ch": 32, "ch_mult": (1, 1, 2, 2, 2), "num_res_blocks": 1, "z_channels": 32}
+
+CONFIGS: dict[str, LlamaGenConfig] = {}
+for _size, (_layers, _heads, _dim, _cfg) in _SIZES.items():
+    for _px in (256, 384):
+        _name = f"llamagen_{_size}" + ("" if _px == 256 else "_384")
+        CONFIGS[_name] = LlamaGenConfig(
+            ModelArgs(n_layer=_layers, n_head=_heads, dim=_dim, block_size=(_px // 16) ** 2),
+            image_size=_px, cfg=_cfg,
+            default_drafter="sjd" if _size == "b" else ("llamagen_b" if _px == 256 else "llamagen_b_384"))
+CONFIGS["llamagen_tiny"] = LlamaGenConfig(
+    ModelArgs(n_layer=2, n_head=4, dim=64, multiple_of=32, block_size=256),
+    image_size=256, cfg=2.0, tokenizer=TINY_TOKENIZER, default_drafter="llamagen_tiny_draft",
+    random_init_only=True)
+CONFIGS["llamagen_tiny_draft"] = LlamaGenConfig(
+    ModelArgs(n_layer=1, n_head=2, dim=32, multiple_of=32, block_size=256),
+    image_size=256, cfg=2.0, tokenizer=TINY_TOKENIZER, random_init_only=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Network (module names = state_dict keys of the release)
+# ----------------------------------------------------------------------------------------------
+class LabelEmbedder(nn.Module):
+    """Class id -> one condition token. Row `num_classes` is the null class used for CFG."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+        self.num_classes = num_classes
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels).unsqueeze(1)  # [B, 1, dim]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # normalised in fp32, then cast back
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        hidden = int(2 * (4 * args.dim) / 3)
+        if args.ffn_dim_multiplier is not None:
+            hidden = int(args.ffn_dim_multiplier * hidden)
+        hidden = find_multiple(hidden, args.multiple_of)
+        self.w1 = nn.Linear(args.dim, hidden, bias=False)
+        self.w3 = nn.Linear(args.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, args.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class KVCache:
+    """Static keys/values for every layer, [B, n_kv_head, max_seq, head_dim], written at per-row positions.
+
+    Row b's valid length is whatever the caller says it is: a query at position p only sees keys at
+    positions <= p, so entries left beyond a row's length (rejected draft tokens) are invisible and are
+    overwritten by the next write. Rolling a row back therefore costs nothing.
+    """
+
+    def __init__(self, args: ModelArgs, batch: int, max_seq: int, dtype: torch.dtype, device: torch.device):
+        head_dim = args.dim // args.n_head
+        n_kv = args.n_kv_head or args.n_head
+        self.max_seq = find_multiple(max_seq, 8)
+        shape = (batch, n_kv, self.max_seq, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layer)]
+        self.kv_len = 0  # keys [0, kv_len) take part in the current forward
+
+    def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        # input_pos [B, T]; k, v [B, H, T, D]
+        idx = input_pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+        self.k[layer].scatter_(2, idx, k.to(self.k[layer].dtype))
+        self.v[layer].scatter_(2, idx, v.to(self.v[layer].dtype))
+        return self.k[layer][:, :, :self.kv_len], self.v[layer][:, :, :self.kv_len]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dim, self.n_head = args.dim, args.n_head
+        self.head_dim = args.dim // args.n_head
+        self.n_kv_head = args.n_kv_head or args.n_head
+        self.wqkv = nn.Linear(args.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.dim, args.dim, bias=False)
+
+    def forward(self, x, freqs_cis, mask=None, cache: KVCache | None = None, layer: int = 0, input_pos=None):
+        B, T, _ = x.shape
+        kv_size = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
+        q = apply_rotary_emb(q.view(B, T, self.n_head, self.head_dim), freqs_cis)
+        k = apply_rotary_emb(k.view(B, T, self.n_kv_head, self.head_dim), freqs_cis)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, input_pos, k, v)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.dim))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x, freqs_cis, mask=None, cache=None, layer=0, input_pos=None):
+        h = x + self.attention(self.attention_norm(x), freqs_cis, mask, cache, layer, input_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.config = args
+        self.cls_token_num, self.num_classes, self.vocab_size = args.cls_token_num, args.num_classes, args.vocab_size
+        self.block_size = args.block_size
+        self.cls_embedding = LabelEmbedder(args.num_classes, args.dim, args.class_dropout_prob)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layer))
+        self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        grid = int(math.isqrt(args.block_size))
+        if grid * grid != args.block_size:
+            raise ArgenError(f"block_size={args.block_size} is not a square token grid")
+        # a plain attribute, not a buffer: the release has no such key
+        self.freqs_cis = precompute_freqs_cis_2d(grid, args.dim // args.n_head, args.rope_base, args.cls_token_num)
+
+    def init_weights(self, zero_output: bool = True) -> None:
+        """The official init (normal(0, 0.02), output head zeroed). Random-init generators keep a
+        random output head, otherwise every token would be equally likely."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=self.config.initializer_range)
+        if zero_output:
+            nn.init.zeros_(self.output.weight)
+
+    def _freqs(self, pos: torch.Tensor, device) -> torch.Tensor:
+        if self.freqs_cis.device != device:
+            self.freqs_cis = self.freqs_cis.to(device)
+        # positions past the grid (padding of finished rows in speculative decoding) reuse the last
+        # row; their outputs are thrown away and their keys are never seen by a valid query
+        return self.freqs_cis[pos.clamp(max=self.freqs_cis.shape[0] - 1)]
+
+    def forward(self, idx: torch.Tensor | None, cond_idx: torch.Tensor | None,
+                input_pos: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [B, T, V] (fp32).
+
+        Full (training-style) forward: idx [B, T] image tokens and cond_idx [B] class ids, no cache;
+        returns the logits of all cls_token_num + T positions (position i predicts image token
+        i - cls_token_num + 1).
+        Cached: either cond_idx (prefill) or idx (decode) with input_pos [B, T] (or [T]) and a cache.
+        """
+        if cache is None:
+            h = torch.cat([self.cls_embedding(cond_idx)[:, :self.cls_token_num], self.tok_embeddings(idx)], dim=1)
+            freqs = self._freqs(torch.arange(h.shape[1], device=h.device), h.device)
+            mask = None
+        else:
+            h = self.cls_embedding(cond_idx)[:, :self.cls_token_num] if cond_idx is not None else self.tok_embeddings(idx)
+            B, T = h.shape[:2]
+            if input_pos.dim() == 1:
+                input_pos = input_pos[None].expand(B, -1)
+            cache.kv_len = int(input_pos.max()) + 1
+            if cache.kv_len > cache.max_seq:
+                raise ArgenError(f"position {cache.kv_len - 1} is past the KV cache length {cache.max_seq}")
+            keys = torch.arange(cache.kv_len, device=h.device)
+            mask = (keys[None, None, :] <= input_pos[:, :, None])[:, None]  # [B, 1, T, kv_len]
+            freqs = self._freqs(input_pos, h.device)                          # [B, T, hd/2, 2]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, freqs, mask, cache, i, input_pos)
+        return self.output(self.norm(h)).float()
+
+    def forward_flops(self, rows: int, n_q: int, n_kv: int) -> float:
+        """Analytic FLOPs of one forward: `rows` sequences, n_q new tokens each, n_kv keys attended."""
+        a = self.config
+        head_dim, n_kv_head = a.dim // a.n_head, a.n_kv_head or a.n_head
+        hidden = self.layers[0].feed_forward.w1.out_features if len(self.layers) else 0
+        n = rows * n_q
+        per_layer = (F_.linear(n, a.dim, (a.n_head + 2 * n_kv_head) * head_dim)
+                     + rows * F_.attention(n_q, n_kv, a.dim)
+                     + F_.linear(n, a.dim, a.dim)
+                     + 3 * F_.linear(n, a.dim, hidden))
+        return a.n_layer * per_layer + F_.linear(n, a.dim, a.vocab_size)
+
+
+def precompute_freqs_cis_2d(grid_size: int, n_elem: int, base: float = 10000, cls_token_num: int = 1) -> torch.Tensor:
+    """cos/sin table [cls_token_num + grid^2, n_elem/2, 2] for 2D RoPE.
+
+    The first half of the rotated pairs turn with the row index, the second half with the column
+    index. The condition positions get cos = sin = 0, so their queries and keys are zero after RoPE
+    (as in the release: the condition acts only through its value vector).
+    """
+    half = n_elem // 2
+    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2, device="cpu")[: half // 2].float() / half))
+    angles_1d = torch.outer(torch.arange(grid_size, device="cpu").float(), inv_freq)  # [grid, half/2]
+    rows = angles_1d[:, None, :].expand(-1, grid_size, -1)
+    cols = angles_1d[None, :, :].expand(grid_size, -1, -1)
+    angles = torch.cat([rows, cols], dim=-1).flatten(0, 1)                             # [grid^2, half]
+    table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+    return torch.cat([torch.zeros(cls_token_num, half, 2, device="cpu"), table])
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]). x [B, T, H, D]; freqs [T, D/2, 2] or [B, T, D/2, 2]."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    f = freqs_cis.view(1, *freqs_cis.shape) if freqs_cis.dim() == 3 else freqs_cis
+    f = f[:, :, None]  # broadcast over heads
+    out = torch.stack([xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1],
+                       xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+def build_model(name: str) -> Transformer:
+    """The network with the official keys and shapes; no init work (fine under torch.device('meta'))."""
+    return Transformer(get_config(name).args)
+
+
+def get_config(name: str) -> LlamaGenConfig:
+    if name not in CONFIGS:
+        raise ArgenError(f"unknown LlamaGen model {name!r}; known: {', '.join(CONFIGS)}")
+    return CONFIGS[name]
+
+
+def load_model(name: str, checkpoint: str | None, random_init: bool, device: torch.device, seed: int = 0) -> Transformer:
+    """Released weights (strict keys) or, with random_init=True only, a seeded random init."""
+    if checkpoint is not None:
+        from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
+
+        with torch.device("meta"):
+            model = build_model(name)
+        state = unwrap_state_dict(read_checkpoint(checkpoint), prefer=("model", "module", "state_dict"))
+        state.pop("freqs_cis", None)  # derived RoPE table, present in some training dumps; not a weight
+        model = model.to_empty(device="cpu")
+        load_strict(model, state, f"checkpoint {checkpoint!r} for {name}")
+    else:
+        require_weights(name, None, None, random_init, needs_tokenizer=False)
+        with seeded_init(seed):
+            model = build_model(name)
+            model.init_weights(zero_output=False)
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# The official sampling loop
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SamplingOptions:
+    cfg: float = 1.0
+    cfg_interval: float = -1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+
+    def check(self, num_vocab: int) -> None:
+        if not (isinstance(self.cfg, (int, float)) and math.isfinite(self.cfg)):
+            raise ArgenError(f"cfg={self.cfg!r} is not a number; pass a guidance scale such as 2.0 (<= 1 turns CFG off)")
+        if self.temperature < 0:
+            raise ArgenError(f"temperature={self.temperature} is negative; pass a value >= 0 (1.0 is the default)")
+        if not 0 <= int(self.top_k) <= num_vocab:
+            raise ArgenError(f"top_k={self.top_k} is outside [0, {num_vocab}]; 0 turns top-k off")
+        if not 0 < self.top_p <= 1:
+            raise ArgenError(f"top_p={self.top_p} is outside (0, 1]; 1.0 turns nucleus filtering off")
+
+    def uses_cfg(self, token_index: int) -> bool:
+        """CFG for image token t: always when cfg_interval = -1, else while t - 1 <= cfg_interval
+        (the official decode step i produces token i + 1 and drops guidance once i > cfg_interval)."""
+        return self.cfg > 1.0 and (self.cfg_interval <= -1 or token_index - 1 <= self.cfg_interval)
+
+
+def top_k_top_p_filtering(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit below the k-th largest, then outside the smallest set whose
+    probability reaches top_p (that set always keeps the most likely token). Works on [..., V]."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum > top_p
+        drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()  # keep the token that crosses top_p
+        drop_sorted[..., 0] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def logits_to_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    logits = logits / max(opts.temperature, 1e-5)
+    if opts.top_k > 0 or opts.top_p < 1.0:
+        logits = top_k_top_p_filtering(logits, int(opts.top_k), opts.top_p)
+    return logits.softmax(-1)
+
+
+def guided_logits(logits: torch.Tensor, opts: SamplingOptions, token_index: torch.Tensor | int) -> torch.Tensor:
+    """[2B, ..., V] (cond rows, then null rows) -> [B, ..., V]. token_index: int, or [B, T] per position."""
+    if opts.cfg <= 1.0:
+        return logits
+    cond, uncond = logits.chunk(2, dim=0)
+    mixed = uncond + (cond - uncond) * opts.cfg
+    if opts.cfg_interval <= -1:
+        return mixed
+    if isinstance(token_index, int):
+        return mixed if opts.uses_cfg(token_index) else cond
+    use = (token_index - 1 <= opts.cfg_interval)[..., None]  # [B, T, 1]
+    return torch.where(use, mixed, cond)
+
+
+def cfg_rows(x: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """Feed the same tokens (or positions) to the conditional and the unconditional half."""
+    return torch.cat([x, x]) if opts.cfg > 1.0 else x
+
+
+class CFGModel:
+    """A Transformer with its KV cache and CFG doubling: the object that both the plain loop and
+    speculative decoding drive. Rows are samples (the null half is handled inside)."""
+
+    def __init__(self, model: Transformer, opts: SamplingOptions, batch: int, max_seq: int, flops: F_.FlopCounter,
+                 component: str):
+        self.model, self.opts, self.flops, self.component = model, opts, flops, component
+        dtype = next(model.parameters()).dtype
+        device = next(model.parameters()).device
+        self.rows = batch * (2 if opts.cfg > 1.0 else 1)
+        self.cache = KVCache(model.config, self.rows, max_seq, dtype, device)
+        self.device = device
+        self.calls = 0
+
+    def prefill(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class tokens at positions [0, cls_token_num) -> guided logits [B, V] for image token 0."""
+        cond = torch.cat([labels, torch.full_like(labels, self.model.num_classes)]) if self.opts.cfg > 1.0 else labels
+        T = self.model.cls_token_num
+        pos = torch.arange(T, device=self.device)
+        logits = self.model(None, cond, pos, cache=self.cache)[:, -1]
+        self._count(T)
+        return guided_logits(logits, self.opts, 0)
+
+    def decode(self, tokens: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] holding image tokens token_index [B, T] -> guided logits [B, T, V]; the logits at
+        (b, t) predict image token token_index[b, t] + 1."""
+        pos = token_index + self.model.cls_token_num
+        logits = self.model(cfg_rows(tokens, self.opts), None, cfg_rows(pos, self.opts), cache=self.cache)
+        self._count(tokens.shape[1])
+        return guided_logits(logits, self.opts, token_index + 1)
+
+    def _count(self, n_q: int) -> None:
+        self.calls += 1
+        self.flops.add(self.component, self.model.forward_flops(self.rows, n_q, self.cache.kv_len))
+
+
+def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Generator],
+         rows: list[int] | None = None) -> torch.Tensor:
+    """One token per row: argmax when greedy, else a draw with that row's generator. probs [B, V]."""
+    if opts.greedy:
+        return probs.argmax(-1)
+    rows = range(probs.shape[0]) if rows is None else rows
+    out = probs.argmax(-1)  # rows not listed keep a placeholder
+    for b in rows:
+        out[b] = torch.multinomial(probs[b].float(), 1, generator=generators[b])[0]
+    return out
+
+
+def generate_tokens(model: Transformer, labels: torch.Tensor, opts: SamplingOptions,
+                    generators: list[torch.Generator], flops: F_.FlopCounter | None = None) -> torch.Tensor:
+    """The official loop (accel=none): prefill samples token 0, then one cached step per token."""
+    flops = flops if flops is not None else F_.FlopCounter()
+    B, N = labels.shape[0], model.block_size
+    runner = CFGModel(model, opts, B, model.cls_token_num + N, flops, "target")
+    seq = torch.empty(B, N, dtype=torch.long, device=labels.device)
+    seq[:, 0] = pick(logits_to_probs(runner.prefill(labels), opts), opts, generators)
+    for t in range(1, N):
+        index = torch.full((B, 1), t - 1, device=labels.device, dtype=torch.long)
+        logits = runner.decode(seq[:, t - 1:t], index)[:, -1]
+        seq[:, t] = pick(logits_to_probs(logits, opts), opts, generators)
+    return seq
+
+
+# ----------------------------------------------------------------------------------------------
+# The generator
+# ----------------------------------------------------------------------------------------------
+SAMPLING_OPTIONS = ("cfg", "cfg_interval", "temperature", "top_k", "top_p", "greedy")
+
+
+class LlamaGenGenerator(BaseGenerator):
+    family = "llamagen"
+    supported_accels = ("none", "speculative", "lantern", "sjd")
+
+    def __init__(self, *, name, accel, model, tokenizer, device, config: LlamaGenConfig, opts: SamplingOptions,
+                 decoder=None):
+        super().__init__(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
+                         image_size=config.image_size, num_classes=config.args.num_classes)
+        self.config, self.opts, self.decoder = config, opts, decoder
+
+    def _sample(self, conditions, generators):
+        flops = F_.FlopCounter()
+        labels = torch.tensor(conditions, dtype=torch.long, device=self.device)
+        B, N = len(conditions), self.model.block_size
+        if self.decoder is None:
+            tokens = generate_tokens(self.model, labels, self.opts, generators, flops)
+            counters = {"accepted_length": 1.0, "target_forwards_per_image": float(N),
+                        "target_forward_calls": float(N), "drafter_forwards_per_image": 0.0}
+        else:
+            tokens, counters = self.decoder.generate(labels, generators, flops)
+        images = decode_tokens(self.tokenizer, tokens, self.config.grid, flops)
+        return images.float().clamp(-1, 1), {**flops.per_image(B), **counters}
+
+
+def decode_tokens(tokenizer, tokens: torch.Tensor, grid: int, flops: F_.FlopCounter | None = None) -> torch.Tensor:
+    B = tokens.shape[0]
+    embed_dim = tokenizer.quantize.embedding.weight.shape[1]
+    if flops is not None:
+        from accel.flops import measured_flops
+
+        key = ("llamagen_vq16", tokenizer.config_key, grid)
+        flops.add("tokenizer", B * measured_flops(key, tokenizer, (1, embed_dim, grid, grid), method="decode"))
+    return tokenizer.decode_code(tokens, (B, embed_dim, grid, grid))
+
+
+def make_generator(name: str, *, accel: str = "none", device: torch.device | None = None,
+                   checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
+                   random_init: bool = False, **options: Any) -> LlamaGenGenerator:
+    from accel.api import resolve_device
+    from accel.tokenizers.vq import load_tokenizer
+
+    device = resolve_device(device)
+    cfg = get_config(name)
+    if accel not in LlamaGenGenerator.supported_accels:
+        raise ArgenError(f"accel={accel!r} does not apply to {name} (llamagen); "
+                         f"choose one of {list(LlamaGenGenerator.supported_accels)}")
+    from accel.methods import speculative as spec
+
+    allowed = SAMPLING_OPTIONS + (spec.OPTIONS[accel] if accel != "none" else ())
+    check_option_names(options, allowed, f"{name} with accel={accel}")
+    if cfg.random_init_only and not random_init:
+        raise ArgenError(f"{name} is a test model with no released weights; pass random_init=True "
+                         f"(model.random_init=true)")
+    require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
+    opts = SamplingOptions(**{"cfg": cfg.cfg, **{k: v for k, v in options.items() if k in SAMPLING_OPTIONS}})
+    opts.check(cfg.args.vocab_size)
+    method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS}
+    decoder = None
+    if accel != "none":  # validate the method's options before loading any weights
+        decoder_spec = spec.SpecConfig.from_options(accel, name, method_options, cfg.default_drafter)
+    model = load_model(name, checkpoint, random_init, device)
+    tokenizer = load_tokenizer(tokenizer_checkpoint, device=device, random_init=random_init, **cfg.tokenizer)
+    if accel != "none":
+        decoder = spec.build_decoder(decoder_spec, target=model, target_name=name, opts=opts,
+                                     tokenizer=tokenizer, device=device, random_init=random_init)
+    return LlamaGenGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device, config=cfg,
+                             opts=opts, decoder=decoder)
