@@ -1,0 +1,362 @@
+"""Feature extractors for quality evaluation and the per-shard quality record.
+
+The pipeline worker does, per shard (when `eval.features` is not "none"):
+
+    extractor = make_extractor(cfg.eval.features, cfg.eval, device)      # once per actor
+    features, logits = extractor(images_uint8)                          # [N, D] float32, [N, K] or None
+    write shards/NNNNNN.features.npy   = encode_npy(features)           # float32 [count, D]
+    write shards/NNNNNN.logits.npy     = encode_npy(logits)             # only when logits is not None
+    stats["quality"] = shard_quality(features, logits, conditions, images_uint8,
+                                     class_aligned=extractor.class_aligned)
+    write shards/NNNNNN.stats.json                                       # last: the commit marker
+
+Files (both `.npy`, written with `np.save`, no pickles):
+- `shards/NNNNNN.features.npy`: float32 [count, D], row i = sample i of the shard (key NNNNNN_iiiiii);
+  D = 2048 (Inception pool3) or `ToyCNN.FEATURE_DIM` (toy).
+- `shards/NNNNNN.logits.npy`: float32 [count, K], the extractor's class logits where it has a classifier:
+  Inception's 1008-way `logits_unbiased` (what torch-fidelity's Inception Score uses), or the toy
+  classifier's logits when it was loaded from a checkpoint. `argen evaluate` computes the Inception Score
+  from these files.
+
+Extractors:
+- "inception": torch-fidelity's `inception-v3-compat` (FeatureExtractorInceptionV3), the PyTorch port of
+  the TF Inception graph used by the ADM/TTUR FID code. Resize: TF1.x-style bilinear to 299x299 (no
+  antialias), then (x - 128) / 128. Weights: the file torch-fidelity downloads, given as a local path or
+  s3:// URI in `eval.inception_weights` (read with weights_only=True). Its 1008 outputs follow the TF
+  graph's own label order, not ImageNet class ids, so it gives no class-consistency.
+- "toy": a small CNN (bilinear-antialias resize to 64x64, three strided convs, global average pool,
+  128-d features). Without `eval.toy_checkpoint` its weights are a fixed seeded random initialisation
+  (identical on every worker, so features are comparable; no logits, since an untrained head classifies
+  nothing); with a checkpoint it is a classifier whose logits index the conditioning class ids.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from accel.api import ArgenError, resolve_device
+
+EXTRACTOR_NAMES = ("inception", "toy", "none")
+FEATURES_SUFFIX = ".features.npy"
+LOGITS_SUFFIX = ".logits.npy"
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                         + INCEPTION_WEIGHTS_FILE)
+INCEPTION_RESIZE = ("torch-fidelity inception-v3-compat: TF1.x bilinear resize to 299x299 "
+                    "(align_corners=False, no antialias) of the uint8 image, then (x-128)/128")
+TOY_SEED = 0
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """The bytes of a .npy file (np.save format, no pickle) for a features or logits object."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes, what: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:
+        raise ArgenError(f"{what} is not a readable .npy array ({type(e).__name__}: {e}); "
+                         f"delete it and its stats.json so the shard is regenerated") from e
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        value = cfg.get(key, default)
+    else:
+        value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """A content hash of weights (names, dtypes, shapes, values), whatever file format held them."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """Feature extraction in true fp32: TF32 matmuls/convs change features (and FID) on Ampere+ GPUs."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+class FeatureExtractor:
+    """uint8 images [N, H, W, 3] -> (features float32 [N, dim], logits float32 [N, K] or None).
+
+    Attributes: name ("inception" | "toy"), dim, num_classes (K, or None without logits),
+    class_aligned (logits index the conditioning class ids, so class-consistency is meaningful),
+    resize (the resize/normalisation rule, for reports), weights (sha256 of the weights file, or a
+    description of the initialisation), batch_size (fixed: GPU kernels can make features depend on it).
+    """
+
+    name: str = ""
+    dim: int = 0
+    num_classes: int | None = None
+    class_aligned: bool = False
+    resize: str = ""
+    weights: str = ""
+
+    def __init__(self, device: torch.device, batch_size: int):
+        if int(batch_size) < 1:
+            raise ArgenError(f"eval.batch_size={batch_size} must be a positive number of images")
+        self.device, self.batch_size = device, int(batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "num_classes": self.num_classes, "resize": self.resize,
+                "weights": self.weights, "class_aligned": self.class_aligned, "batch_size": self.batch_size}
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def __call__(self, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        images = np.asarray(images_uint8)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ArgenError(f"{self.name} extractor got images of dtype {images.dtype} and shape "
+                             f"{tuple(images.shape)}; expected uint8 [N, H, W, 3]")
+        n = images.shape[0]
+        feats = np.empty((n, self.dim), np.float32)
+        logits = np.empty((n, self.num_classes), np.float32) if self.num_classes else None
+        with torch.inference_mode(), _no_tf32():
+            for start in range(0, n, self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
+                batch = batch.to(self.device).permute(0, 3, 1, 2)
+                f, lg = self._forward(batch)
+                feats[start:start + len(batch)] = f.float().cpu().numpy()
+                if logits is not None:
+                    logits[start:start + len(batch)] = lg.float().cpu().numpy()
+        return feats, logits
+
+
+# -- Inception (torch-fidelity) -------------------------------------------------------------------
+
+_INCEPTION_BUILD_LOCK = threading.Lock()
+
+
+def _build_tf_inception(state_dict: Mapping[str, torch.Tensor] | None) -> nn.Module:
+    """torch-fidelity's FeatureExtractorInceptionV3 with our weights (or random ones, state_dict=None).
+
+    Its constructor either downloads the weights or unpickles a file with weights_only=False; we hand it
+    the state dict we read safely instead, by standing in for its download function during construction.
+    """
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    class _Inception(tfi.FeatureExtractorInceptionV3):
+        def load_state_dict(self, sd, strict=True, assign=False):  # noqa: ANN001 - torch's signature
+            if sd is None:  # random initialisation: keep torch's default init (plumbing tests only)
+                return None
+            return super().load_state_dict(sd, strict=strict, assign=assign)
+
+    def provide(url: str, *args: Any, **kwargs: Any) -> Mapping[str, torch.Tensor] | None:
+        return state_dict
+
+    with _INCEPTION_BUILD_LOCK, mock.patch.object(tfi, "load_state_dict_from_url", provide):
+        try:
+            return _Inception("inception-v3-compat", ["2048", "logits_unbiased"])
+        except RuntimeError as e:
+            raise ArgenError(f"eval.inception_weights does not match torch-fidelity's Inception-v3 "
+                             f"({str(e).splitlines()[0][:300]}); use the file {INCEPTION_WEIGHTS_FILE} "
+                             f"from {INCEPTION_WEIGHTS_URL}") from e
+
+
+class InceptionExtractor(FeatureExtractor):
+    name = "inception"
+    dim = 2048
+    num_classes = 1008
+    class_aligned = False  # TF graph label order (1008 outputs), not the models' ImageNet class ids
+    resize = INCEPTION_RESIZE
+
+    def __init__(self, weights: str | None, device: torch.device, batch_size: int = 64, random_init: bool = False):
+        super().__init__(device, batch_size)
+        if weights:
+            from accel.checkpoints import read_checkpoint, unwrap_state_dict
+
+            path = str(weights)
+            local = path[len("file://"):] if path.startswith("file://") else path
+            if not path.startswith("s3://") and not Path(local).expanduser().is_file():
+                raise ArgenError(f"eval.inception_weights={path!r} does not exist; {self.how_to_get()}")
+            state = unwrap_state_dict(read_checkpoint(path))
+            self.weights = state_dict_sha256(state)
+        elif random_init:
+            state = None
+            self.weights = "random-init (plumbing only: not a real FID/IS)"
+        else:
+            raise ArgenError(f"eval.inception_weights is not set; {self.how_to_get()}")
+        self.net = _build_tf_inception(state).to(device).eval()
+
+    @staticmethod
+    def how_to_get() -> str:
+        return (f"the Inception extractor needs torch-fidelity's inception-v3-compat weights, the file "
+                f"{INCEPTION_WEIGHTS_FILE} (about 91 MB) from {INCEPTION_WEIGHTS_URL} . Nothing is downloaded "
+                f"here: fetch it on a machine with internet access (e.g. `curl -LO {INCEPTION_WEIGHTS_URL}`), "
+                f"copy it here or to S3, and pass eval.inception_weights=/path/to/{INCEPTION_WEIGHTS_FILE}")
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, logits = self.net(images)
+        return feats, logits
+
+
+# -- toy CNN ---------------------------------------------------------------------------------------
+
+class ToyCNN(nn.Module):
+    """A small CNN for toy-sized images: 64x64 input, 128-d pooled features, optional class head."""
+
+    INPUT_SIZE = 64
+    FEATURE_DIM = 128
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, self.FEATURE_DIM, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Linear(self.FEATURE_DIM, num_classes)
+
+    def forward(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x_uint8.float() / 127.5 - 1.0
+        if x.shape[-2:] != (self.INPUT_SIZE, self.INPUT_SIZE):
+            x = F.interpolate(x, size=(self.INPUT_SIZE, self.INPUT_SIZE), mode="bilinear",
+                              align_corners=False, antialias=True)
+        feats = self.body(x).mean(dim=(2, 3))
+        return feats, self.head(feats)
+
+
+class ToyExtractor(FeatureExtractor):
+    name = "toy"
+    dim = ToyCNN.FEATURE_DIM
+    resize = (f"bilinear with antialias to {ToyCNN.INPUT_SIZE}x{ToyCNN.INPUT_SIZE} (align_corners=False), "
+              f"x/127.5-1")
+
+    def __init__(self, checkpoint: str | None, device: torch.device, batch_size: int = 64):
+        super().__init__(device, batch_size)
+        if checkpoint:
+            from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
+
+            state = unwrap_state_dict(read_checkpoint(str(checkpoint)))
+            head = state.get("head.weight")
+            if head is None or getattr(head, "ndim", 0) != 2:
+                raise ArgenError(f"eval.toy_checkpoint={checkpoint!r} has no 2-d 'head.weight'; expected a "
+                                 f"state dict of pipeline.quality.ToyCNN")
+            net = ToyCNN(int(head.shape[0]))
+            load_strict(net, state, f"eval.toy_checkpoint={checkpoint!r}")
+            self.num_classes, self.class_aligned = int(head.shape[0]), True
+            self.weights = state_dict_sha256(state)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(TOY_SEED)
+                net = ToyCNN()
+            self.num_classes, self.class_aligned = None, False
+            self.weights = f"random-init(seed={TOY_SEED}), features only"
+        self.net = net.to(device).eval()
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats, logits = self.net(images)
+        return feats, (logits if self.num_classes else None)
+
+
+def make_extractor(name: str, eval_cfg: Any, device: str | torch.device | None) -> FeatureExtractor | None:
+    """The extractor `name` ("inception" | "toy" | "none" -> None) configured from the `eval:` config section.
+
+    Keys read: inception_weights, inception_random_init (tests only), toy_checkpoint, batch_size.
+    """
+    name = str(name).lower() if name is not None else "none"
+    if name not in EXTRACTOR_NAMES:
+        raise ArgenError(f"eval.features={name!r} is not an extractor; choose one of {list(EXTRACTOR_NAMES)}")
+    if name == "none":
+        return None
+    dev = resolve_device(device)
+    batch_size = int(_cfg_get(eval_cfg, "batch_size", 64))
+    if name == "inception":
+        return InceptionExtractor(_cfg_get(eval_cfg, "inception_weights"), dev, batch_size,
+                                  random_init=bool(_cfg_get(eval_cfg, "inception_random_init", False)))
+    return ToyExtractor(_cfg_get(eval_cfg, "toy_checkpoint"), dev, batch_size)
+
+
+# -- per-shard quality record ----------------------------------------------------------------------
+
+def class_consistency(logits: np.ndarray, conditions: Sequence[int | str]) -> float | None:
+    """Share of samples whose argmax logit is their conditioning class id; None for prompts."""
+    conds = list(conditions)
+    if not conds or any(isinstance(c, (str, bool, np.bool_)) or not isinstance(c, (int, np.integer))
+                        for c in conds):
+        return None
+    labels = np.asarray(conds, dtype=np.int64)
+    k = logits.shape[1]
+    bad = labels[(labels < 0) | (labels >= k)]
+    if bad.size:
+        raise ArgenError(f"class id {int(bad[0])} is outside the classifier's {k} classes [0, {k}); the toy "
+                         f"classifier in eval.toy_checkpoint must be trained on the run's classes")
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def shard_quality(features: np.ndarray | None, logits: np.ndarray | None, conditions: Sequence[int | str],
+                  images_uint8: np.ndarray, class_aligned: bool = False) -> dict[str, Any]:
+    """The quality part of a shard's stats record.
+
+    feature_count: rows of `features` (0 without an extractor); class_consistency: share of samples
+    the extractor's classifier assigns to their conditioning class (None without logits, for prompts,
+    or when the logits do not index the class ids: pass class_aligned=extractor.class_aligned);
+    image_mean / image_std: over all pixel values of the shard, on the 0..255 scale.
+    """
+    images = np.asarray(images_uint8)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ArgenError(f"images have dtype {images.dtype} and shape {tuple(images.shape)}; expected uint8 "
+                         f"[N, H, W, 3]")
+    n = images.shape[0]
+    if len(conditions) != n:
+        raise ArgenError(f"{len(conditions)} conditions for {n} images; pass one condition per image")
+    for what, arr in (("features", features), ("logits", logits)):
+        if arr is not None and (np.ndim(arr) != 2 or np.shape(arr)[0] != n):
+            raise ArgenError(f"{what} have shape {tuple(np.shape(arr))}; expected [{n}, ...] (one row per image)")
+    cc = None
+    if logits is not None and class_aligned:
+        cc = class_consistency(np.asarray(logits), conditions)
+    return {
+        "feature_count": int(0 if features is None else np.shape(features)[0]),
+        "class_consistency": cc,
+        **_pixel_mean_std(images),
+    }
+
+
+def _pixel_mean_std(images: np.ndarray, chunk: int = 64) -> dict[str, float | None]:
+    """Mean and std of all pixel values, exact (integer sums), in chunks so memory stays small."""
+    total = images.size
+    if total == 0:
+        return {"image_mean": None, "image_std": None}
+    s = sq = 0
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].astype(np.int64)
+        s += int(x.sum())
+        sq += int((x * x).sum())
+    mean = s / total
+    var = (sq * total - s * s) / (total * total)
+    return {"image_mean": float(mean), "image_std": float(max(var, 0.0) ** 0.5)}
