@@ -58,6 +58,7 @@ class LocalSink:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; outputs are meant to be shared
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

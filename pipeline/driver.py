@@ -1,0 +1,481 @@
+"""The run: checks, plan, preflight, run.json, then shards on a pool of Ray actors; manifest and report.
+
+Stages, each doing one thing:
+  check_config   names, sizes and settings, before anything starts
+  build_plan     (pipeline.plan) the shards, a pure function of the config
+  open_sink      (pipeline.sinks) + preflight: a probe object written and deleted
+  check_run_json the output folder holds this plan or nothing; run.json written first
+  committed      shards whose stats file exists are done
+  ShardScheduler every actor busy; failed shards retried on another actor; dead actors replaced
+  finish         manifest.parquet (also while running) and report.json; a summary line
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from accel.api import ACCEL_NAMES, ArgenError
+from pipeline.plan import Plan, ShardTask, build_plan, diff_settings
+from pipeline.sinks import LocalSink, S3Sink, open_sink, redact_url
+from pipeline.stats import (check_stats, manifest_parquet, shard_of_stats_key, shard_stats_key, summarize, utc_now)
+from pipeline.worker import ShardWorker, WorkerSpec
+
+log = logging.getLogger("argen.pipeline")
+
+SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(^|_)token$", re.IGNORECASE)
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+def model_info(name: str) -> tuple[int | None, bool]:
+    """(number of classes, takes prompts) of a model from its family's CONFIGS, without building it."""
+    import importlib
+
+    from accel.models import family_of
+
+    family = family_of(name)  # ArgenError naming the known models
+    conf = importlib.import_module(f"accel.models.{family}").CONFIGS[name]
+    get = conf.get if isinstance(conf, dict) else (lambda k, d=None: getattr(conf, k, d))
+    n = get("num_classes", None)
+    return (int(n) if n is not None else None), bool(get("takes_prompts", False))
+
+
+def _int_at_least(value: Any, name: str, low: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ArgenError(f"{name}={value!r}; expected an integer >= {low} ({hint})")
+    return value
+
+
+def check_config(cfg: Any) -> None:
+    """Everything that can be checked without a model, storage or Ray."""
+    model, accel = str(cfg.model.name), str(cfg.accel.name)
+    from accel.models import family_of
+
+    family_of(model)
+    if accel not in ACCEL_NAMES:
+        raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(ACCEL_NAMES)}")
+    _int_at_least(cfg.ray.num_workers, "ray.num_workers", 1, "actors generating in parallel")
+    _int_at_least(cfg.ray.max_attempts, "ray.max_attempts", 1, "tries per shard before the run fails")
+    if not isinstance(cfg.ray.cpus_per_worker, (int, float)) or cfg.ray.cpus_per_worker <= 0:
+        raise ArgenError(f"ray.cpus_per_worker={cfg.ray.cpus_per_worker!r}; expected a number > 0")
+    if not isinstance(cfg.ray.gpus_per_worker, (int, float)) or cfg.ray.gpus_per_worker < 0:
+        raise ArgenError(f"ray.gpus_per_worker={cfg.ray.gpus_per_worker!r}; expected a number >= 0 (1 per GPU)")
+    both = set(cfg.model.get("options") or {}) & set(cfg.accel.get("options") or {})
+    if both:
+        raise ArgenError(f"option(s) {sorted(both)} set in both model.options and accel.options; set each once")
+
+
+def plain_config(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data, without secrets (for run.json and logs)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    data.pop("hydra", None)
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if not SECRET_KEY.search(str(k))}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        if isinstance(x, str) and "://" in x:
+            return redact_url(x)
+        return x
+
+    return clean(data)
+
+
+def code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        v = version("argen")
+    except Exception:
+        v = "unknown"
+    try:
+        here = Path(__file__).resolve().parent
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        if rev.returncode == 0 and rev.stdout.strip():
+            v += f"+g{rev.stdout.strip()}"
+    except Exception:
+        pass
+    return v
+
+
+# -- output folder ----------------------------------------------------------------------------
+
+def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any]) -> bool:
+    """Write run.json, or check that the output holds this same plan. Returns True when resuming."""
+    if sink.exists("run.json"):
+        try:
+            old = json.loads(sink.read("run.json"))
+            old_settings, old_hash = old["plan"]["settings"], old["plan"]["hash"]
+        except (ValueError, KeyError, TypeError):
+            raise ArgenError(f"{sink.uri}/run.json is not an argen run record; use an empty output.uri") from None
+        if old_hash != plan.hash:
+            changes = diff_settings(old_settings, plan.settings) or ["(settings equal, plan hash differs)"]
+            raise ArgenError(f"output.uri={sink.uri} holds a different run's plan; changed: " + "; ".join(changes)
+                             + ". Resume with the same settings, or pass a new output.uri.")
+        return True
+    if any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
+        raise ArgenError(f"output.uri={sink.uri} holds shards but no run.json; it is not an argen run "
+                         f"(or run.json was deleted); pass an empty output.uri")
+    record = {"argen": code_version(), "created_at": utc_now(), "output": sink.uri,
+              "plan": {"hash": plan.hash, "settings": plan.settings, "num_samples": plan.num_samples,
+                       "num_shards": plan.num_shards},
+              "config": config}
+    sink.write("run.json", json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
+    return False
+
+
+def committed_shards(sink: LocalSink | S3Sink, plan: Plan) -> dict[int, dict[str, Any]]:
+    """Stats records of the shards already committed (valid stats file, matching count)."""
+    keys = {}
+    for key in sink.list("shards/"):
+        s = shard_of_stats_key(key)
+        if s is not None and s < plan.num_shards:
+            keys[s] = key
+
+    def read(item: tuple[int, str]) -> tuple[int, dict[str, Any] | None]:
+        s, key = item
+        try:
+            record = json.loads(sink.read(key))
+        except Exception as e:  # unreadable marker: the shard is redone
+            log.warning("shard %d: unreadable stats file (%s); it will be regenerated", s, e)
+            return s, None
+        problems = check_stats(record)
+        if not problems and (record["shard"] != s or record["count"] != plan.count(s)):
+            problems.append(f"shard/count {record['shard']}/{record['count']}, expected {s}/{plan.count(s)}")
+        if problems:
+            log.warning("shard %d: bad stats file (%s); it will be regenerated", s, "; ".join(problems))
+            return s, None
+        return s, record
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {s: r for s, r in pool.map(read, sorted(keys.items())) if r is not None}
+
+
+# -- scheduling -------------------------------------------------------------------------------
+
+class ShardFailed(RuntimeError):
+    pass
+
+
+class ShardScheduler:
+    """Keeps `depth` shards in flight on each actor, retries failures on another actor, replaces dead actors.
+
+    `make_actor(index)` returns a Ray actor handle with `load()` and `run_shard(task, attempt)`.
+    """
+
+    def __init__(self, make_actor: Callable[[int], Any], num_workers: int, max_attempts: int = 3, depth: int = 2,
+                 on_commit: Callable[[dict[str, Any]], None] = lambda r: None,
+                 on_tick: Callable[[], None] = lambda: None, poll_s: float = 1.0):
+        self.make_actor, self.num_workers = make_actor, num_workers
+        self.max_attempts, self.depth = max_attempts, depth
+        self.on_commit, self.on_tick, self.poll_s = on_commit, on_tick, poll_s
+        self.actors: dict[int, Any] = {}
+        self.load: dict[int, int] = {}
+        self.next_index = 0
+        self.replaced = 0
+        self.failures: list[str] = []
+        self.worker_infos: list[dict[str, Any]] = []
+
+    def _spawn(self) -> int:
+        index = self.next_index
+        self.next_index += 1
+        self.actors[index] = self.make_actor(index)
+        self.load[index] = 0
+        return index
+
+    def _retire(self, index: int) -> None:
+        import ray
+
+        handle = self.actors.pop(index, None)
+        self.load.pop(index, None)
+        if handle is not None:
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:
+                pass
+
+    def start(self) -> list[dict[str, Any]]:
+        """Start the pool and wait until every actor has loaded its generator (errors surface here)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        for _ in range(self.num_workers):
+            self._spawn()
+        try:
+            self.worker_infos = ray.get([h.load.remote() for h in self.actors.values()])
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ArgenError):
+                raise ArgenError(str(cause)) from None
+            raise ShardFailed(f"a worker could not load the generator: {cause or e}") from None
+        except RayActorError as e:
+            raise ShardFailed(f"a worker died while loading the generator: {e}") from None
+        return self.worker_infos
+
+    def _pick(self, pending: deque[ShardTask], index: int, avoid: dict[int, set[int]]) -> ShardTask | None:
+        for task in pending:
+            bad = avoid.get(task.shard, set())
+            if index not in bad or all(a in bad for a in self.actors):
+                pending.remove(task)
+                return task
+        return None
+
+    def run(self, tasks: Iterable[ShardTask]) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        pending = deque(tasks)
+        attempts: dict[int, int] = {}
+        avoid: dict[int, set[int]] = {}
+        inflight: dict[Any, tuple[ShardTask, int]] = {}
+
+        def failed(task: ShardTask, index: int, why: str) -> None:
+            n = attempts.get(task.shard, 0) + 1
+            attempts[task.shard] = n
+            avoid.setdefault(task.shard, set()).add(index)
+            self.failures.append(f"shard {task.shard} attempt {n - 1} on worker w{index}: {why}")
+            log.warning("shard %d failed on worker w%d (attempt %d of %d): %s", task.shard, index, n,
+                        self.max_attempts, why)
+            if n >= self.max_attempts:
+                raise ShardFailed(f"shard {task.shard} failed {n} time(s) (ray.max_attempts={self.max_attempts}); "
+                                  f"last error: {why}")
+            pending.appendleft(task)
+
+        while pending or inflight:
+            for index in list(self.actors):
+                while self.load.get(index, self.depth) < self.depth and pending:
+                    task = self._pick(pending, index, avoid)
+                    if task is None:
+                        break
+                    ref = self.actors[index].run_shard.remote(task, attempts.get(task.shard, 0))
+                    inflight[ref] = (task, index)
+                    self.load[index] += 1
+            if not inflight:
+                raise ShardFailed("no worker can take the remaining shards")  # cannot happen with live actors
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+            for ref in ready:
+                task, index = inflight.pop(ref)
+                if index in self.load:
+                    self.load[index] -= 1
+                try:
+                    record = ray.get(ref)
+                except RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, ArgenError):
+                        raise ArgenError(str(cause)) from None
+                    failed(task, index, f"{type(cause).__name__ if cause else 'error'}: {cause or e}")
+                except RayActorError:
+                    if index in self.actors:
+                        self._retire(index)
+                        self.replaced += 1
+                        if self.replaced > self.num_workers * self.max_attempts:
+                            raise ShardFailed(f"{self.replaced} workers died; giving up (see the Ray logs)")
+                        new = self._spawn()
+                        log.warning("worker w%d died; started w%d in its place", index, new)
+                    failed(task, index, "the worker process died")
+                else:
+                    self.on_commit(record)
+            self.on_tick()
+
+    def shutdown(self) -> None:
+        for index in list(self.actors):
+            self._retire(index)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    plan: Plan
+    sink: LocalSink | S3Sink
+    committed: dict[int, dict[str, Any]]
+    resumed: bool
+
+
+def prepare(cfg: Any) -> Run:
+    """All checks and the output's set-up, before Ray starts; errors here cost seconds."""
+    check_config(cfg)
+    num_classes, takes_prompts = model_info(str(cfg.model.name))
+    plan = build_plan(cfg, num_classes, takes_prompts)
+    sink = open_sink(str(cfg.output.uri), cfg.get("storage"))
+    sink.preflight()
+    resumed = check_run_json(sink, plan, plain_config(cfg))
+    return Run(plan=plan, sink=sink, committed=committed_shards(sink, plan), resumed=resumed)
+
+
+def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int) -> WorkerSpec:
+    from omegaconf import OmegaConf
+
+    def plain(x: Any) -> Any:
+        return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else (x or {})
+
+    testing = cfg.get("testing") or {}
+    eval_cfg = OmegaConf.select(cfg, "eval", default=None)
+    gpus = float(cfg.ray.gpus_per_worker)
+    return WorkerSpec(
+        worker=f"w{index}", model=str(cfg.model.name), accel=str(cfg.accel.name), device=str(cfg.device),
+        batch_size=int(cfg.batch_size), sink=sink, checkpoint=cfg.model.get("checkpoint"),
+        tokenizer_checkpoint=cfg.model.get("tokenizer_checkpoint"),
+        random_init=bool(cfg.model.get("random_init", False)),
+        options={**plain(cfg.model.get("options")), **plain(cfg.accel.get("options"))},
+        png_compress_level=int(cfg.output.png_compress_level),
+        torch_threads=None if gpus > 0 else max(1, int(cfg.ray.cpus_per_worker)),
+        features=str(OmegaConf.select(cfg, "eval.features", default="none") or "none"),
+        eval_cfg=plain(eval_cfg) if eval_cfg is not None else None,
+        kill_shard=testing.get("kill_shard"), kill_point=str(testing.get("kill_point") or "generate"),
+    )
+
+
+def start_ray(cfg: Any) -> bool:
+    """Connect to ray.address, or start a local Ray. Returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=str(address), log_to_driver=True)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()  # inside a Ray Job: join its cluster
+    else:
+        need = int(cfg.ray.num_workers) * float(cfg.ray.cpus_per_worker)
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False)
+    return True
+
+
+def actor_factory(cfg: Any, sink: LocalSink | S3Sink) -> Callable[[int], Any]:
+    import ray
+
+    remote_cls = ray.remote(ShardWorker)
+    options = dict(num_cpus=float(cfg.ray.cpus_per_worker), num_gpus=float(cfg.ray.gpus_per_worker),
+                   max_concurrency=2, max_restarts=0, max_task_retries=0)
+
+    def make(index: int):
+        return remote_cls.options(**options).remote(worker_spec(cfg, sink, index))
+
+    return make
+
+
+class Progress:
+    """tqdm bar over images: shards done, images, images/s, ETA."""
+
+    def __init__(self, total_images: int, total_shards: int, done_shards: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_images, unit="img", desc="generate", disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, smoothing=0.1)
+        self.total_shards, self.done_shards = total_shards, done_shards
+        self._post()
+
+    def _post(self) -> None:
+        self.bar.set_postfix_str(f"shards {self.done_shards}/{self.total_shards}", refresh=False)
+
+    def shard_done(self, count: int) -> None:
+        self.done_shards += 1
+        self._post()
+        self.bar.update(count)
+
+    def tick(self) -> None:
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
+                  seconds: float, plan: Plan, extra: dict[str, Any]) -> dict[str, Any]:
+    sink.write("manifest.parquet", manifest_parquet(records))
+    report: dict[str, Any] = {}
+    if sink.exists("report.json"):  # keep what other jobs (evaluate) put there
+        try:
+            report = json.loads(sink.read("report.json"))
+        except ValueError:
+            report = {}
+    report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
+    sink.write("report.json", json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
+    return report
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """`argen generate`: make every shard of the plan exist under output.uri. Returns report.json's content."""
+    t0 = time.perf_counter()
+    job = prepare(cfg)
+    plan, sink, committed = job.plan, job.sink, dict(job.committed)
+    todo = [plan.shard(s) for s in range(plan.num_shards) if s not in committed]
+    new: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"model": str(cfg.model.name), "accel": str(cfg.accel.name), "plan_hash": plan.hash,
+                             "finished_at": None}
+    interval = float(cfg.output.get("manifest_interval_s", 30))
+    last_manifest = [time.perf_counter()]
+    started_ray = False
+    scheduler = None
+    progress = None
+    ok = False
+    try:
+        if todo:
+            started_ray = start_ray(cfg)
+            scheduler = ShardScheduler(actor_factory(cfg, sink), num_workers=min(int(cfg.ray.num_workers), len(todo)),
+                                       max_attempts=int(cfg.ray.max_attempts))
+            infos = scheduler.start()
+            extra["startup_seconds"] = time.perf_counter() - t0  # checks, Ray, actors loading the model
+            extra["workers"] = [{"worker": i["worker"], "device": i["device"]} for i in infos]
+            progress = Progress(sum(t.count for t in todo), plan.num_shards, len(committed),
+                                bool(cfg.get("progress", True)))
+
+            def on_commit(record: dict[str, Any]) -> None:
+                committed[int(record["shard"])] = record
+                new.append(record)
+                progress.shard_done(int(record["count"]))
+                if time.perf_counter() - last_manifest[0] >= interval:
+                    sink.write("manifest.parquet", manifest_parquet(committed.values()))
+                    last_manifest[0] = time.perf_counter()
+
+            scheduler.on_commit, scheduler.on_tick = on_commit, progress.tick
+            scheduler.run(todo)
+        ok = True
+    finally:
+        if progress is not None:
+            progress.close()
+        if scheduler is not None:
+            extra["retries"] = scheduler.failures
+            extra["replaced_workers"] = scheduler.replaced
+            scheduler.shutdown()
+        seconds = time.perf_counter() - t0
+        extra["finished_at"] = utc_now() if ok else None
+        try:
+            report = write_outputs(sink, list(committed.values()), new, seconds, plan, extra)
+        except Exception:
+            if ok:
+                raise
+            log.exception("could not write manifest.parquet / report.json after the failure")
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    print_summary(report, sink, job.resumed)
+    return report
+
+
+def print_summary(report: dict[str, Any], sink: LocalSink | S3Sink, resumed: bool) -> None:
+    skipped = report["shards"] - report["generated_shards"]
+    where = sink.describe() if isinstance(sink, S3Sink) else sink.uri
+    print(f"argen generate: {report['shards']} shards, {report['images']} images "
+          f"({report['generated_images']} generated in this run, {skipped} shards already there"
+          f"{', resumed' if resumed else ''}); {report['seconds']:.1f} s, "
+          f"{report['images_per_second']:.2f} images/s", flush=True)
+    print(f"output: {where}  (shards/, manifest.parquet, report.json, run.json)", flush=True)

@@ -1,0 +1,210 @@
+"""The shard worker (a Ray actor): holds one Generator; generate -> encode -> write shard -> stats.
+
+Inside a shard, batch k's PNG encoding and tar writing run on a background thread while batch
+k+1 is generated. The actor runs with two concurrent calls and a generation lock, so a shard's
+upload overlaps the next shard's generation too; the accelerator never waits on I/O. At most two
+batches wait for encoding and at most two shards are in memory, however many shards a worker writes.
+
+Order of writes for shard s: tar, features (optional), then the stats file, the commit marker.
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.plan import ShardTask
+from pipeline.shards import ShardTarWriter, sample_metadata, sha256_hex
+from pipeline.sinks import LocalSink, S3Sink
+from pipeline.stats import (CounterMerger, dumps_stats, image_moments, moments_to_mean_std, shard_features_key,
+                            shard_stats_key, shard_tar_key, utc_now)
+
+MAX_PENDING_BATCHES = 2  # batches generated but not yet encoded: bounds the worker's memory
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs; plain data so it travels to Ray actors. No secrets."""
+
+    worker: str
+    model: str
+    accel: str
+    device: str
+    batch_size: int
+    sink: LocalSink | S3Sink
+    checkpoint: str | None = None
+    tokenizer_checkpoint: str | None = None
+    random_init: bool = False
+    options: dict[str, Any] = field(default_factory=dict)   # model.options + accel.options
+    png_compress_level: int = 1
+    torch_threads: int | None = None
+    features: str = "none"                                  # eval.features: "none" = no extractor
+    eval_cfg: dict[str, Any] | None = None
+    kill_shard: int | None = None                           # test hook: this process dies on that shard
+    kill_point: str = "generate"                            # "generate" (after batch 1) or "write" (tar written)
+
+
+class ShardWorker:
+    """Generates whole shards. Use as a Ray actor (see pipeline.driver) or directly in a process."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.generator = None
+        self.extractor = None
+        self._load_lock = threading.Lock()
+        self._gen_lock = threading.Lock()
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argen-encode")
+        self.host = socket.gethostname()
+
+    # -- set-up -------------------------------------------------------------------------------
+    def load(self) -> dict[str, Any]:
+        """Load the generator (once) and say what this worker is."""
+        with self._load_lock:
+            if self.generator is None:
+                import torch
+
+                from accel.api import load_generator
+
+                s = self.spec
+                if s.torch_threads:
+                    torch.set_num_threads(int(s.torch_threads))
+                self.generator = load_generator(s.model, accel=s.accel, device=s.device, checkpoint=s.checkpoint,
+                                                tokenizer_checkpoint=s.tokenizer_checkpoint,
+                                                random_init=s.random_init, **s.options)
+                if s.features and s.features != "none":
+                    self.extractor = _make_extractor(s.features, s.eval_cfg,
+                                                     str(getattr(self.generator, "device", s.device)))
+        g = self.generator
+        return {"worker": self.worker_name(), "device": self.device_name(), "image_size": int(g.image_size),
+                "num_classes": int(g.num_classes), "pid": os.getpid()}
+
+    def worker_name(self) -> str:
+        return f"{self.spec.worker}@{self.host}:{os.getpid()}"
+
+    def device_name(self) -> str:
+        dev = getattr(self.generator, "device", None)
+        if dev is None:
+            return str(self.spec.device)
+        import torch
+
+        dev = torch.device(dev)
+        if dev.type == "cuda":
+            return f"cuda:{dev.index or 0} ({torch.cuda.get_device_name(dev)})"
+        return str(dev)
+
+    # -- test hook ----------------------------------------------------------------------------
+    def _maybe_die(self, task: ShardTask, attempt: int, point: str) -> None:
+        if self.spec.kill_shard == task.shard and attempt == 0 and self.spec.kill_point == point:
+            os._exit(17)  # the whole process dies, as on a lost node or an OOM kill
+
+    # -- one shard ----------------------------------------------------------------------------
+    def _encode_batch(self, tar: ShardTarWriter, task: ShardTask, first: int, images: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        s, g = self.spec, self.generator
+        for j in range(images.shape[0]):
+            i = first + j
+            key = f"{task.shard:06d}_{i:06d}"
+            meta = sample_metadata(key, task.start + i, task.conditions[i], task.seeds[i], s.model, s.accel,
+                                   s.options, int(g.image_size))
+            tar.add(key, images[j], meta)
+        return time.perf_counter() - t0
+
+    def run_shard(self, task: ShardTask, attempt: int = 0) -> dict[str, Any]:
+        """Generate, encode and write one shard; return its stats record (also written, last)."""
+        self.load()
+        s, bs = self.spec, self.spec.batch_size
+        tar = ShardTarWriter(png_compress_level=s.png_compress_level)
+        counters = CounterMerger()
+        pending: deque[Future] = deque()
+        encode_seconds = generate_seconds = feature_seconds = flops = 0.0
+        moments = [0.0, 0.0, 0]
+        features, logits, kept_images = [], [], []
+
+        with self._gen_lock:  # one generation at a time; the previous shard's writes go on meanwhile
+            started_at, t0 = utc_now(), time.perf_counter()
+            for first in range(0, task.count, bs):
+                conds = list(task.conditions[first:first + bs])
+                seeds = list(task.seeds[first:first + bs])
+                tg = time.perf_counter()
+                out = self.generator.generate(conds, seeds)
+                generate_seconds += time.perf_counter() - tg
+                images = out.images
+                if images.shape[0] != len(conds):
+                    raise RuntimeError(f"{s.model} returned {images.shape[0]} images for {len(conds)} conditions")
+                flops += float(out.stats.get("flops", 0.0) or 0.0) * len(conds)  # stats["flops"] is per image
+                counters.add(out.stats)
+                if self.extractor is not None:
+                    tf = time.perf_counter()
+                    f, lg = self.extractor(images)
+                    feature_seconds += time.perf_counter() - tf
+                    features.append(np.asarray(f, dtype=np.float32))
+                    if lg is not None:
+                        logits.append(np.asarray(lg))
+                    kept_images.append(images)
+                else:
+                    m = image_moments(images)
+                    moments = [moments[0] + m[0], moments[1] + m[1], moments[2] + m[2]]
+                while len(pending) >= MAX_PENDING_BATCHES:
+                    encode_seconds += pending.popleft().result()
+                pending.append(self._encoder.submit(self._encode_batch, tar, task, first, images))
+                self._maybe_die(task, attempt, "generate")
+        # outside the lock: the next shard can generate while this one finishes and uploads
+        while pending:
+            encode_seconds += pending.popleft().result()
+        data = tar.finish()
+        digest = sha256_hex(data)
+
+        tw = time.perf_counter()
+        s.sink.write(shard_tar_key(task.shard), data)
+        self._maybe_die(task, attempt, "write")
+        if self.extractor is not None:
+            feats = np.concatenate(features) if features else np.zeros((0, 0), np.float32)
+            buf = io.BytesIO()
+            np.save(buf, feats, allow_pickle=False)
+            s.sink.write(shard_features_key(task.shard), buf.getvalue())
+            quality = _shard_quality(feats, np.concatenate(logits) if logits else None, list(task.conditions),
+                                     np.concatenate(kept_images),
+                                     class_aligned=bool(getattr(self.extractor, "class_aligned", False)))
+        else:
+            mean, std = moments_to_mean_std(*moments)
+            quality = {"feature_count": 0, "class_consistency": None, "image_mean": mean, "image_std": std}
+        write_seconds = time.perf_counter() - tw
+        seconds = time.perf_counter() - t0
+
+        record = {
+            "shard": task.shard, "count": task.count, "attempt": attempt, "worker": self.worker_name(),
+            "device": self.device_name(), "model": s.model, "accel": s.accel, "options": s.options,
+            "started_at": started_at, "finished_at": utc_now(), "seconds": seconds,
+            "generate_seconds": generate_seconds, "encode_seconds": encode_seconds,
+            "feature_seconds": feature_seconds, "write_seconds": write_seconds,
+            "images_per_second": task.count / seconds if seconds > 0 else 0.0,
+            "flops": flops, "flops_per_image": flops / task.count, "counters": counters.result(), "bytes": len(data), "sha256": digest,
+            "first_sample": task.start, "quality": quality,
+        }
+        s.sink.write(shard_stats_key(task.shard), dumps_stats(record))  # the commit marker, last
+        return record
+
+    def close(self) -> None:
+        self._encoder.shutdown(wait=True)
+
+
+# -- quality hook (pipeline/quality.py, written by the quality engineer) -------------------------
+
+def _make_extractor(name: str, eval_cfg: dict[str, Any] | None, device: str):
+    from pipeline import quality
+
+    return quality.make_extractor(name, eval_cfg, device)
+
+
+def _shard_quality(features, logits, conditions, images, class_aligned: bool) -> dict[str, Any]:
+    from pipeline import quality
+
+    return quality.shard_quality(features, logits, conditions, images, class_aligned=class_aligned)
