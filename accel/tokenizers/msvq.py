@@ -293,7 +293,8 @@ class VQVAE(nn.Module):
         key = "quantize.ema_vocab_hit_SV"
         if key in state_dict and state_dict[key].shape != self.quantize.ema_vocab_hit_SV.shape:
             state_dict = dict(state_dict)
-            state_dict[key] = self.quantize.ema_vocab_hit_SV.clone()
+            own = self.quantize.ema_vocab_hit_SV  # freshly built: zeros (or meta, before loading with assign)
+            state_dict[key] = torch.zeros(own.shape, dtype=state_dict[key].dtype)
         return state_dict
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
