@@ -6,8 +6,7 @@ The pipeline worker does, per shard (when `eval.features` is not "none"):
     features, logits = extractor(images_uint8)                          # [N, D] float32, [N, K] or None
     write shards/NNNNNN.features.npy   = encode_npy(features)           # float32 [count, D]
     write shards/NNNNNN.logits.npy     = encode_npy(logits)             # only when logits is not None
-    stats["quality"] = shard_quality(features, logits, conditions, images_uint8,
-                                     class_aligned=extractor.class_aligned)
+    stats["quality"] = shard_quality(features, logits, conditions, images_uint8, extractor=extractor)
     write shards/NNNNNN.stats.json                                       # last: the commit marker
 
 Files (both `.npy`, written with `np.save`, no pickles):
@@ -319,13 +318,16 @@ def class_consistency(logits: np.ndarray, conditions: Sequence[int | str]) -> fl
 
 
 def shard_quality(features: np.ndarray | None, logits: np.ndarray | None, conditions: Sequence[int | str],
-                  images_uint8: np.ndarray, class_aligned: bool = False) -> dict[str, Any]:
+                  images_uint8: np.ndarray, extractor: FeatureExtractor | None = None,
+                  class_aligned: bool | None = None) -> dict[str, Any]:
     """The quality part of a shard's stats record.
 
     feature_count: rows of `features` (0 without an extractor); class_consistency: share of samples
     the extractor's classifier assigns to their conditioning class (None without logits, for prompts,
-    or when the logits do not index the class ids: pass class_aligned=extractor.class_aligned);
-    image_mean / image_std: over all pixel values of the shard, on the 0..255 scale.
+    or unless the logits index the class ids: `extractor.class_aligned`, or `class_aligned` if given);
+    image_mean / image_std: over all pixel values of the shard, on the 0..255 scale. With `extractor`,
+    also extractor (its name) and extractor_weights (its weights hash), which `argen evaluate` checks
+    agree across shards.
     """
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -337,14 +339,22 @@ def shard_quality(features: np.ndarray | None, logits: np.ndarray | None, condit
     for what, arr in (("features", features), ("logits", logits)):
         if arr is not None and (np.ndim(arr) != 2 or np.shape(arr)[0] != n):
             raise ArgenError(f"{what} have shape {tuple(np.shape(arr))}; expected [{n}, ...] (one row per image)")
+    if features is not None and extractor is not None and np.shape(features)[1] != extractor.dim:
+        raise ArgenError(f"features have dimension {np.shape(features)[1]} but the {extractor.name} extractor "
+                         f"gives {extractor.dim}")
     cc = None
-    if logits is not None and class_aligned:
+    aligned = class_aligned if class_aligned is not None else bool(extractor is not None and extractor.class_aligned)
+    if logits is not None and aligned:
         cc = class_consistency(np.asarray(logits), conditions)
-    return {
+    out: dict[str, Any] = {
         "feature_count": int(0 if features is None else np.shape(features)[0]),
         "class_consistency": cc,
         **_pixel_mean_std(images),
     }
+    if extractor is not None:
+        out["extractor"] = extractor.name
+        out["extractor_weights"] = extractor.weights
+    return out
 
 
 def _pixel_mean_std(images: np.ndarray, chunk: int = 64) -> dict[str, float | None]:
