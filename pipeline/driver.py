@@ -371,6 +371,9 @@ def actor_factory(cfg: Any, sink: LocalSink | S3Sink) -> Callable[[int], Any]:
     return make
 
 
+RUN_ONLY_KEYS = ("workers", "startup_seconds", "retries", "replaced_workers", "images_per_second_after_startup")
+
+
 class Progress:
     """tqdm bar over images: shards done, images, images/s, ETA."""
 
@@ -401,11 +404,13 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
                   seconds: float, plan: Plan, extra: dict[str, Any]) -> dict[str, Any]:
     sink.write("manifest.parquet", manifest_parquet(records))
     report: dict[str, Any] = {}
-    if sink.exists("report.json"):  # keep what other jobs (evaluate) put there
+    if sink.exists("report.json"):  # keep what other jobs (evaluate) put there, drop this job's old keys
         try:
             report = json.loads(sink.read("report.json"))
         except ValueError:
             report = {}
+        for key in RUN_ONLY_KEYS:
+            report.pop(key, None)
     report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
     sink.write("report.json", json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
     return report
@@ -432,7 +437,8 @@ def run(cfg: Any) -> dict[str, Any]:
             scheduler = ShardScheduler(actor_factory(cfg, sink), num_workers=min(int(cfg.ray.num_workers), len(todo)),
                                        max_attempts=int(cfg.ray.max_attempts))
             infos = scheduler.start()
-            extra["startup_seconds"] = time.perf_counter() - t0  # checks, Ray, actors loading the model
+            t_ready = time.perf_counter()
+            extra["startup_seconds"] = t_ready - t0  # checks, Ray, actors loading the model
             extra["workers"] = [{"worker": i["worker"], "device": i["device"]} for i in infos]
             progress = Progress(sum(t.count for t in todo), plan.num_shards, len(committed),
                                 bool(cfg.get("progress", True)))
@@ -456,6 +462,9 @@ def run(cfg: Any) -> dict[str, Any]:
             extra["replaced_workers"] = scheduler.replaced
             scheduler.shutdown()
         seconds = time.perf_counter() - t0
+        if "startup_seconds" in extra and seconds > extra["startup_seconds"]:
+            extra["images_per_second_after_startup"] = (sum(int(r["count"]) for r in new)
+                                                        / (seconds - extra["startup_seconds"]))
         extra["finished_at"] = utc_now() if ok else None
         try:
             report = write_outputs(sink, list(committed.values()), new, seconds, plan, extra)
@@ -477,5 +486,7 @@ def print_summary(report: dict[str, Any], sink: LocalSink | S3Sink, resumed: boo
     print(f"argen generate: {report['shards']} shards, {report['images']} images "
           f"({report['generated_images']} generated in this run, {skipped} shards already there"
           f"{', resumed' if resumed else ''}); {report['seconds']:.1f} s, "
-          f"{report['images_per_second']:.2f} images/s", flush=True)
+          f"{report['images_per_second']:.2f} images/s"
+          + (f" ({report['images_per_second_after_startup']:.2f} after {report['startup_seconds']:.1f} s start-up)"
+             if "startup_seconds" in report else ""), flush=True)
     print(f"output: {where}  (shards/, manifest.parquet, report.json, run.json)", flush=True)

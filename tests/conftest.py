@@ -13,8 +13,8 @@ import pytest
 
 # Never reach a real cloud from tests: dummy credentials, no instance-metadata lookups.
 TEST_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_ACCESS_KEY_ID": "ARGENTESTKEYID0000000",
+    "AWS_SECRET_ACCESS_KEY": "argen-test-secret-do-not-log",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
     "AWS_CONFIG_FILE": os.devnull,
