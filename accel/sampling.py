@@ -30,3 +30,24 @@ def randn_rows(shape_per_row: tuple[int, ...], generators: list[torch.Generator]
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal noise [B, *shape_per_row], row b from generators[b]."""
     return torch.stack([torch.randn(shape_per_row, generator=g, device=device, dtype=dtype) for g in generators])
+
+
+def categorical_rows(probs: torch.Tensor, generators: list[torch.Generator], rows: list[int] | None = None
+                     ) -> torch.Tensor:
+    """probs [B, K, V] (unnormalised allowed) -> indices [B, K] by inverse CDF: one uniform per draw,
+    row b drawn with generators[b]. Rows not in `rows` get 0 (placeholders for finished rows).
+
+    Same distribution as torch.multinomial, but one random number per draw instead of V (multinomial
+    with one sample draws V exponentials per row, which dominates CPU time for V = 16384)."""
+    B, K, V = probs.shape
+    out = torch.zeros(B, K, dtype=torch.long, device=probs.device)
+    for b in (range(B) if rows is None else rows):
+        cdf = probs[b].double().cumsum(-1)                                     # [K, V]
+        u = torch.rand(K, 1, generator=generators[b], device=generators[b].device, dtype=torch.float64)
+        idx = torch.searchsorted(cdf, u.to(cdf.device) * cdf[:, -1:], right=True).clamp(max=V - 1)
+        bad = probs[b].gather(-1, idx) <= 0
+        if bool(bad.any()):  # u * total rounded up to total: take the last token with non-zero mass
+            last = V - 1 - torch.argmax((probs[b].flip(-1) > 0).int(), dim=-1, keepdim=True)
+            idx = torch.where(bad, last, idx)
+        out[b] = idx[:, 0]
+    return out

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from accel import flops as F_
 from accel.api import ArgenError, BaseGenerator, check_option_names, require_weights, seeded_init
+from accel.sampling import categorical_rows
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -230,13 +231,18 @@ class Transformer(nn.Module):
         self.freqs_cis = precompute_freqs_cis_2d(grid, args.dim // args.n_head, args.rope_base, args.cls_token_num)
 
     def init_weights(self, zero_output: bool = True) -> None:
-        """The official init (normal(0, 0.02), output head zeroed). Random-init generators keep a
-        random output head, otherwise every token would be equally likely."""
+        """The official init: normal(0, 0.02) for every linear and embedding, output head zeroed.
+
+        Random-init generators (zero_output=False) instead draw the output head with std 2/sqrt(dim),
+        so that logits have std ~2: with a zero head every token would be equally likely, and with
+        std 0.02 nearly so, which would make greedy decoding a sequence of near-ties."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, mean=0.0, std=self.config.initializer_range)
         if zero_output:
             nn.init.zeros_(self.output.weight)
+        else:
+            nn.init.normal_(self.output.weight, mean=0.0, std=2.0 / math.sqrt(self.config.dim))
 
     def _freqs(self, pos: torch.Tensor, device) -> torch.Tensor:
         if self.freqs_cis.device != device:
@@ -455,11 +461,7 @@ def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Gene
     """One token per row: argmax when greedy, else a draw with that row's generator. probs [B, V]."""
     if opts.greedy:
         return probs.argmax(-1)
-    rows = range(probs.shape[0]) if rows is None else rows
-    out = probs.argmax(-1)  # rows not listed keep a placeholder
-    for b in rows:
-        out[b] = torch.multinomial(probs[b].float(), 1, generator=generators[b])[0]
-    return out
+    return categorical_rows(probs[:, None], generators, rows)[:, 0]
 
 
 def generate_tokens(model: Transformer, labels: torch.Tensor, opts: SamplingOptions,
@@ -529,9 +531,10 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     if accel not in LlamaGenGenerator.supported_accels:
         raise ArgenError(f"accel={accel!r} does not apply to {name} (llamagen); "
                          f"choose one of {list(LlamaGenGenerator.supported_accels)}")
-    from accel.methods import speculative as spec
-
-    allowed = SAMPLING_OPTIONS + (spec.OPTIONS[accel] if accel != "none" else ())
+    spec = None
+    if accel != "none":
+        from accel.methods import speculative as spec
+    allowed = SAMPLING_OPTIONS + (spec.OPTIONS[accel] if spec is not None else ())
     check_option_names(options, allowed, f"{name} with accel={accel}")
     if cfg.random_init_only and not random_init:
         raise ArgenError(f"{name} is a test model with no released weights; pass random_init=True "
