@@ -188,6 +188,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _select(cfg: Any, key: str, default: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, default=default) if OmegaConf.is_config(cfg) else default
+
+
 def conditions_digest(conditions: Sequence[Condition]) -> str:
     return hashlib.sha256(json.dumps(list(conditions), separators=(",", ":")).encode("utf-8")).hexdigest()
 
@@ -227,6 +233,8 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
         "model.options": _plain(cfg.model.get("options")) or {},
         "accel.name": str(cfg.accel.name),
         "accel.options": _plain(cfg.accel.get("options")) or {},
+        # which per-shard objects exist (features.npy, logits.npy) depends on the extractor
+        "eval.features": str(_select(cfg, "eval.features", "none") or "none"),
     }
     if not 0 <= settings["output.png_compress_level"] <= 9:
         raise ArgenError(f"output.png_compress_level={settings['output.png_compress_level']}; expected 0 to 9")

@@ -33,10 +33,6 @@ def shard_stats_key(shard: int) -> str:
     return f"shards/{shard:06d}.stats.json"
 
 
-def shard_features_key(shard: int) -> str:
-    return f"shards/{shard:06d}.features.npy"
-
-
 def shard_of_stats_key(key: str) -> int | None:
     """shards/000012.stats.json -> 12; anything else -> None."""
     if not (key.startswith("shards/") and key.endswith(".stats.json")):

@@ -5,11 +5,11 @@ k+1 is generated. The actor runs with two concurrent calls and a generation lock
 upload overlaps the next shard's generation too; the accelerator never waits on I/O. At most two
 batches wait for encoding and at most two shards are in memory, however many shards a worker writes.
 
-Order of writes for shard s: tar, features (optional), then the stats file, the commit marker.
+Order of writes for shard s: tar, features and logits (with eval.features), then the stats file, the
+commit marker.
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import threading
@@ -24,8 +24,8 @@ import numpy as np
 from pipeline.plan import ShardTask
 from pipeline.shards import ShardTarWriter, sample_metadata, sha256_hex
 from pipeline.sinks import LocalSink, S3Sink
-from pipeline.stats import (CounterMerger, dumps_stats, image_moments, moments_to_mean_std, shard_features_key,
-                            shard_stats_key, shard_tar_key, utc_now)
+from pipeline.stats import (CounterMerger, dumps_stats, image_moments, moments_to_mean_std, shard_stats_key,
+                            shard_tar_key, utc_now)
 
 MAX_PENDING_BATCHES = 2  # batches generated but not yet encoded: bounds the worker's memory
 
@@ -166,16 +166,18 @@ class ShardWorker:
         s.sink.write(shard_tar_key(task.shard), data)
         self._maybe_die(task, attempt, "write")
         if self.extractor is not None:
-            feats = np.concatenate(features) if features else np.zeros((0, 0), np.float32)
-            buf = io.BytesIO()
-            np.save(buf, feats, allow_pickle=False)
-            s.sink.write(shard_features_key(task.shard), buf.getvalue())
-            quality = _shard_quality(feats, np.concatenate(logits) if logits else None, list(task.conditions),
-                                     np.concatenate(kept_images),
-                                     class_aligned=bool(getattr(self.extractor, "class_aligned", False)))
+            from pipeline import quality
+
+            feats = np.concatenate(features)
+            all_logits = np.concatenate(logits) if logits else None
+            s.sink.write(quality.features_key(task.shard), quality.encode_npy(feats))
+            if all_logits is not None:
+                s.sink.write(quality.logits_key(task.shard), quality.encode_npy(all_logits))
+            quality_record = quality.shard_quality(feats, all_logits, list(task.conditions),
+                                                   np.concatenate(kept_images), extractor=self.extractor)
         else:
             mean, std = moments_to_mean_std(*moments)
-            quality = {"feature_count": 0, "class_consistency": None, "image_mean": mean, "image_std": std}
+            quality_record = {"feature_count": 0, "class_consistency": None, "image_mean": mean, "image_std": std}
         write_seconds = time.perf_counter() - tw
         seconds = time.perf_counter() - t0
 
@@ -187,7 +189,7 @@ class ShardWorker:
             "feature_seconds": feature_seconds, "write_seconds": write_seconds,
             "images_per_second": task.count / seconds if seconds > 0 else 0.0,
             "flops": flops, "flops_per_image": flops / task.count, "counters": counters.result(), "bytes": len(data), "sha256": digest,
-            "first_sample": task.start, "quality": quality,
+            "first_sample": task.start, "quality": quality_record,
         }
         s.sink.write(shard_stats_key(task.shard), dumps_stats(record))  # the commit marker, last
         return record
@@ -196,15 +198,9 @@ class ShardWorker:
         self._encoder.shutdown(wait=True)
 
 
-# -- quality hook (pipeline/quality.py, written by the quality engineer) -------------------------
+# -- quality hook (pipeline/quality.py, the quality engineer's) ---------------------------------
 
 def _make_extractor(name: str, eval_cfg: dict[str, Any] | None, device: str):
     from pipeline import quality
 
     return quality.make_extractor(name, eval_cfg, device)
-
-
-def _shard_quality(features, logits, conditions, images, class_aligned: bool) -> dict[str, Any]:
-    from pipeline import quality
-
-    return quality.shard_quality(features, logits, conditions, images, class_aligned=class_aligned)

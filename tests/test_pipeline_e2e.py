@@ -63,12 +63,14 @@ class Store:
         return json.loads(self.read(key))
 
 
-def check_run(store: Store, tmp_path: Path) -> dict[int, dict]:
+def check_run(store: Store, tmp_path: Path, features: bool = False) -> dict[int, dict]:
     """Everything a complete run's output must satisfy; returns the stats records by shard."""
     keys = store.keys()
     expected_keys = {"run.json", "manifest.parquet", "report.json"}
     for s in range(NUM_SHARDS):
         expected_keys |= {f"shards/{s:06d}.tar", f"shards/{s:06d}.stats.json"}
+        if features:
+            expected_keys.add(f"shards/{s:06d}.features.npy")
     assert set(keys) == expected_keys, keys  # no temp files, no probes, nothing else
 
     run = store.json("run.json")
@@ -91,7 +93,13 @@ def check_run(store: Store, tmp_path: Path) -> dict[int, dict]:
         assert st["flops"] > 0 and st["flops_per_image"] * SHARD == pytest.approx(st["flops"])
         assert datetime.fromisoformat(st["started_at"]) <= datetime.fromisoformat(st["finished_at"])
         q = st["quality"]
-        assert q["feature_count"] == 0 and 0 < q["image_mean"] < 255 and q["image_std"] > 0
+        assert 0 < q["image_mean"] < 255 and q["image_std"] > 0
+        if features:
+            feats = np.load(io.BytesIO(store.read(f"shards/{s:06d}.features.npy")))
+            assert feats.dtype == np.float32 and feats.shape[0] == SHARD == q["feature_count"]
+            assert np.isfinite(feats).all()
+        else:
+            assert q["feature_count"] == 0
 
         # readable by webdataset: keys, counts, conditions and seeds exact
         path = tmp_path / f"read-{s}.tar"
@@ -146,9 +154,9 @@ def test_local_run_resume_and_rerun(ray_cluster, tmp_path):
 def test_s3_run_two_workers(ray_cluster, s3_bucket, aws_env, tmp_path):
     endpoint, bucket = s3_bucket
     generate(f"output.uri=s3://{bucket}/runs/a", "storage=s3_compatible", f"storage.endpoint_url={endpoint}",
-             "storage.multipart_threshold_mb=5")
+             "storage.multipart_threshold_mb=5", "eval.features=toy")
     store = Store(endpoint=endpoint, bucket=bucket, prefix="runs/a")
-    stats = check_run(store, tmp_path)
+    stats = check_run(store, tmp_path, features=True)
     assert len({st["worker"] for st in stats.values()}) == 2  # both actors did work
     uploads = store.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert uploads == []

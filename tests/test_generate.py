@@ -1,0 +1,127 @@
+"""`argen generate` with bad input: each a clear error (exit 2) before any generation.
+
+None of these starts Ray: every check runs before the actor pool exists, so no shard is ever
+written (asserted on the output folder).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.cli import main as argen
+from pipeline.driver import plain_config
+
+BASE = ["model=var_tiny", "device=cpu", "data.classes=[1,2]", "data.per_class=1", "output.shard_size=1",
+        "progress=false"]
+
+
+def fails(capsys, *overrides: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        argen(["generate", *BASE, *overrides])
+    captured = capsys.readouterr()
+    assert e.value.code not in (0, None), captured
+    return captured.err + captured.out
+
+
+def no_shards(out: Path) -> bool:
+    return not (out / "shards").exists() or not any((out / "shards").iterdir())
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.name=var_nope", "unknown model 'var_nope'; known models:"),
+    ("accel.name=turbo", "unknown accel 'turbo'; known:"),
+    ("accel=turbo", "Could not find 'accel/turbo'"),             # Hydra lists the accel configs
+    ("model=nope", "Could not find 'model/nope'"),
+    ("output.shard_size=0", "output.shard_size=0; expected an integer >= 1"),
+    ("data.classes=[1,1000]", "class id 1000 in data.classes is outside [0, 1000)"),
+    ("data.per_class=0", "data.per_class=0; expected an integer >= 1"),
+    ("ray.num_workers=0", "ray.num_workers=0; expected an integer >= 1"),
+    ("batch_size=-1", "batch_size=-1; expected an integer >= 1"),
+    ("output.uri=gs://bucket/x", "has scheme 'gs'"),
+])
+def test_bad_settings(tmp_path, capsys, override, message):
+    out = tmp_path / "out"
+    text = fails(capsys, f"output.uri={out}", override)
+    assert message in text
+    assert no_shards(out)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.txt", "", "holds no conditions"),
+    ("bad.jsonl", "1\n{oops\n", "bad.jsonl:2: not valid JSON"),
+    ("range.txt", "5\n1000\n", "class id 1000 (condition 1) is outside [0, 1000)"),
+    ("prompts.txt", "a red fox\n", "is class-conditional; pass class ids"),
+])
+def test_bad_conditions_file(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    out = tmp_path / "out"
+    text = fails(capsys, f"output.uri={out}", f"data.conditions_file={path}")
+    assert message in text and "argen generate: error:" in text
+    assert no_shards(out)
+
+
+def test_missing_conditions_file(tmp_path, capsys):
+    text = fails(capsys, f"output.uri={tmp_path / 'out'}", f"data.conditions_file={tmp_path / 'none.txt'}")
+    assert "does not exist" in text
+
+
+def test_output_holding_another_plan(tmp_path, capsys):
+    """A folder with a different run's run.json is refused, naming what changed; nothing is touched."""
+    from hydra import compose, initialize_config_dir
+
+    from jobs.generate import CONF_DIR
+    from pipeline.driver import prepare
+
+    out = tmp_path / "out"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*BASE, f"output.uri={out}"])
+    prepare(cfg)  # writes run.json for this plan, generates nothing
+    before = (out / "run.json").read_bytes()
+    text = fails(capsys, f"output.uri={out}", "data.per_class=2", "seed=5")
+    assert "holds a different run's plan" in text
+    assert "data.per_class: 1 in the output, 2 now" in text and "seed: 0 in the output, 5 now" in text
+    assert (out / "run.json").read_bytes() == before and no_shards(out)
+    # the same settings are accepted (a resume)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        assert prepare(compose("config", overrides=[*BASE, f"output.uri={out}"])).resumed
+
+
+def test_shards_without_run_json(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards/000000.stats.json").write_text("{}")
+    text = fails(capsys, f"output.uri={out}")
+    assert "holds shards but no run.json" in text
+
+
+@pytest.mark.slow
+def test_missing_bucket(moto_server, capsys):
+    text = fails(capsys, "output.uri=s3://argen-missing-bucket/run", "storage=s3_compatible",
+                 f"storage.endpoint_url={moto_server}")
+    assert "bucket 'argen-missing-bucket' does not exist" in text
+
+
+def test_secrets_never_in_run_record():
+    cfg = {"storage": {"endpoint_url": "http://user:pw@host:9000", "aws_secret_access_key": "x",
+                       "session_token": "y", "region": "r"},
+           "model": {"tokenizer_checkpoint": "/ckpt/vae.pth"}, "output": {"uri": "s3://b/p"}}
+    clean = plain_config(cfg)
+    assert clean["storage"] == {"endpoint_url": "http://host:9000", "region": "r"}
+    assert clean["model"] == {"tokenizer_checkpoint": "/ckpt/vae.pth"}
+    assert "pw" not in json.dumps(clean)
+
+
+@pytest.mark.slow
+def test_console_script_reports_bad_input(tmp_path):
+    """The installed `argen` command: a bad value is one clear line on stderr and exit status 2."""
+    argen_bin = Path(sys.executable).parent / "argen"
+    r = subprocess.run([str(argen_bin), "generate", *BASE, f"output.uri={tmp_path / 'o'}", "output.shard_size=0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("argen generate: error: output.shard_size=0; expected an integer "
+                                                 ">= 1 (samples per shard, e.g. 1000)")
