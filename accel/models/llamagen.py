@@ -545,7 +545,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS}
     decoder = None
     if accel != "none":  # validate the method's options before loading any weights
-        decoder_spec = spec.SpecConfig.from_options(accel, name, method_options, cfg.default_drafter)
+        decoder_spec = spec.SpecConfig.from_options(accel, name, method_options, cfg.default_drafter, random_init)
     model = load_model(name, checkpoint, random_init, device)
     tokenizer = load_tokenizer(tokenizer_checkpoint, device=device, random_init=random_init, **cfg.tokenizer)
     if accel != "none":
