@@ -317,7 +317,8 @@ def prepare(cfg: Any) -> Run:
     return Run(plan=plan, sink=sink, committed=committed_shards(sink, plan), resumed=resumed)
 
 
-def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int) -> WorkerSpec:
+def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition: int | str | None = None
+                ) -> WorkerSpec:
     from omegaconf import OmegaConf
 
     def plain(x: Any) -> Any:
@@ -336,7 +337,8 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int) -> WorkerSpec:
         torch_threads=None if gpus > 0 else max(1, int(cfg.ray.cpus_per_worker)),
         features=str(OmegaConf.select(cfg, "eval.features", default="none") or "none"),
         eval_cfg=plain(eval_cfg) if eval_cfg is not None else None,
-        kill_shard=testing.get("kill_shard"), kill_point=str(testing.get("kill_point") or "generate"),
+        warmup_condition=warmup_condition, kill_shard=testing.get("kill_shard"),
+        kill_point=str(testing.get("kill_point") or "generate"),
     )
 
 
@@ -358,7 +360,8 @@ def start_ray(cfg: Any) -> bool:
     return True
 
 
-def actor_factory(cfg: Any, sink: LocalSink | S3Sink) -> Callable[[int], Any]:
+def actor_factory(cfg: Any, sink: LocalSink | S3Sink, warmup_condition: int | str | None = None
+                  ) -> Callable[[int], Any]:
     import ray
 
     remote_cls = ray.remote(ShardWorker)
@@ -366,7 +369,7 @@ def actor_factory(cfg: Any, sink: LocalSink | S3Sink) -> Callable[[int], Any]:
                    max_concurrency=2, max_restarts=0, max_task_retries=0)
 
     def make(index: int):
-        return remote_cls.options(**options).remote(worker_spec(cfg, sink, index))
+        return remote_cls.options(**options).remote(worker_spec(cfg, sink, index, warmup_condition))
 
     return make
 
@@ -434,7 +437,7 @@ def run(cfg: Any) -> dict[str, Any]:
     try:
         if todo:
             started_ray = start_ray(cfg)
-            scheduler = ShardScheduler(actor_factory(cfg, sink), num_workers=min(int(cfg.ray.num_workers), len(todo)),
+            scheduler = ShardScheduler(actor_factory(cfg, sink, plan.conditions[0]), num_workers=min(int(cfg.ray.num_workers), len(todo)),
                                        max_attempts=int(cfg.ray.max_attempts))
             infos = scheduler.start()
             t_ready = time.perf_counter()

@@ -48,6 +48,7 @@ class WorkerSpec:
     torch_threads: int | None = None
     features: str = "none"                                  # eval.features: "none" = no extractor
     eval_cfg: dict[str, Any] | None = None
+    warmup_condition: int | str | None = None               # one sample generated at load, outside any shard
     kill_shard: int | None = None                           # test hook: this process dies on that shard
     kill_point: str = "generate"                            # "generate" (after batch 1) or "write" (tar written)
 
@@ -82,6 +83,10 @@ class ShardWorker:
                 if s.features and s.features != "none":
                     self.extractor = _make_extractor(s.features, s.eval_cfg,
                                                      str(getattr(self.generator, "device", s.device)))
+                if s.warmup_condition is not None:  # first-call costs (allocations, kernels) not in shard timings
+                    out = self.generator.generate([s.warmup_condition], [0])
+                    if self.extractor is not None:
+                        self.extractor(out.images)
         g = self.generator
         return {"worker": self.worker_name(), "device": self.device_name(), "image_size": int(g.image_size),
                 "num_classes": int(g.num_classes), "pid": os.getpid()}
