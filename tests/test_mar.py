@@ -16,7 +16,7 @@ from accel.tokenizers import build_tokenizer
 FAST = dict(num_iter=4, num_sampling_steps=3)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """The tiny model is dominated by per-op overhead, which extra threads only add to on a shared CPU."""
     n = torch.get_num_threads()
@@ -198,6 +198,7 @@ def test_generate_images_and_stats(tiny):
     assert s["flops"] == pytest.approx(sum(v for k, v in s.items() if k.startswith("flops_")))
 
 
+@pytest.mark.slow
 def test_seeds_determine_samples_not_batch(tiny):
     a = tiny.generate([5, 6, 7], seeds=[10, 11, 12]).images
     b = tiny.generate([6], seeds=[11]).images
@@ -243,7 +244,7 @@ class Recorder:
         return x
 
 
-@pytest.mark.parametrize("num_iter", [2, 16, 64])
+@pytest.mark.parametrize("num_iter", [2, 16, pytest.param(64, marks=pytest.mark.slow)])
 def test_cosine_mask_schedule(num_iter):
     model = build_model("mar_tiny").eval()
     rec = Recorder()
