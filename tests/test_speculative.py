@@ -301,6 +301,7 @@ def test_neighbour_table_is_l2_on_raw_rows_and_cached(tmp_path, monkeypatch):
     ("lantern", {"lantern_lambda": 0.5}, "lantern_lambda=0.5"),
     ("sjd", {"window": 0}, "window=0"),
     ("speculative", {"drafter": "sjd", "window": -3}, "window=-3"),
+    ("speculative", {"drafter": "sjd", "gamma": 0}, "window=0"),
     ("speculative", {"gamma": 0}, "gamma=0"),
     ("speculative", {"window": 4}, "window is the SJD window"),
     ("speculative", {"draft_mode": "beam"}, "draft_mode='beam'"),
@@ -326,3 +327,17 @@ def test_drafter_weights_and_grids_must_fit(tmp_path):
         sp.SpeculativeDecoder(small(0), sp.ModelDrafter(small(1, vocab=256), 2), sp.ExactRule(), GREEDY)
     with pytest.raises(ArgenError, match="token grid"):
         sp.SpeculativeDecoder(small(0), sp.ModelDrafter(small(1, grid=4), 2), sp.ExactRule(), GREEDY)
+
+
+def test_without_cfg_and_with_nucleus(pair):
+    """cfg <= 1 (no batch doubling) and top-p: greedy equality and per-row independence still hold."""
+    target, drafter = pair
+    greedy = lg.SamplingOptions(cfg=1.0, top_p=0.8, greedy=True)
+    with torch.no_grad():
+        ref = lg.generate_tokens(target, torch.tensor([2, 3]), greedy, gens([0, 1]))
+    seq, _ = run(target, sp.ModelDrafter(drafter, 2), greedy, [2, 3], [0, 1])
+    assert torch.equal(seq, ref)
+    opts = lg.SamplingOptions(cfg=1.0, top_p=0.8, temperature=0.7)
+    batch, c = run(target, sp.JacobiDrafter(4, "repeat"), opts, [2, 3], [7, 8])
+    alone, _ = run(target, sp.JacobiDrafter(4, "repeat"), opts, [3], [8])
+    assert torch.equal(batch[1], alone[0]) and c["drafter_forwards_per_image"] == 0

@@ -39,7 +39,8 @@ Options (load_generator(..., accel=..., **options)):
                      llamagen_b, llamagen_tiny_draft for llamagen_tiny)
   drafter_checkpoint released weights of the drafter (needed unless random_init=True)
   gamma              draft tokens per step for a model drafter (default 4)
-  window             SJD window length L (default 16)
+  window             SJD window length L (default 16; with accel=speculative drafter=sjd, gamma is
+                     taken as the window when window is not given)
   draft_mode         "sample" (default) or "argmax"
   sjd_init           "random" (default) or "repeat"
   lantern_k, lantern_delta, lantern_lambda   (accel=lantern) see accel/methods/lantern.py
@@ -102,11 +103,11 @@ class SpecConfig:
         spec = cls(accel=accel, drafter=drafter)
         spec.drafter_checkpoint = o.pop("drafter_checkpoint", None)
         if drafter == "sjd":
-            if "gamma" in o:
-                raise ArgenError("gamma sets the draft length of a drafter model; with drafter=sjd set window=L")
             if spec.drafter_checkpoint is not None:
                 raise ArgenError("drafter_checkpoint was given but drafter=sjd uses no drafter model")
-            spec.gamma = _int_option("window", o.pop("window", 16), 1, "the SJD window holds L >= 1 draft tokens (16 is usual)")
+            gamma = o.pop("gamma", None)  # accel=speculative drafter=sjd: gamma stands for the window
+            window = o.pop("window", 16 if gamma is None else gamma)
+            spec.gamma = _int_option("window", window, 1, "the SJD window holds L >= 1 draft tokens (16 is usual)")
         else:
             if "window" in o:
                 raise ArgenError(f"window is the SJD window length; drafter={drafter} takes gamma=<draft tokens per step>")
