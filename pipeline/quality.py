@@ -4,8 +4,8 @@ The pipeline worker does, per shard (when `eval.features` is not "none"):
 
     extractor = make_extractor(cfg.eval.features, cfg.eval, device)      # once per actor
     features, logits = extractor(images_uint8)                          # [N, D] float32, [N, K] or None
-    write shards/NNNNNN.features.npy   = encode_npy(features)           # float32 [count, D]
-    write shards/NNNNNN.logits.npy     = encode_npy(logits)             # only when logits is not None
+    write features_key(shard) = encode_npy(features)   # shards/NNNNNN.features.npy, float32 [count, D]
+    write logits_key(shard)   = encode_npy(logits)     # shards/NNNNNN.logits.npy, only when logits is not None
     stats["quality"] = shard_quality(features, logits, conditions, images_uint8, extractor=extractor)
     write shards/NNNNNN.stats.json                                       # last: the commit marker
 
@@ -54,6 +54,15 @@ INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/down
 INCEPTION_RESIZE = ("torch-fidelity inception-v3-compat: TF1.x bilinear resize to 299x299 "
                     "(align_corners=False, no antialias) of the uint8 image, then (x-128)/128")
 TOY_SEED = 0
+INCEPTION_RANDOM_SEED = 0
+
+
+def features_key(shard: int) -> str:
+    return f"shards/{int(shard):06d}{FEATURES_SUFFIX}"
+
+
+def logits_key(shard: int) -> str:
+    return f"shards/{int(shard):06d}{LOGITS_SUFFIX}"
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -90,7 +99,7 @@ def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()
 
 
@@ -206,10 +215,13 @@ class InceptionExtractor(FeatureExtractor):
             self.weights = state_dict_sha256(state)
         elif random_init:
             state = None
-            self.weights = "random-init (plumbing only: not a real FID/IS)"
+            self.weights = f"random-init(seed={INCEPTION_RANDOM_SEED}) (plumbing only: not a real FID/IS)"
         else:
             raise ArgenError(f"eval.inception_weights is not set; {self.how_to_get()}")
-        self.net = _build_tf_inception(state).to(device).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INCEPTION_RANDOM_SEED)  # random init is the same network everywhere
+            net = _build_tf_inception(state)
+        self.net = net.to(device).eval()
 
     @staticmethod
     def how_to_get() -> str:
