@@ -437,7 +437,8 @@ def run(cfg: Any) -> dict[str, Any]:
     try:
         if todo:
             started_ray = start_ray(cfg)
-            scheduler = ShardScheduler(actor_factory(cfg, sink, plan.conditions[0]), num_workers=min(int(cfg.ray.num_workers), len(todo)),
+            scheduler = ShardScheduler(actor_factory(cfg, sink, warmup_condition=plan.conditions[0]),
+                                       num_workers=min(int(cfg.ray.num_workers), len(todo)),
                                        max_attempts=int(cfg.ray.max_attempts))
             infos = scheduler.start()
             t_ready = time.perf_counter()

@@ -128,7 +128,7 @@ class S3Settings:
     multipart_threshold_mb: float = 64
     multipart_chunksize_mb: float = 16
     max_concurrency: int = 4
-    max_attempts: int = 5
+    max_attempts: int = 5             # total tries per request, first included (AWS_MAX_ATTEMPTS)
     connect_timeout_s: float = 10
     read_timeout_s: float = 60
 
@@ -196,7 +196,7 @@ class S3Sink:
             if style == "auto":
                 style = "path" if s.endpoint_url else "virtual"
             mode = s.checksum_mode()
-            config = Config(retries={"mode": "standard", "max_attempts": int(s.max_attempts)},
+            config = Config(retries={"mode": "standard", "total_max_attempts": int(s.max_attempts)},
                             connect_timeout=s.connect_timeout_s, read_timeout=s.read_timeout_s,
                             s3={"addressing_style": style}, signature_version="s3v4",
                             request_checksum_calculation=mode, response_checksum_validation=mode)

@@ -116,3 +116,16 @@ def test_s3_sink_pickles_without_client():
     assert sink.uri == "s3://bucket-x/p"
     clone = pickle.loads(pickle.dumps(sink))
     assert clone._client is None and clone.bucket == "bucket-x" and clone.prefix == "p"
+
+
+def test_s3_client_settings(aws_env):
+    """Standard retries, path-style and checksums only when required for a custom endpoint; AWS defaults otherwise."""
+    custom = S3Sink("s3://bucket-x/p", S3Settings(endpoint_url="http://127.0.0.1:1", max_attempts=4)).client.meta.config
+    assert custom.retries == {"mode": "standard", "total_max_attempts": 4}  # first try included
+    assert custom.request_checksum_calculation == "when_required"
+    assert custom.response_checksum_validation == "when_required"
+    assert custom.s3["addressing_style"] == "path"
+    aws = S3Sink("s3://bucket-x/p", S3Settings(region="us-east-1")).client.meta.config
+    assert aws.request_checksum_calculation == "when_supported" and aws.s3["addressing_style"] == "virtual"
+    forced = S3Sink("s3://b-x/p", S3Settings(endpoint_url="http://h:1", checksum="when_supported")).client.meta.config
+    assert forced.request_checksum_calculation == "when_supported"
