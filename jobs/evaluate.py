@@ -545,7 +545,8 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         ref = load_reference(reference, cfg, do_prc, get_extractor, name)
         notes += ref.notes
         fid = frechet_distance(rf.stats.mean, rf.stats.covariance(), ref.mu, ref.sigma,
-                               names=("the run's features", f"eval.reference={reference!r}"))
+                               names=("the run's features", f"eval.reference={reference!r}"),
+                               device=resolve_device(device))
         if do_prc and ref.features is not None:
             rfeat = ref.features
             sel = _subsample(rfeat.shape[0], cap, seed=1)
@@ -619,7 +620,7 @@ def main() -> int:
 
     failed: list[ArgenError] = []
 
-    @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
     def _app(cfg: Any) -> None:
         try:
             evaluate(cfg)

@@ -153,7 +153,10 @@ class FeatureExtractor:
         logits = np.empty((n, self.num_classes), np.float32) if self.num_classes else None
         with torch.inference_mode(), _no_tf32():
             for start in range(0, n, self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + self.batch_size]))
+                chunk = np.ascontiguousarray(images[start:start + self.batch_size])
+                if not chunk.flags.writeable:  # e.g. rows streamed from an .npz buffer
+                    chunk = chunk.copy()
+                batch = torch.from_numpy(chunk)
                 batch = batch.to(self.device).permute(0, 3, 1, 2)
                 f, lg = self._forward(batch)
                 feats[start:start + len(batch)] = f.float().cpu().numpy()
