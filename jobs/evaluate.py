@@ -378,14 +378,19 @@ def _iter_folder_images(files: list[Path], rows: int) -> Iterator[np.ndarray]:
         yield np.stack(batch)
 
 
-def _extract(batches: Iterator[np.ndarray], extractor: quality.FeatureExtractor) -> tuple[FeatureStats, np.ndarray]:
+def _extract(batches: Iterator[np.ndarray], total: int,
+             extractor: quality.FeatureExtractor) -> tuple[FeatureStats, np.ndarray]:
+    """Features of `total` images arriving in batches: statistics streamed, features in one float32 array."""
     stats = FeatureStats.empty(extractor.dim)
-    parts = []
+    feats = np.empty((total, extractor.dim), np.float32)
+    done = 0
     for images in batches:
         f, _ = extractor(images)
         stats.update(f)
-        parts.append(f)
-    feats = np.concatenate(parts) if parts else np.zeros((0, extractor.dim), np.float32)
+        feats[done:done + len(f)] = f
+        done += len(f)
+    if done != total:
+        raise ArgenError(f"eval.reference: expected {total} images but read {done}")
     return stats, feats
 
 
@@ -465,7 +470,7 @@ def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Calla
             extractor = get_extractor()
             stats, feats, ref.cached = _cached_extraction(
                 "npz-arr_0:" + _sha256_file(path).hexdigest(), extractor,
-                lambda: _extract(iter_npz_rows(path, "arr_0", batch), extractor))
+                lambda: _extract(iter_npz_rows(path, "arr_0", batch), shape[0], extractor))
             ref.features, ref.n = feats, stats.n
         return ref
     folder = _local_path(uri)
@@ -480,7 +485,8 @@ def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Calla
         h.update(b"\0")
     extractor = get_extractor()
     stats, feats, cached = _cached_extraction("images:" + h.hexdigest(), extractor,
-                                              lambda: _extract(_iter_folder_images(files, batch), extractor))
+                                              lambda: _extract(_iter_folder_images(files, batch), len(files),
+                                                               extractor))
     return Reference(kind, uri, stats.mean, stats.covariance(), stats.n, feats if need_features else None,
                      cached=cached)
 
