@@ -14,6 +14,7 @@ import scipy.linalg
 
 from accel.api import ArgenError
 from jobs import evaluate as ev
+from pipeline import evaluation
 from pipeline import quality
 from pipeline.metrics import frechet_distance, inception_score, precision_recall
 from pipeline.sinks import LocalSink, S3Settings, S3Sink
@@ -190,7 +191,7 @@ def test_npz_with_arr_0_images_gives_precision_recall(tmp_path, cache_dir):
     assert (out["precision"], out["recall"]) == pytest.approx((p, r), abs=1e-12)
     assert out["fid"] == pytest.approx(direct_fid(f_run, f_ref), rel=1e-6) and out["fid"] > 1e-3
     assert out["eval"]["reference"]["samples"] == 22
-    rows = list(ev.iter_npz_rows(tmp_path / "ref.npz", "arr_0", 5))
+    rows = list(evaluation.iter_npz_rows(tmp_path / "ref.npz", "arr_0", 5))
     assert [len(r) for r in rows] == [5, 5, 5, 5, 2]
     np.testing.assert_array_equal(np.concatenate(rows), arr_0)
 

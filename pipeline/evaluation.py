@@ -1,0 +1,479 @@
+"""Reading what `argen evaluate` compares: a run's committed shards and a reference.
+
+- A run (local folder or s3:// through pipeline.sinks): only committed shards count (a shard is
+  committed when `shards/NNNNNN.stats.json` exists); their `shards/NNNNNN.features.npy` (float32
+  [count, D]) and, for the Inception Score, `shards/NNNNNN.logits.npy` are streamed shard by shard into
+  merged float64 statistics (`read_run_features`). A features or logits file whose row count differs
+  from its stats record's count is rejected by name.
+- A reference (`load_reference`): an ADM-style .npz (mu/sigma; arr_0 images for precision/recall),
+  another run, or a folder of images. Features computed from reference images are cached under
+  accel.checkpoints.CACHE_DIR / "eval", keyed by the reference's content hash and the extractor's
+  identity (name, weights hash, resize rule).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from accel.api import ArgenError
+from pipeline import quality
+from pipeline.metrics import FeatureStats, InceptionScoreAccumulator
+from pipeline.quality import FEATURES_SUFFIX, LOGITS_SUFFIX, decode_npy
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CACHE_VERSION = "argen-eval-ref-v1"
+STATS_SUFFIX = ".stats.json"
+
+
+def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    """cfg['a']['b'] for 'a.b' on DictConfig, dict or attribute objects; default where absent or None."""
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        try:
+            node = node[part] if part in node else None
+        except TypeError:
+            node = getattr(node, part, None)
+    return default if node is None else node
+
+
+def listing(items: list[str], n: int = 20) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+# -- the run's shards ------------------------------------------------------------------------------
+
+@dataclass
+class RunScan:
+    """What a run holds: committed shards (their stats records) and its feature/logit objects."""
+
+    uri: str
+    stats: dict[int, dict[str, Any]]
+    features: set[int]
+    logits: set[int]
+    uncommitted: list[str]
+    run_json: dict[str, Any] | None
+
+    @property
+    def total(self) -> int:
+        return sum(int(r["count"]) for r in self.stats.values())
+
+    def nonempty(self) -> list[int]:
+        return sorted(i for i, r in self.stats.items() if int(r["count"]) > 0)
+
+
+def _shard_id(key: str, suffix: str) -> int | None:
+    if not (key.startswith("shards/") and key.endswith(suffix)):
+        return None
+    stem = key[len("shards/"):-len(suffix)]
+    return int(stem) if len(stem) == 6 and stem.isdigit() else None
+
+
+def scan_run(sink: Any, what: str = "output.uri") -> RunScan:
+    keys = sink.list("shards/")
+    stats_ids = sorted(i for i in (_shard_id(k, STATS_SUFFIX) for k in keys) if i is not None)
+    feats = {i for i in (_shard_id(k, FEATURES_SUFFIX) for k in keys) if i is not None}
+    logits = {i for i in (_shard_id(k, LOGITS_SUFFIX) for k in keys) if i is not None}
+    if not stats_ids:
+        hint = " (it has feature files but no committed shard yet)" if feats else ""
+        raise ArgenError(f"{what}={sink.uri!r} has no committed shards (no shards/NNNNNN.stats.json){hint}; "
+                         f"pass the output.uri of a run made by `argen generate`")
+    records: dict[int, dict[str, Any]] = {}
+    for i in stats_ids:
+        key = f"shards/{i:06d}{STATS_SUFFIX}"
+        try:
+            rec = json.loads(sink.read(key))
+            count = int(rec["count"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArgenError(f"{what}: {key} is not a readable stats record ({type(e).__name__}: {e})") from None
+        if count < 0:
+            raise ArgenError(f"{what}: {key} has count={count}; expected a non-negative number of samples")
+        records[i] = rec
+    uncommitted = [f"shards/{i:06d}{FEATURES_SUFFIX}" for i in sorted(feats - set(stats_ids))]
+    uncommitted += [f"shards/{i:06d}{LOGITS_SUFFIX}" for i in sorted(logits - set(stats_ids))]
+    run_json = None
+    if sink.exists("run.json"):
+        try:
+            run_json = json.loads(sink.read("run.json"))
+        except ValueError:
+            run_json = None
+    return RunScan(sink.uri, records, feats, logits, sorted(uncommitted), run_json)
+
+
+def check_run(scan: RunScan, allow_partial: bool, what: str = "output.uri") -> None:
+    """Committed shards must all have features; feature files of uncommitted shards mean an unfinished run."""
+    missing = [f"shards/{i:06d}{FEATURES_SUFFIX}" for i in scan.nonempty() if i not in scan.features]
+    if missing:
+        raise ArgenError(f"{what}={scan.uri!r}: committed shards without features: {listing(missing)}; the run was "
+                         f"generated without eval.features (or these files were deleted). Generate with "
+                         f"eval.features=inception (or toy) into a new output.uri, or delete these shards' "
+                         f"stats.json files and run the same generate command with eval.features set")
+    if scan.uncommitted and not allow_partial:
+        raise ArgenError(f"{what}={scan.uri!r}: feature files of uncommitted shards (no stats.json; still running "
+                         f"or failed): {listing(scan.uncommitted)}; finish the run (run the same generate command "
+                         f"again) or pass eval.allow_partial=true to evaluate only the committed shards")
+    if scan.total < 2:
+        raise ArgenError(f"{what}={scan.uri!r} has {scan.total} committed sample(s); FID needs at least 2 "
+                         f"(normally 50,000)")
+
+
+def run_extractor_info(scan: RunScan) -> dict[str, Any]:
+    """Which extractor made the run's features: from its stats records (all must agree) or run.json."""
+    seen: dict[tuple[Any, Any], list[int]] = {}
+    for i, rec in scan.stats.items():
+        q = rec.get("quality") or {}
+        if q.get("extractor"):
+            seen.setdefault((q.get("extractor"), q.get("extractor_weights")), []).append(i)
+    if len(seen) > 1:
+        parts = [f"{name} (weights {w}) in shards {listing([f'{s:06d}' for s in sorted(ids)], 5)}"
+                 for (name, w), ids in seen.items()]
+        raise ArgenError(f"{scan.uri!r} mixes features from different extractors: {'; '.join(parts)}; features "
+                         f"of different extractors cannot be merged, regenerate the odd shards")
+    if seen:
+        ((name, weights),) = seen
+        return {"name": name, "weights": weights}
+    rj = scan.run_json or {}
+    for path in (("settings", "eval.features"), ("eval.features",), ("config", "eval", "features"),
+                 ("eval", "features")):
+        node: Any = rj
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, str) and node != "none":
+            return {"name": node, "weights": None}
+    return {"name": None, "weights": None}
+
+
+def first_feature_dim(sink: Any, scan: RunScan) -> int:
+    """The run's feature dimension, from its first committed shard's features."""
+    key = f"shards/{scan.nonempty()[0]:06d}{FEATURES_SUFFIX}"
+    feats = decode_npy(sink.read(key), key)
+    if feats.ndim != 2:
+        raise ArgenError(f"{key} has shape {tuple(feats.shape)}; expected [count, feature dim]")
+    return int(feats.shape[1])
+
+
+@dataclass
+class RunFeatures:
+    stats: FeatureStats
+    kept: np.ndarray | None              # float32 [m, D] for precision/recall (all or a subsample)
+    inception_score: tuple[float, float] | None
+    class_consistency: float | None
+    class_consistency_samples: int
+    shards: int
+    notes: list[str] = field(default_factory=list)
+
+
+def subsample(n: int, cap: int | None, seed: int = 0) -> np.ndarray | None:
+    """Sorted indices of a deterministic subsample of size cap (None = keep all)."""
+    if cap is None or cap >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(cap), replace=False))
+
+
+def read_run_features(sink: Any, scan: RunScan, keep: bool, prc_cap: int | None, is_splits: int | None,
+                      what: str = "output.uri") -> RunFeatures:
+    """Stream the committed shards' features: merged float64 statistics, kept rows, IS and class-consistency."""
+    shards = scan.nonempty()
+    total = sum(int(scan.stats[i]["count"]) for i in shards)
+    with_logits = [i for i in shards if i in scan.logits]
+    notes: list[str] = []
+    isc = None
+    if with_logits and is_splits is not None:
+        if len(with_logits) != len(shards):
+            lacking = [f"shards/{i:06d}{LOGITS_SUFFIX}" for i in shards if i not in scan.logits]
+            raise ArgenError(f"{what}={scan.uri!r}: some committed shards have logits and these do not: "
+                             f"{listing(lacking)}; the Inception Score needs every shard's logits; regenerate them")
+        if total >= is_splits:
+            isc = InceptionScoreAccumulator(total, is_splits)
+        else:
+            notes.append(f"no Inception Score: {total} samples are fewer than eval.is_splits={is_splits}")
+    sel = subsample(total, prc_cap) if keep else None
+    kept: np.ndarray | None = None
+    stats: FeatureStats | None = None
+    offset = 0
+    cc_sum, cc_n = 0.0, 0
+    for i in shards:
+        count = int(scan.stats[i]["count"])
+        key = f"shards/{i:06d}{FEATURES_SUFFIX}"
+        feats = decode_npy(sink.read(key), key)
+        if feats.ndim != 2 or feats.shape[0] != count:
+            rows = feats.shape[0] if feats.ndim else 0
+            raise ArgenError(f"{what}: {key} holds {rows} rows (shape {tuple(feats.shape)}) but "
+                             f"shards/{i:06d}{STATS_SUFFIX} says count={count}; the file does not belong to this "
+                             f"shard. Delete both files and run the same generate command again")
+        if stats is None:
+            stats = FeatureStats.empty(feats.shape[1])
+        elif feats.shape[1] != stats.dim:
+            raise ArgenError(f"{what}: {key} has features of dimension {feats.shape[1]} but earlier shards have "
+                             f"{stats.dim}; every shard must come from the same extractor")
+        stats.update(feats)
+        if keep:
+            if kept is None:
+                kept = np.empty((total if sel is None else len(sel), stats.dim), np.float32)
+            if sel is None:
+                kept[offset:offset + count] = feats
+            else:
+                lo, hi = np.searchsorted(sel, [offset, offset + count])
+                kept[lo:hi] = feats[sel[lo:hi] - offset]
+        del feats
+        if isc is not None:
+            lkey = f"shards/{i:06d}{LOGITS_SUFFIX}"
+            logits = decode_npy(sink.read(lkey), lkey)
+            if logits.ndim != 2 or logits.shape[0] != count:
+                raise ArgenError(f"{what}: {lkey} has shape {tuple(logits.shape)} but shards/{i:06d}{STATS_SUFFIX} "
+                                 f"says count={count}; the file does not belong to this shard. Delete both files "
+                                 f"and run the same generate command again")
+            isc.update(logits)
+        cc = (scan.stats[i].get("quality") or {}).get("class_consistency")
+        if cc is not None:
+            cc_sum += float(cc) * count
+            cc_n += count
+        offset += count
+    assert stats is not None  # check_run guarantees a non-empty shard
+    return RunFeatures(stats=stats, kept=kept, inception_score=isc.result() if isc is not None else None,
+                       class_consistency=cc_sum / cc_n if cc_n else None, class_consistency_samples=cc_n,
+                       shards=len(shards), notes=notes)
+
+
+# -- references ------------------------------------------------------------------------------------
+
+@dataclass
+class Reference:
+    kind: str                            # "npz" | "run" | "images"
+    uri: str
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int | None = None
+    features: np.ndarray | None = None   # float32 [m, D] for precision/recall
+    notes: list[str] = field(default_factory=list)
+    cached: bool = False
+
+
+def _local_path(uri: str) -> Path:
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+
+
+def reference_kind(uri: str) -> str:
+    if uri.startswith("s3://"):
+        return "npz" if uri.lower().endswith(".npz") else "run"
+    path = _local_path(uri)
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return "npz"
+        raise ArgenError(f"eval.reference={uri!r} is a {path.suffix or 'plain'} file; expected an ADM-style .npz "
+                         f"(mu, sigma[, arr_0]), another run's output.uri, or a folder of images")
+    if path.is_dir():
+        if (path / "shards").is_dir() or (path / "run.json").is_file():
+            return "run"
+        return "images"
+    raise ArgenError(f"eval.reference={uri!r} does not exist; pass an ADM-style .npz, another run's output.uri, "
+                     f"or a folder of images")
+
+
+def _sha256_file(path: Path, h: Any = None) -> Any:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h
+
+
+def _npz_local(uri: str, storage: Any) -> Path:
+    """A local path for an .npz reference; s3:// objects are downloaded once into the cache."""
+    if not uri.startswith("s3://"):
+        return _local_path(uri)
+    from accel import checkpoints
+    from pipeline.sinks import S3Settings, S3Sink
+
+    parts = urlsplit(uri)
+    dest = Path(checkpoints.CACHE_DIR) / "eval" / "downloads" / (hashlib.sha256(uri.encode()).hexdigest()[:32] + ".npz")
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.stem + f".part{os.getpid()}")
+        sink = S3Sink(f"s3://{parts.netloc}", S3Settings.from_config(storage))
+        sink.client.download_file(parts.netloc, parts.path.lstrip("/"), str(tmp))
+        tmp.replace(dest)
+    return dest
+
+
+def _read_npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = reader(f)
+    return tuple(shape), bool(fortran), dtype
+
+
+def npz_members(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Array names -> (shape, dtype) of an .npz, from the headers only."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith(".npy"):
+                    with z.open(name) as f:
+                        shape, _, dtype = _read_npy_header(f)
+                    out[name[:-4]] = (shape, dtype)
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise ArgenError(f"eval.reference={str(path)!r} is not a readable .npz ({type(e).__name__}: {e})") from None
+    return out
+
+
+def iter_npz_rows(path: Path, name: str, rows: int) -> Iterator[np.ndarray]:
+    """Stream an array of an .npz along its first axis, `rows` at a time (never the whole array in memory)."""
+    with zipfile.ZipFile(path) as z, z.open(name + ".npy") as f:
+        shape, fortran, dtype = _read_npy_header(f)
+        if fortran and len(shape) > 1:
+            raise ArgenError(f"{path}: {name} is stored in Fortran order; save it C-ordered (np.savez)")
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            buf = f.read(n * row_bytes)
+            if len(buf) != n * row_bytes:
+                raise ArgenError(f"{path}: {name} ends early (truncated file?)")
+            yield np.frombuffer(buf, dtype=dtype).reshape((n,) + shape[1:])
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _iter_folder_images(files: list[Path], rows: int) -> Iterator[np.ndarray]:
+    """uint8 [n, H, W, 3] batches of consecutive images of the same size."""
+    from PIL import Image
+
+    batch: list[np.ndarray] = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except OSError as e:
+            raise ArgenError(f"eval.reference: cannot read image {str(p)!r} ({e}); remove or fix it") from None
+        if batch and (arr.shape != batch[0].shape or len(batch) == rows):
+            yield np.stack(batch)
+            batch = []
+        batch.append(arr)
+    if batch:
+        yield np.stack(batch)
+
+
+def _extract(batches: Iterator[np.ndarray], total: int,
+             extractor: quality.FeatureExtractor) -> tuple[FeatureStats, np.ndarray]:
+    """Features of `total` images arriving in batches: statistics streamed, features in one float32 array."""
+    stats = FeatureStats.empty(extractor.dim)
+    feats = np.empty((total, extractor.dim), np.float32)
+    done = 0
+    for images in batches:
+        f, _ = extractor(images)
+        stats.update(f)
+        feats[done:done + len(f)] = f
+        done += len(f)
+    if done != total:
+        raise ArgenError(f"eval.reference: expected {total} images but read {done}")
+    return stats, feats
+
+
+def _cached_extraction(content_hash: str, extractor: quality.FeatureExtractor,
+                       compute: Callable[[], tuple[FeatureStats, np.ndarray]]) -> tuple[FeatureStats, np.ndarray, bool]:
+    """Reference statistics + features, cached by content hash and extractor identity."""
+    from accel import checkpoints
+
+    ident = json.dumps([CACHE_VERSION, content_hash, extractor.name, extractor.weights, extractor.resize])
+    path = Path(checkpoints.CACHE_DIR) / "eval" / f"ref-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["ident"]) == ident:
+                    return FeatureStats(int(z["n"]), z["mean"], z["m2"]), z["features"], True
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile):
+            pass  # a damaged cache entry is recomputed
+    stats, feats = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".part{os.getpid()}.npz")
+    np.savez(tmp, ident=np.array(ident), n=np.array(stats.n), mean=stats.mean, m2=stats.m2, features=feats)
+    tmp.replace(path)
+    return stats, feats, False
+
+
+def check_reference(uri: str, cfg: Any, run_dim: int, run_extractor: str | None) -> str:
+    """Cheap checks before the heavy work: the reference exists; an .npz has mu/sigma of the run's dimension."""
+    kind = reference_kind(uri)
+    if kind == "npz":
+        members = npz_members(_npz_local(uri, cfg_get(cfg, "storage")))
+        if "mu" not in members or "sigma" not in members:
+            raise ArgenError(f"eval.reference={uri!r} has no 'mu'/'sigma' arrays (it holds: "
+                             f"{', '.join(sorted(members)) or 'nothing'}); an ADM-style reference batch stores the "
+                             f"FID statistics as mu [D] and sigma [D, D] (e.g. VIRTUAL_imagenet256_labeled.npz); "
+                             f"add them, or pass a folder of images as eval.reference")
+        mu_shape, sigma_shape = members["mu"][0], members["sigma"][0]
+        if mu_shape != (run_dim,) or sigma_shape != (run_dim, run_dim):
+            raise ArgenError(f"feature dimension mismatch: the run's features are {run_dim}-d "
+                             f"({run_extractor or 'unknown extractor'}) but eval.reference={uri!r} has mu of shape "
+                             f"{mu_shape} and sigma of shape {sigma_shape}; use a reference made with the same "
+                             f"extractor (ADM .npz references are 2048-d Inception pool3: generate with "
+                             f"eval.features=inception)")
+    return kind
+
+
+def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Callable[[], quality.FeatureExtractor],
+                   run_extractor: str | None) -> Reference:
+    kind = reference_kind(uri)
+    batch = int(cfg_get(cfg, "eval.batch_size", 64))
+    if kind == "run":
+        from pipeline.sinks import open_sink
+
+        sink = open_sink(uri, cfg_get(cfg, "storage"))
+        scan = scan_run(sink, "eval.reference")
+        check_run(scan, bool(cfg_get(cfg, "eval.allow_partial", False)), "eval.reference")
+        ref_ex = run_extractor_info(scan)["name"]
+        if ref_ex and run_extractor and ref_ex != run_extractor:
+            raise ArgenError(f"eval.reference={uri!r} has features from the {ref_ex!r} extractor but the run's come "
+                             f"from {run_extractor!r}; compare runs made with the same eval.features")
+        rf = read_run_features(sink, scan, need_features, None, None, "eval.reference")
+        return Reference(kind, uri, rf.stats.mean, rf.stats.covariance(), rf.stats.n, rf.kept)
+    if kind == "npz":
+        path = _npz_local(uri, cfg_get(cfg, "storage"))
+        members = npz_members(path)
+        with np.load(path, allow_pickle=False) as z:
+            ref = Reference(kind, uri, np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64))
+        ref.notes.append("FID uses the reference .npz's mu/sigma as stored (ADM's are from the TF Inception "
+                         "graph; argen's features from torch-fidelity's port of it)")
+        if need_features:
+            if "arr_0" not in members:
+                ref.notes.append("the reference .npz has no arr_0 images: no precision/recall")
+                return ref
+            shape, dtype = members["arr_0"]
+            if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+                raise ArgenError(f"eval.reference={uri!r}: arr_0 has dtype {dtype} and shape {shape}; expected "
+                                 f"uint8 images [N, H, W, 3]")
+            extractor = get_extractor()
+            stats, feats, ref.cached = _cached_extraction(
+                "npz-arr_0:" + _sha256_file(path).hexdigest(), extractor,
+                lambda: _extract(iter_npz_rows(path, "arr_0", batch), shape[0], extractor))
+            ref.features, ref.n = feats, stats.n
+        return ref
+    folder = _local_path(uri)
+    files = _image_files(folder)
+    if len(files) < 2:
+        raise ArgenError(f"eval.reference={uri!r} holds {len(files)} image(s) ({', '.join(IMAGE_SUFFIXES)}); a "
+                         f"reference needs at least 2 (normally 10,000-50,000)")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        _sha256_file(p, h)
+        h.update(b"\0")
+    extractor = get_extractor()
+    stats, feats, cached = _cached_extraction("images:" + h.hexdigest(), extractor,
+                                              lambda: _extract(_iter_folder_images(files, batch), len(files),
+                                                               extractor))
+    return Reference(kind, uri, stats.mean, stats.covariance(), stats.n, feats if need_features else None,
+                     cached=cached)
