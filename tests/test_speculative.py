@@ -282,11 +282,14 @@ def test_neighbour_table_is_l2_on_raw_rows_and_cached(tmp_path, monkeypatch):
     assert not (table == torch.arange(40)[:, None]).any()
     files = list((tmp_path / "lantern").glob("*.npy"))
     assert len(files) == 1 and np.load(files[0]).dtype == np.uint16
-    monkeypatch.setattr(lantern, "compute_neighbours", lambda *a, **k: pytest.fail("recomputed"))
+    def recompute(*args, **kwargs):
+        raise RuntimeError("recomputed")
+
+    monkeypatch.setattr(lantern, "compute_neighbours", recompute)
     assert torch.equal(lantern.neighbour_table(cb, 7), table)        # read back from disk
     other = cb.clone()
     other[0, 0] += 1
-    with pytest.raises(BaseException):
+    with pytest.raises(RuntimeError, match="recomputed"):
         lantern.neighbour_table(other, 7)                              # another codebook: another key
 
 
