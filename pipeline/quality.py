@@ -151,7 +151,8 @@ class FeatureExtractor:
         n = images.shape[0]
         feats = np.empty((n, self.dim), np.float32)
         logits = np.empty((n, self.num_classes), np.float32) if self.num_classes else None
-        with torch.inference_mode(), _no_tf32():
+        no_autocast = torch.autocast(self.device.type, enabled=False)  # fp32 even inside a caller's autocast
+        with torch.inference_mode(), _no_tf32(), no_autocast:
             for start in range(0, n, self.batch_size):
                 chunk = np.ascontiguousarray(images[start:start + self.batch_size])
                 if not chunk.flags.writeable:  # e.g. rows streamed from an .npz buffer

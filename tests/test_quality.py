@@ -311,6 +311,8 @@ def test_toy_extractor_is_the_same_network_everywhere_and_loads_a_classifier(tmp
     assert fa.shape == (5, quality.ToyCNN.FEATURE_DIM) and la is None and lb is None
     np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-7)
     assert a.weights == b.weights and not a.class_aligned
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast does not reach the extractor
+        np.testing.assert_array_equal(a(images)[0], fa)
     # a trained classifier's checkpoint gives class-aligned logits
     net = quality.ToyCNN(num_classes=6)
     path = tmp_path / "toy.pt"
