@@ -6,6 +6,7 @@ wrong shape.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -49,7 +50,10 @@ def read_checkpoint(path_or_uri: str | os.PathLike) -> Any:
 
         return load_file(str(path), device="cpu")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        # The released MAR and LlamaGen training files carry their argparse.Namespace of training
+        # arguments next to the weights; that plain attribute holder is the one class let through.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickles with code in them are refused here
         raise ArgenError(f"could not read {str(path)!r} as a weights-only torch checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200]}); argen never unpickles arbitrary objects") from e

@@ -221,3 +221,16 @@ def test_known_names_include_every_official_size():
     for n in [*OFFICIAL, "var_tiny"]:
         assert n in names
     assert V.CONFIGS["var_d36"].shared_aln and V.CONFIGS["var_d36"].patch_nums[-1] == 32
+
+
+def test_training_checkpoint_with_args_namespace_loads(tmp_path, tiny):
+    """Released training files (MAR, LlamaGen) hold an argparse.Namespace beside the weights."""
+    import argparse
+
+    from accel.checkpoints import read_checkpoint, unwrap_state_dict
+
+    sd = tiny.model.state_dict()
+    torch.save({"model": sd, "epoch": 3, "args": argparse.Namespace(depth=4, device="cuda", pn=(1, 2))},
+               tmp_path / "train.pth")
+    got = unwrap_state_dict(read_checkpoint(tmp_path / "train.pth"))
+    assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
