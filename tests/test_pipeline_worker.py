@@ -75,3 +75,23 @@ def test_same_shard_same_bytes_and_no_dependence_on_other_shards(tmp_path, worke
     q = json.loads(a.read("shards/000001.stats.json"))["quality"]
     assert q["feature_count"] == 0
     assert q["image_mean"] == pytest.approx(images.mean()) and q["image_std"] == pytest.approx(images.std())
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_many_shards(tmp_path, worker_factory):
+    """Python-heap growth over 6 more shards stays far below one shard's pixels (a leak would hold them all)."""
+    import tracemalloc
+
+    w = worker_factory(LocalSink(tmp_path))
+    one_shard_pixels = 2 * 256 * 256 * 3
+    tracemalloc.start()
+    try:
+        w.run_shard(task(0, n=2))
+        w.run_shard(task(1, n=2))
+        base = tracemalloc.get_traced_memory()[0]
+        for s in range(2, 8):
+            w.run_shard(task(s, n=2))
+        growth = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert growth < one_shard_pixels / 4, growth
