@@ -46,33 +46,49 @@ def utc_now() -> str:
 
 
 class CounterMerger:
-    """Merges the method counters of a shard's generate() calls.
+    """Merges the method counters of a shard's generate() calls into the shard's `counters`.
 
-    Integer counters are summed; float counters (rates, fractions, mean lengths) are averaged,
-    weighted by the number of images of each call.
+    Counters describe one call (a rate, a mean length, steps per call, kept fraction per scale), so
+    each numeric counter, or list of numbers (element-wise), is averaged over the calls, weighted by
+    the number of images of each call. Other values are dropped.
     """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weighted: dict[str, float] = {}
+        self.totals: dict[str, Any] = {}
         self.weights: dict[str, float] = {}
+
+    @staticmethod
+    def _number(v: Any) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
     def add(self, stats: dict[str, Any]) -> None:
         images = float(stats.get("images", 1) or 1)
         for k, v in stats.items():
-            if k in TIMING_KEYS or isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            if k in TIMING_KEYS:
                 continue
-            if isinstance(v, (int, np.integer)):
-                self.sums[k] = self.sums.get(k, 0) + int(v)
+            if self._number(v):
+                value: Any = float(v) * images
+                if k in self.totals and isinstance(self.totals[k], list):
+                    continue  # a key that changed type between calls is not a counter
+                self.totals[k] = self.totals.get(k, 0.0) + value
+            elif isinstance(v, (list, tuple)) and v and all(self._number(x) for x in v):
+                old = self.totals.get(k)
+                if old is None:
+                    self.totals[k] = [float(x) * images for x in v]
+                elif isinstance(old, list) and len(old) == len(v):
+                    self.totals[k] = [a + float(x) * images for a, x in zip(old, v)]
+                else:
+                    continue
             else:
-                self.weighted[k] = self.weighted.get(k, 0.0) + float(v) * images
-                self.weights[k] = self.weights.get(k, 0.0) + images
+                continue
+            self.weights[k] = self.weights.get(k, 0.0) + images
 
-    def result(self) -> dict[str, float]:
-        out: dict[str, float] = dict(self.sums)
-        for k, total in self.weighted.items():
-            out[k] = total / self.weights[k] if self.weights[k] else 0.0
-        return dict(sorted(out.items()))
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in sorted(self.totals):
+            w, t = self.weights[k], self.totals[k]
+            out[k] = [x / w for x in t] if isinstance(t, list) else t / w
+        return out
 
 
 def image_moments(images: np.ndarray) -> tuple[float, float, int]:

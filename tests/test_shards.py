@@ -7,6 +7,7 @@ import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import webdataset as wds
 
 from pipeline.shards import ShardTarWriter, decode_png, read_shard, sample_metadata, sha256_hex
@@ -59,9 +60,13 @@ def test_prompts_go_to_txt():
 
 def test_counter_merger():
     m = CounterMerger()
-    m.add({"seconds": 1.0, "images": 2, "flops": 5.0, "accepted": 10, "hit_rate": 0.5, "name": "x"})
-    m.add({"seconds": 1.0, "images": 6, "flops": 5.0, "accepted": 4, "hit_rate": 0.9})
-    assert m.result() == {"accepted": 14, "hit_rate": (0.5 * 2 + 0.9 * 6) / 8}
+    m.add({"seconds": 1.0, "images": 2, "flops": 5.0, "steps": 10, "hit_rate": 0.5, "name": "x",
+           "kept": [1.0, 0.5], "flag": True})
+    m.add({"seconds": 1.0, "images": 6, "flops": 5.0, "steps": 4, "hit_rate": 0.9, "kept": [1.0, 0.25]})
+    r = m.result()
+    assert sorted(r) == ["hit_rate", "kept", "steps"]
+    assert r["hit_rate"] == pytest.approx((0.5 * 2 + 0.9 * 6) / 8) and r["steps"] == pytest.approx((10 * 2 + 4 * 6) / 8)
+    assert r["kept"] == pytest.approx([1.0, (0.5 * 2 + 0.25 * 6) / 8])
 
 
 def test_moments():
