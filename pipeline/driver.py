@@ -314,6 +314,9 @@ def prepare(cfg: Any) -> Run:
     sink = open_sink(str(cfg.output.uri), cfg.get("storage"))
     sink.preflight()
     resumed = check_run_json(sink, plan, plain_config(cfg))
+    stale = sink.clean_incomplete()  # one run per output at a time: what is half-written now is abandoned
+    if stale:
+        log.info("removed %d incomplete write(s) left by an earlier run", stale)
     return Run(plan=plan, sink=sink, committed=committed_shards(sink, plan), resumed=resumed)
 
 

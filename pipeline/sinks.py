@@ -32,6 +32,7 @@ class Sink(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def preflight(self) -> None: ...
+    def clean_incomplete(self) -> int: ...
 
 
 def _check_key(key: str) -> str:
@@ -93,6 +94,16 @@ class LocalSink:
             self._path(key).unlink()
         except FileNotFoundError:
             pass
+
+    def clean_incomplete(self) -> int:
+        """Delete temporary files left by writers that died mid-write; returns how many."""
+        n = 0
+        if self.root.is_dir():
+            for p in self.root.rglob(".*.tmp"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n
 
     def preflight(self) -> None:
         """Make the folder and write, read back and delete a probe file."""
@@ -269,10 +280,23 @@ class S3Sink:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def _uploads(self) -> list[dict]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        out = []
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
+            out.extend(page.get("Uploads", []))
+        return out
+
     def incomplete_uploads(self) -> list[str]:
         """Keys with multipart uploads in progress under this prefix (for checks and clean-up)."""
-        r = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
-        return [u["Key"] for u in r.get("Uploads", [])]
+        return [u["Key"] for u in self._uploads()]
+
+    def clean_incomplete(self) -> int:
+        """Abort multipart uploads left by writers that died mid-upload; returns how many."""
+        uploads = self._uploads()
+        for u in uploads:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+        return len(uploads)
 
     def preflight(self) -> None:
         """Write, read back and delete a probe object: a wrong bucket or missing credentials fail here."""

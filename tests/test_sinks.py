@@ -22,7 +22,11 @@ def test_local_sink_roundtrip(tmp_path):
     assert sink.list() == ["run.json", "shards/000001.tar"]
     assert sink.list("shards/") == ["shards/000001.tar"]
     assert sink.exists("run.json") and not sink.exists("nope")
-    # no temporary files are left behind
+    # no temporary files are left behind; a dead writer's are cleaned up
+    assert sorted(os.listdir(tmp_path / "out" / "shards")) == ["000001.tar"]
+    (tmp_path / "out" / "shards" / ".000002.tar.x1y2.tmp").write_bytes(b"half")
+    assert sink.list() == ["run.json", "shards/000001.tar"]
+    assert sink.clean_incomplete() == 1
     assert sorted(os.listdir(tmp_path / "out" / "shards")) == ["000001.tar"]
     sink.delete("run.json")
     sink.delete("run.json")
@@ -95,6 +99,10 @@ def test_s3_multipart_failure_aborts(s3_bucket, monkeypatch):
     assert 2 in calls
     assert not sink.exists("shards/000000.tar")  # nothing half-written is visible
     assert sink.incomplete_uploads() == []       # and the upload was aborted
+    # an upload abandoned by a process that died is aborted by the next run's clean-up
+    client.create_multipart_upload(Bucket=bucket, Key="run/a/shards/000003.tar")
+    assert sink.incomplete_uploads() == ["run/a/shards/000003.tar"]
+    assert sink.clean_incomplete() == 1 and sink.incomplete_uploads() == []
 
 
 @pytest.mark.slow
