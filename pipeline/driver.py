@@ -363,6 +363,15 @@ def start_ray(cfg: Any) -> bool:
     return True
 
 
+def _nodes() -> int:
+    import ray
+
+    try:
+        return sum(1 for n in ray.nodes() if n.get("Alive"))
+    except Exception:
+        return 1
+
+
 def actor_factory(cfg: Any, sink: LocalSink | S3Sink, warmup_condition: int | str | None = None
                   ) -> Callable[[int], Any]:
     import ray
@@ -440,6 +449,10 @@ def run(cfg: Any) -> dict[str, Any]:
     try:
         if todo:
             started_ray = start_ray(cfg)
+            if isinstance(sink, LocalSink) and _nodes() > 1:
+                log.warning("output.uri=%s is a local folder but the Ray cluster has %d nodes: each node writes "
+                            "to its own disk unless the folder is on a shared filesystem; use s3://... instead",
+                            sink.uri, _nodes())
             scheduler = ShardScheduler(actor_factory(cfg, sink, warmup_condition=plan.conditions[0]),
                                        num_workers=min(int(cfg.ray.num_workers), len(todo)),
                                        max_attempts=int(cfg.ray.max_attempts))
