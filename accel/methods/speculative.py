@@ -30,13 +30,18 @@ Drafters (one interface: `start`, `propose`, `commit`, `forwards`):
     left in the same image row). After verification the unaccepted positions are redrawn from the
     current target distributions (the Jacobi update) and new tokens are appended to keep L.
 
+Conditions: class ids (c2i) or a TextCondition of prompt features (t2i) go to the target and a model
+drafter unchanged (lg.CFGModel.prefill builds the null half for either); nothing else here depends on
+the kind of condition.
+
 Per-sample randomness: row b draws only with generators[b] and the number of draws depends only on
 row b's own progress, so a sample does not depend on its batch-mates (up to floating-point effects).
 
 Options (load_generator(..., accel=..., **options)):
   drafter            a smaller llamagen_* name, "sjd", or "auto" (default: the model's default drafter,
                      llamagen_b for the larger 256 px models, llamagen_b_384 at 384 px, sjd for
-                     llamagen_b, llamagen_tiny_draft for llamagen_tiny)
+                     llamagen_b and the t2i models (no smaller t2i network was released),
+                     llamagen_tiny_draft for llamagen_tiny, llamagen_t2i_tiny_draft for llamagen_t2i_tiny)
   drafter_checkpoint released weights of the drafter (needed unless random_init=True)
   gamma              draft tokens per step for a model drafter (default 4)
   window             SJD window length L (default 16; with accel=speculative drafter=sjd, gamma is
@@ -116,8 +121,8 @@ class SpecConfig:
             spec.gamma = _int_option("gamma", o.pop("gamma", 4), 1, "pass the number of draft tokens per step, e.g. 4")
             check_drafter_config(target_name, drafter)
             if spec.drafter_checkpoint is None and not (random_init or lg.get_config(drafter).random_init_only):
-                raise ArgenError(f"drafter {drafter} has no weights: pass drafter_checkpoint=<its released c2i "
-                                 f"file>, or random_init=True")
+                raise ArgenError(f"drafter {drafter} has no weights: pass drafter_checkpoint=<its released "
+                                 f"checkpoint file>, or random_init=True")
         spec.draft_mode = o.pop("draft_mode", "sample")
         if spec.draft_mode not in ("sample", "argmax"):
             raise ArgenError(f"draft_mode={spec.draft_mode!r}; expected 'sample' (drafts drawn from the drafter, "
@@ -282,11 +287,11 @@ class SpeculativeDecoder:
         self.target, self.drafter, self.rule, self.opts = target, drafter, rule, opts
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, generators: list[torch.Generator], flops: F_.FlopCounter | None = None):
-        """labels [B] -> (tokens [B, N], counters)."""
+    def generate(self, labels, generators: list[torch.Generator], flops: F_.FlopCounter | None = None):
+        """labels: class ids [B] (c2i) or a TextCondition (t2i) -> (tokens [B, N], counters)."""
         flops = flops if flops is not None else F_.FlopCounter()
         opts, target, drafter = self.opts, self.target, self.drafter
-        B, N, G, device = labels.shape[0], target.block_size, drafter.gamma, labels.device
+        B, N, G, device = len(labels), target.block_size, drafter.gamma, labels.device
         if len(generators) != B:
             raise ArgenError(f"{B} labels but {len(generators)} generators")
         runner = lg.CFGModel(target, opts, B, target.cls_token_num + N + G + 2, flops, "target")
@@ -365,7 +370,9 @@ def check_compatible(target: lg.Transformer, drafter: lg.Transformer, target_nam
     t, d = target.config, drafter.config
     for what, tv, dv in (("vocabulary size", t.vocab_size, d.vocab_size),
                          ("token grid (block_size)", t.block_size, d.block_size),
+                         ("conditioning (model_type)", t.model_type, d.model_type),
                          ("number of classes", t.num_classes, d.num_classes),
+                         ("caption feature size", t.caption_dim, d.caption_dim),
                          ("condition tokens", t.cls_token_num, d.cls_token_num)):
         if tv != dv:
             raise ArgenError(f"drafter {drafter_name} has {what} {dv} but target {target_name} has {tv}; "
@@ -381,6 +388,11 @@ def check_drafter_config(target_name: str, drafter_name: str) -> None:
         raise ArgenError(f"drafter {drafter_name} uses tokenizer {d_tok} with {dcfg.args.vocab_size} codes but "
                          f"target {target_name} uses {t_tok} with {tcfg.args.vocab_size}; pick a drafter with "
                          f"the same tokenizer (drafter=auto picks one)")
+    if tcfg.args.model_type != dcfg.args.model_type:
+        kind = {"c2i": "class-to-image", "t2i": "text-to-image"}
+        raise ArgenError(f"drafter {drafter_name} is {kind[dcfg.args.model_type]} but target {target_name} is "
+                         f"{kind[tcfg.args.model_type]}; the drafter must take the same condition (drafter=auto "
+                         f"picks one, drafter=sjd needs none)")
     if tcfg.args.block_size != dcfg.args.block_size:
         raise ArgenError(f"drafter {drafter_name} makes a {dcfg.grid}x{dcfg.grid} token grid but target "
                          f"{target_name} a {tcfg.grid}x{tcfg.grid} grid; pick a drafter of the same image size")

@@ -1,8 +1,14 @@
-"""LlamaGen class-conditional generators (Sun et al. 2024), in the official c2i layout.
+"""LlamaGen generators (Sun et al. 2024): class-to-image and text-to-image, in the official layouts.
 
-A plain Llama decoder over VQ-16 codes: a class token, then the image tokens in raster order, 2D
+A plain Llama decoder over VQ-16 codes: condition tokens, then the image tokens in raster order, 2D
 RoPE, SwiGLU, RMSNorm, no biases. The module tree and parameter names follow the released
-`c2i_*.pt` files exactly, so those files load with strict key matching.
+`c2i_*.pt` and `t2i_*.pt` files exactly, so those files load with strict key matching.
+
+Class-to-image (c2i): one condition token, a class embedding with the null class `num_classes`.
+Text-to-image (t2i): 120 condition tokens, the FLAN-T5-XL features of the prompt (accel/text_encoder.py,
+computed in generate(), left-padded) through `cls_embedding.cap_proj` (a GELU-tanh MLP); padding
+positions are hidden from attention (each still sees itself). The null condition for CFG is the
+stored `cls_embedding.uncond_embedding` [120, 2048], under the prompt's own mask, as in the release.
 
 Model names (`CONFIGS`):
 
@@ -11,11 +17,20 @@ Model names (`CONFIGS`):
     llamagen_tiny        random-init test model: official structure, 2 narrow layers, 16x16 grid
     llamagen_tiny_draft  an even smaller random-init model with the same vocabulary and grid,
                          the default drafter of llamagen_tiny for speculative decoding
+    llamagen_t2i_xl      text-to-image GPT-XL, Stage I: 256 px, 16x16 grid (t2i_XL_stage1_256.pt)
+    llamagen_t2i_xl_512  the same network at 512 px, 32x32 grid, Stage II (t2i_XL_stage2_512.pt)
+    llamagen_t2i_tiny, llamagen_t2i_tiny_draft   random-init t2i test models: official t2i structure
+                         (120 condition tokens, 2048-dim caption features), narrow, 16x16 grid
+
+The token grid follows the image size (image_size / 16 per side); the weights do not depend on it
+(the RoPE table is computed, not stored), so both t2i files have the same keys and shapes.
 
 Released files: c2i_B_256.pt -> llamagen_b, c2i_B_384.pt -> llamagen_b_384, c2i_L_256.pt ->
 llamagen_l, c2i_L_384.pt -> llamagen_l_384, c2i_XL_384.pt -> llamagen_xl_384, c2i_XXL_384.pt ->
 llamagen_xxl_384, c2i_3B_384.pt -> llamagen_3b_384 (DDP files hold the weights under "model", the
 FSDP ones (XXL, 3B) are a bare state dict; both are read). Tokenizer: vq_ds16_c2i.pt.
+t2i (HF peizesun/llamagen_t2i): t2i_XL_stage1_256.pt -> llamagen_t2i_xl, t2i_XL_stage2_512.pt ->
+llamagen_t2i_xl_512; tokenizer vq_ds16_t2i.pt (the same VQ-16 network as vq_ds16_c2i.pt, other weights).
 
 Sampling (`generate_tokens`) is the official loop: CFG by batch doubling with the null class
 `num_classes`, the same token fed to both halves, guidance on logits, then temperature, top-k and
@@ -24,9 +39,10 @@ top-p, `cfg_interval`, a static KV cache. Accelerations plug in through two hook
 length) and the acceptance rule of accel/methods/speculative.py.
 
 Options (`load_generator(..., **options)`): cfg (guidance scale; default per model as in the
-paper's FID runs), cfg_interval (-1), temperature (1.0), top_k (0 = off), top_p (1.0), greedy
-(False; True = argmax, the official `sample_logits=False`). Speculative options are listed in
-accel/methods/speculative.py.
+paper's FID runs, 7.5 for t2i as the release's t2i samplers), cfg_interval (-1), temperature (1.0),
+top_k (0 = off; 1000 for t2i), top_p (1.0), greedy (False; True = argmax, the official
+`sample_logits=False`). t2i only: text_encoder (local FLAN-T5-XL folder, required) and clean_prompts
+(True). Speculative options are listed in accel/methods/speculative.py.
 """
 from __future__ import annotations
 
@@ -59,9 +75,11 @@ class ModelArgs:
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     num_classes: int = 1000
+    caption_dim: int = 2048           # t2i: FLAN-T5-XL feature size
     class_dropout_prob: float = 0.1   # > 0 gives the embedding table its null row (index num_classes)
+    model_type: str = "c2i"           # "c2i" (class embedding) or "t2i" (caption embedder)
     vocab_size: int = 16384
-    cls_token_num: int = 1
+    cls_token_num: int = 1            # condition positions: 1 (c2i) or 120 (t2i)
     block_size: int = 256             # image tokens: (image_size / 16) ** 2
 
 
@@ -74,10 +92,15 @@ class LlamaGenConfig:
     tokenizer: dict = field(default_factory=dict)   # kwargs of accel.tokenizers.vq.build_tokenizer
     default_drafter: str = "sjd"
     random_init_only: bool = False
+    sampling: dict = field(default_factory=dict)    # other sampling defaults (t2i: top_k 1000)
 
     @property
     def grid(self) -> int:
         return int(math.isqrt(self.args.block_size))
+
+    @property
+    def takes_prompts(self) -> bool:
+        return self.args.model_type == "t2i"
 
 
 _SIZES = {  # n_layer, n_head, dim (gpt.py GPT_B ... GPT_3B), cfg of the FID runs
@@ -106,6 +129,25 @@ CONFIGS["llamagen_tiny_draft"] = LlamaGenConfig(
     ModelArgs(n_layer=1, n_head=2, dim=32, multiple_of=32, block_size=256),
     image_size=256, cfg=2.0, tokenizer=TINY_TOKENIZER, random_init_only=True)
 
+# text-to-image (gpt.py GPT-XL with model_type t2i, cls_token_num 120; sample_t2i.py: cfg 7.5, top-k 1000)
+T2I_TOKENS = 120          # condition positions = the T5 window
+T2I_NULL_ROWS = 120       # rows of the stored null caption (the release's CaptionEmbedder token_num)
+T2I_SAMPLING = {"top_k": 1000}
+for _px, _suffix in ((256, ""), (512, "_512")):
+    CONFIGS[f"llamagen_t2i_xl{_suffix}"] = LlamaGenConfig(
+        ModelArgs(n_layer=36, n_head=20, dim=1280, model_type="t2i", cls_token_num=T2I_TOKENS,
+                  block_size=(_px // 16) ** 2),
+        image_size=_px, cfg=7.5, sampling=T2I_SAMPLING)
+CONFIGS["llamagen_t2i_tiny"] = LlamaGenConfig(
+    ModelArgs(n_layer=2, n_head=4, dim=64, multiple_of=32, model_type="t2i", cls_token_num=T2I_TOKENS,
+              block_size=256),
+    image_size=256, cfg=7.5, tokenizer=TINY_TOKENIZER, default_drafter="llamagen_t2i_tiny_draft",
+    random_init_only=True, sampling=T2I_SAMPLING)
+CONFIGS["llamagen_t2i_tiny_draft"] = LlamaGenConfig(
+    ModelArgs(n_layer=1, n_head=2, dim=32, multiple_of=32, model_type="t2i", cls_token_num=T2I_TOKENS,
+              block_size=256),
+    image_size=256, cfg=7.5, tokenizer=TINY_TOKENIZER, random_init_only=True, sampling=T2I_SAMPLING)
+
 
 # ----------------------------------------------------------------------------------------------
 # Network (module names = state_dict keys of the release)
@@ -120,6 +162,52 @@ class LabelEmbedder(nn.Module):
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return self.embedding_table(labels).unsqueeze(1)  # [B, 1, dim]
+
+
+class CaptionMLP(nn.Module):
+    """fc1 -> GELU (tanh approximation) -> fc2, no biases."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=False)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CaptionEmbedder(nn.Module):
+    """Caption features [B, T, caption_dim] -> condition tokens [B, T, dim].
+
+    `uncond_embedding` [120, caption_dim] is the null caption for CFG: drawn once at construction
+    (normal / sqrt(caption_dim)), saved with the weights as a buffer and never trained."""
+
+    def __init__(self, caption_dim: int, hidden_size: int, null_rows: int = T2I_NULL_ROWS):
+        super().__init__()
+        self.cap_proj = CaptionMLP(caption_dim, hidden_size, hidden_size)
+        self.register_buffer("uncond_embedding", torch.randn(null_rows, caption_dim) / caption_dim ** 0.5)
+
+    def forward(self, caption: torch.Tensor) -> torch.Tensor:
+        return self.cap_proj(caption.to(self.cap_proj.fc1.weight.dtype))
+
+
+@dataclass
+class TextCondition:
+    """A batch of prompts as the t2i network takes them: len() and .device like a label tensor."""
+
+    features: torch.Tensor   # [B, T, caption_dim], left-padded, zeros on padding
+    mask: torch.Tensor       # [B, T] bool, True on prompt tokens
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    def select(self, rows) -> "TextCondition":
+        return TextCondition(self.features[rows], self.mask[rows])
 
 
 class RMSNorm(nn.Module):
@@ -167,6 +255,14 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layer)]
         self.kv_len = 0  # keys [0, kv_len) take part in the current forward
+        self.key_valid: torch.Tensor | None = None  # t2i: [B, max_seq] bool, False on padding condition keys
+
+    def set_condition_mask(self, cond_mask: torch.Tensor) -> None:
+        """cond_mask [B, T] (True = prompt token): keys at the other condition positions are hidden."""
+        B, T = cond_mask.shape
+        valid = torch.ones(B, self.max_seq, dtype=torch.bool, device=cond_mask.device)
+        valid[:, :T] = cond_mask.bool()
+        self.key_valid = valid
 
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         # input_pos [B, T]; k, v [B, H, T, D]
@@ -218,8 +314,13 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = args
         self.cls_token_num, self.num_classes, self.vocab_size = args.cls_token_num, args.num_classes, args.vocab_size
-        self.block_size = args.block_size
-        self.cls_embedding = LabelEmbedder(args.num_classes, args.dim, args.class_dropout_prob)
+        self.block_size, self.model_type = args.block_size, args.model_type
+        if args.model_type == "c2i":
+            self.cls_embedding = LabelEmbedder(args.num_classes, args.dim, args.class_dropout_prob)
+        elif args.model_type == "t2i":
+            self.cls_embedding = CaptionEmbedder(args.caption_dim, args.dim)
+        else:
+            raise ArgenError(f"model_type={args.model_type!r}; expected 'c2i' or 't2i'")
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layer))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
@@ -239,6 +340,9 @@ class Transformer(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, mean=0.0, std=self.config.initializer_range)
+        if isinstance(self.cls_embedding, CaptionEmbedder):  # the null caption, as at construction
+            e = self.cls_embedding.uncond_embedding
+            e.copy_(torch.randn(e.shape) / e.shape[1] ** 0.5)
         if zero_output:
             nn.init.zeros_(self.output.weight)
         else:
@@ -251,45 +355,88 @@ class Transformer(nn.Module):
         # row; their outputs are thrown away and their keys are never seen by a valid query
         return self.freqs_cis[pos.clamp(max=self.freqs_cis.shape[0] - 1)]
 
+    def condition_rows(self, cond, with_null: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A condition batch -> (what forward() takes as cond_idx, condition key mask or None).
+
+        c2i: cond = class ids [B] -> [B] (or [2B] with the null class appended).
+        t2i: cond = TextCondition -> features [B, T, C] (or [2B, ...] with the stored null caption
+        appended; the null rows keep their prompt's mask, as the release does) and the mask."""
+        if self.model_type == "c2i":
+            if isinstance(cond, TextCondition):
+                raise ArgenError("this LlamaGen model is class-conditional; pass class ids, not prompt features")
+            return (torch.cat([cond, torch.full_like(cond, self.num_classes)]) if with_null else cond), None
+        if not isinstance(cond, TextCondition):
+            raise ArgenError("this LlamaGen model is text-to-image; pass prompt features (TextCondition), not "
+                             "class ids")
+        B, T, C = cond.features.shape
+        if T != self.cls_token_num or C != self.config.caption_dim or tuple(cond.mask.shape) != (B, T):
+            raise ArgenError(f"prompt features of shape {tuple(cond.features.shape)} with mask "
+                             f"{tuple(cond.mask.shape)}; this model takes [B, {self.cls_token_num}, "
+                             f"{self.config.caption_dim}] and [B, {self.cls_token_num}]")
+        feats, mask = cond.features, cond.mask.bool()
+        if with_null:
+            null = self.cls_embedding.uncond_embedding[:T].to(feats.dtype).expand(B, -1, -1)
+            feats, mask = torch.cat([feats, null]), torch.cat([mask, mask])
+        return feats, mask
+
     def forward(self, idx: torch.Tensor | None, cond_idx: torch.Tensor | None,
-                input_pos: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                input_pos: torch.Tensor | None = None, cache: KVCache | None = None,
+                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, V] (fp32).
 
-        Full (training-style) forward: idx [B, T] image tokens and cond_idx [B] class ids, no cache;
-        returns the logits of all cls_token_num + T positions (position i predicts image token
-        i - cls_token_num + 1).
-        Cached: either cond_idx (prefill) or idx (decode) with input_pos [B, T] (or [T]) and a cache.
+        Full (training-style) forward: idx [B, T] image tokens and cond_idx (class ids [B], or caption
+        features [B, cls_token_num, caption_dim] with cond_mask [B, cls_token_num]), no cache; returns the
+        logits of all cls_token_num + T positions (position i predicts image token i - cls_token_num + 1).
+        Cached: either cond_idx (prefill; t2i with cond_mask, kept in the cache) or idx (decode) with
+        input_pos [B, T] (or [T]) and a cache.
         """
         if cache is None:
             h = torch.cat([self.cls_embedding(cond_idx)[:, :self.cls_token_num], self.tok_embeddings(idx)], dim=1)
             freqs = self._freqs(torch.arange(h.shape[1], device=h.device), h.device)
             mask = None
+            if cond_mask is not None:
+                S = h.shape[1]
+                pos = torch.arange(S, device=h.device)
+                valid = torch.ones(h.shape[0], S, dtype=torch.bool, device=h.device)
+                valid[:, :cond_mask.shape[1]] = cond_mask.bool()
+                mask = (pos[None, :, None] >= pos[None, None, :]) & (valid[:, None, :] | torch.eye(
+                    S, dtype=torch.bool, device=h.device)[None])
+                mask = mask[:, None]                                           # [B, 1, S, S]
         else:
             h = self.cls_embedding(cond_idx)[:, :self.cls_token_num] if cond_idx is not None else self.tok_embeddings(idx)
             B, T = h.shape[:2]
             if input_pos.dim() == 1:
                 input_pos = input_pos[None].expand(B, -1)
+            if cond_mask is not None:
+                cache.set_condition_mask(cond_mask)
             cache.kv_len = int(input_pos.max()) + 1
             if cache.kv_len > cache.max_seq:
                 raise ArgenError(f"position {cache.kv_len - 1} is past the KV cache length {cache.max_seq}")
             keys = torch.arange(cache.kv_len, device=h.device)
             mask = (keys[None, None, :] <= input_pos[:, :, None])[:, None]  # [B, 1, T, kv_len]
+            if cache.key_valid is not None:  # t2i: padding condition keys hidden, except from themselves
+                seen = cache.key_valid[:, None, :cache.kv_len] | (keys[None, None, :] == input_pos[:, :, None])
+                mask = mask & seen[:, None]
             freqs = self._freqs(input_pos, h.device)                          # [B, T, hd/2, 2]
         for i, layer in enumerate(self.layers):
             h = layer(h, freqs, mask, cache, i, input_pos)
         return self.output(self.norm(h)).float()
 
-    def forward_flops(self, rows: int, n_q: int, n_kv: int) -> float:
-        """Analytic FLOPs of one forward: `rows` sequences, n_q new tokens each, n_kv keys attended."""
+    def forward_flops(self, rows: int, n_q: int, n_kv: int, prefill: bool = False) -> float:
+        """Analytic FLOPs of one forward: `rows` sequences, n_q new tokens each, n_kv keys attended
+        (prefill: the condition tokens, which for t2i also pass the caption MLP)."""
         a = self.config
         head_dim, n_kv_head = a.dim // a.n_head, a.n_kv_head or a.n_head
         hidden = self.layers[0].feed_forward.w1.out_features if len(self.layers) else 0
         n = rows * n_q
+        extra = 0.0
+        if prefill and a.model_type == "t2i":  # the caption MLP
+            extra = F_.linear(n, a.caption_dim, a.dim) + F_.linear(n, a.dim, a.dim)
         per_layer = (F_.linear(n, a.dim, (a.n_head + 2 * n_kv_head) * head_dim)
                      + rows * F_.attention(n_q, n_kv, a.dim)
                      + F_.linear(n, a.dim, a.dim)
                      + 3 * F_.linear(n, a.dim, hidden))
-        return a.n_layer * per_layer + F_.linear(n, a.dim, a.vocab_size)
+        return a.n_layer * per_layer + F_.linear(n, a.dim, a.vocab_size) + extra
 
 
 def precompute_freqs_cis_2d(grid_size: int, n_elem: int, base: float = 10000, cls_token_num: int = 1) -> torch.Tensor:
@@ -434,13 +581,15 @@ class CFGModel:
         self.device = device
         self.calls = 0
 
-    def prefill(self, labels: torch.Tensor) -> torch.Tensor:
-        """Class tokens at positions [0, cls_token_num) -> guided logits [B, V] for image token 0."""
-        cond = torch.cat([labels, torch.full_like(labels, self.model.num_classes)]) if self.opts.cfg > 1.0 else labels
+    def prefill(self, cond) -> torch.Tensor:
+        """Condition tokens at positions [0, cls_token_num) -> guided logits [B, V] for image token 0.
+
+        cond: class ids [B] (c2i) or a TextCondition (t2i); the null half is added here."""
+        rows, cond_mask = self.model.condition_rows(cond, with_null=self.opts.cfg > 1.0)
         T = self.model.cls_token_num
         pos = torch.arange(T, device=self.device)
-        logits = self.model(None, cond, pos, cache=self.cache)[:, -1]
-        self._count(T)
+        logits = self.model(None, rows, pos, cache=self.cache, cond_mask=cond_mask)[:, -1]
+        self._count(T, prefill=True)
         return guided_logits(logits, self.opts, 0)
 
     def decode(self, tokens: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
@@ -451,9 +600,9 @@ class CFGModel:
         self._count(tokens.shape[1])
         return guided_logits(logits, self.opts, token_index + 1)
 
-    def _count(self, n_q: int) -> None:
+    def _count(self, n_q: int, prefill: bool = False) -> None:
         self.calls += 1
-        self.flops.add(self.component, self.model.forward_flops(self.rows, n_q, self.cache.kv_len))
+        self.flops.add(self.component, self.model.forward_flops(self.rows, n_q, self.cache.kv_len, prefill))
 
 
 def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Generator],
@@ -464,11 +613,13 @@ def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Gene
     return categorical_rows(probs[:, None], generators, rows)[:, 0]
 
 
-def generate_tokens(model: Transformer, labels: torch.Tensor, opts: SamplingOptions,
+def generate_tokens(model: Transformer, labels, opts: SamplingOptions,
                     generators: list[torch.Generator], flops: F_.FlopCounter | None = None) -> torch.Tensor:
-    """The official loop (accel=none): prefill samples token 0, then one cached step per token."""
+    """The official loop (accel=none): prefill samples token 0, then one cached step per token.
+
+    labels: class ids [B] (c2i) or a TextCondition (t2i)."""
     flops = flops if flops is not None else F_.FlopCounter()
-    B, N = labels.shape[0], model.block_size
+    B, N = len(labels), model.block_size
     runner = CFGModel(model, opts, B, model.cls_token_num + N, flops, "target")
     seq = torch.empty(B, N, dtype=torch.long, device=labels.device)
     seq[:, 0] = pick(logits_to_probs(runner.prefill(labels), opts), opts, generators)
@@ -483,6 +634,7 @@ def generate_tokens(model: Transformer, labels: torch.Tensor, opts: SamplingOpti
 # The generator
 # ----------------------------------------------------------------------------------------------
 SAMPLING_OPTIONS = ("cfg", "cfg_interval", "temperature", "top_k", "top_p", "greedy")
+TEXT_OPTIONS = ("text_encoder", "clean_prompts")  # t2i models only
 
 
 class LlamaGenGenerator(BaseGenerator):
@@ -490,23 +642,38 @@ class LlamaGenGenerator(BaseGenerator):
     supported_accels = ("none", "speculative", "lantern", "sjd")
 
     def __init__(self, *, name, accel, model, tokenizer, device, config: LlamaGenConfig, opts: SamplingOptions,
-                 decoder=None):
+                 decoder=None, text_encoder=None):
         super().__init__(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
-                         image_size=config.image_size, num_classes=config.args.num_classes)
-        self.config, self.opts, self.decoder = config, opts, decoder
+                         image_size=config.image_size,
+                         num_classes=0 if config.takes_prompts else config.args.num_classes)
+        self.config, self.opts, self.decoder, self.text_encoder = config, opts, decoder, text_encoder
+        self.conditions_are_prompts = config.takes_prompts
+
+    def encode_prompts(self, prompts: list[str], flops: F_.FlopCounter | None = None) -> tuple[TextCondition, dict]:
+        """Prompts -> the t2i condition (T5 features, left-padded, in one batch) and its counters."""
+        enc = self.text_encoder.encode(prompts)
+        if flops is not None:
+            flops.add("text_encoder", self.text_encoder.flops_per_prompt * len(prompts))
+        cond = TextCondition(enc.features, enc.mask)
+        return cond, {"prompt_truncated_fraction": sum(enc.truncated) / len(prompts),
+                      "prompt_tokens": sum(min(n, self.text_encoder.window) for n in enc.lengths) / len(prompts)}
 
     def _sample(self, conditions, generators):
         flops = F_.FlopCounter()
-        labels = torch.tensor(conditions, dtype=torch.long, device=self.device)
         B, N = len(conditions), self.model.block_size
+        text_counters: dict = {}
+        if self.config.takes_prompts:
+            cond, text_counters = self.encode_prompts(conditions, flops)
+        else:
+            cond = torch.tensor(conditions, dtype=torch.long, device=self.device)
         if self.decoder is None:
-            tokens = generate_tokens(self.model, labels, self.opts, generators, flops)
+            tokens = generate_tokens(self.model, cond, self.opts, generators, flops)
             counters = {"accepted_length": 1.0, "target_forwards_per_image": float(N),
                         "target_forward_calls": float(N), "drafter_forwards_per_image": 0.0}
         else:
-            tokens, counters = self.decoder.generate(labels, generators, flops)
+            tokens, counters = self.decoder.generate(cond, generators, flops)
         images = decode_tokens(self.tokenizer, tokens, self.config.grid, flops)
-        return images.float().clamp(-1, 1), {**flops.per_image(B), **counters}
+        return images.float().clamp(-1, 1), {**flops.per_image(B), **counters, **text_counters}
 
 
 def decode_tokens(tokenizer, tokens: torch.Tensor, grid: int, flops: F_.FlopCounter | None = None) -> torch.Tensor:
@@ -534,22 +701,37 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     spec = None
     if accel != "none":
         from accel.methods import speculative as spec
-    allowed = SAMPLING_OPTIONS + (spec.OPTIONS[accel] if spec is not None else ())
+    allowed = SAMPLING_OPTIONS + (TEXT_OPTIONS if cfg.takes_prompts else ()) + (
+        spec.OPTIONS[accel] if spec is not None else ())
     check_option_names(options, allowed, f"{name} with accel={accel}")
     if cfg.random_init_only and not random_init:
         raise ArgenError(f"{name} is a test model with no released weights; pass random_init=True "
                          f"(model.random_init=true)")
+    if cfg.takes_prompts and not random_init and tokenizer_checkpoint is None:
+        raise ArgenError(f"{name}: no tokenizer_checkpoint given; pass the text-to-image VQ file vq_ds16_t2i.pt "
+                         f"(model.tokenizer_checkpoint=...), or random_init=True for random weights")
     require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
-    opts = SamplingOptions(**{"cfg": cfg.cfg, **{k: v for k, v in options.items() if k in SAMPLING_OPTIONS}})
+    sampling = {**cfg.sampling, "cfg": cfg.cfg, **{k: v for k, v in options.items() if k in SAMPLING_OPTIONS}}
+    opts = SamplingOptions(**sampling)
     opts.check(cfg.args.vocab_size)
-    method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS}
+    text_options = {k: options[k] for k in TEXT_OPTIONS if k in options}
+    method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS and k not in TEXT_OPTIONS}
     decoder = None
     if accel != "none":  # validate the method's options before loading any weights
         decoder_spec = spec.SpecConfig.from_options(accel, name, method_options, cfg.default_drafter, random_init)
+    text_encoder = None
+    if cfg.takes_prompts:  # before the big weights: a missing encoder folder fails fast
+        from accel.text_encoder import T5TextEncoder
+
+        clean = text_options.get("clean_prompts", True)
+        if not isinstance(clean, bool):
+            raise ArgenError(f"clean_prompts={clean!r}; expected true (the release's prompt cleaning) or false")
+        text_encoder = T5TextEncoder(text_options.get("text_encoder"), device, window=cfg.args.cls_token_num,
+                                     feature_dim=cfg.args.caption_dim, clean=clean)
     model = load_model(name, checkpoint, random_init, device)
     tokenizer = load_tokenizer(tokenizer_checkpoint, device=device, random_init=random_init, **cfg.tokenizer)
     if accel != "none":
         decoder = spec.build_decoder(decoder_spec, target=model, target_name=name, opts=opts,
                                      tokenizer=tokenizer, device=device, random_init=random_init)
     return LlamaGenGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device, config=cfg,
-                             opts=opts, decoder=decoder)
+                             opts=opts, decoder=decoder, text_encoder=text_encoder)
