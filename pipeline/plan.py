@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 from accel.api import ArgenError
 
 Condition = int | str
+log = logging.getLogger("argen.plan")
 SEED_BITS = 63  # torch.Generator.manual_seed takes any non-negative 64-bit value; stay signed-safe
 
 
@@ -104,39 +106,78 @@ def _parse_condition(value: Any, where: str) -> Condition:
     raise ArgenError(f"{where}: {value!r} is neither a class id (integer) nor a prompt (text)")
 
 
-def read_conditions_file(path: str | Path) -> list[Condition]:
-    """Class ids or prompts, one sample per entry, from a .txt, .jsonl or .parquet file.
+def _read_utf8(p: Path) -> str:
+    """The file as text; a clear error naming the line of the first byte that is not UTF-8."""
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ArgenError(f"{p}:{line}: byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8; save the file "
+                         f"as UTF-8 (e.g. `iconv -f latin1 -t utf-8 {p.name} > fixed{p.suffix}`)") from None
+    return text[1:] if text.startswith("\ufeff") else text  # a byte-order mark is not part of the first line
 
-    txt: one per line (an integer is a class id, other text a prompt; blank lines are skipped).
-    jsonl: one JSON value per line (integer or string), or an object with "class", "condition" or "prompt".
-    parquet: a column named "condition", "class" or "prompt", or a single column.
+
+def _parse_prompt(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ArgenError(f"{where}: {value!r} is not a prompt; a text-to-image model takes one text prompt per "
+                         f"sample (a JSON string, or an object with a \"prompt\" field)")
+    text = value.strip()
+    if not text:
+        raise ArgenError(f"{where}: empty prompt; write a description of the image or remove the entry (an empty "
+                         f"prompt is not taken as an unconditional sample)")
+    return text
+
+
+def read_conditions_file(path: str | Path, prompts: bool = False) -> list[Condition]:
+    """Class ids or prompts, one sample per entry, from a .txt, .jsonl or .parquet file (UTF-8).
+
+    Class ids (prompts=False):
+      txt: one per line (an integer is a class id, other text a prompt; blank lines are skipped).
+      jsonl: one JSON value per line (integer or string), or an object with "class", "condition" or "prompt".
+      parquet: a column named "condition", "class" or "prompt", or a single column.
+    Prompts (prompts=True, for text-to-image models): every entry is text, taken as written (outer
+    whitespace stripped; "1984" stays the prompt "1984").
+      txt: one prompt per line; blank lines are skipped (and counted in the log).
+      jsonl: per line a JSON string, or an object with a "prompt" field.
+      parquet: a "prompt" column, or a single column of strings.
+    An empty prompt, a non-text value or a file that is not UTF-8 is an error naming its line or row.
     """
     p = Path(path).expanduser()
     if not p.is_file():
         raise ArgenError(f"data.conditions_file={str(path)!r} does not exist or is not a file; "
-                         f"pass a .txt, .jsonl or .parquet file of class ids or prompts")
+                         f"pass a .txt, .jsonl or .parquet file of {'prompts' if prompts else 'class ids or prompts'}")
     suffix = p.suffix.lower()
     out: list[Condition] = []
+    parse = _parse_prompt if prompts else _parse_condition
+    fields = ("prompt",) if prompts else ("condition", "class", "prompt")
     if suffix == ".txt":
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        blank = 0
+        for n, line in enumerate(_read_utf8(p).splitlines(), 1):
             if line.strip():
-                out.append(_parse_condition(line, f"{p}:{n}"))
+                out.append(parse(line, f"{p}:{n}"))
+            else:
+                blank += 1
+        if blank and prompts and out:
+            log.info("%s: %d blank line(s) skipped; every other line is one prompt", p, blank)
     elif suffix == ".jsonl":
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_read_utf8(p).splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ArgenError(f"{p}:{n}: not valid JSON ({e.msg}): {line[:80]!r}; "
-                                 f"write one integer, string or {{\"class\": id}} object per line") from None
+                shape = '"a prompt" string or {"prompt": "..."} object' if prompts else \
+                    'integer, string or {"class": id} object'
+                raise ArgenError(f"{p}:{n}: not valid JSON ({e.msg}): {line[:80]!r}; write one {shape} per line"
+                                 ) from None
             if isinstance(value, dict):
-                field = next((k for k in ("condition", "class", "prompt") if k in value), None)
+                field = next((k for k in fields if k in value), None)
                 if field is None:
-                    raise ArgenError(f"{p}:{n}: object without a \"condition\", \"class\" or \"prompt\" field: "
-                                     f"{line[:80]!r}")
+                    names = " or ".join(f'"{k}"' for k in fields)
+                    raise ArgenError(f"{p}:{n}: object without a {names} field: {line[:80]!r}")
                 value = value[field]
-            out.append(_parse_condition(value, f"{p}:{n}"))
+            out.append(parse(value, f"{p}:{n}"))
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -145,18 +186,20 @@ def read_conditions_file(path: str | Path) -> list[Condition]:
         except Exception as e:  # pyarrow raises several types for a broken file
             raise ArgenError(f"{p}: cannot be read as parquet ({type(e).__name__}: {e})") from None
         names = table.column_names
-        column = next((c for c in ("condition", "class", "prompt") if c in names), None)
+        column = next((c for c in fields if c in names), None)
         if column is None and len(names) == 1:
             column = names[0]
         if column is None:
-            raise ArgenError(f"{p}: no column named \"condition\", \"class\" or \"prompt\" among {names}; "
-                             f"rename the column or write a single-column file")
+            wanted = '"prompt"' if prompts else '"condition", "class" or "prompt"'
+            raise ArgenError(f"{p}: no column named {wanted} among {names}; rename the column or write a "
+                             f"single-column file")
         for n, value in enumerate(table.column(column).to_pylist()):
-            out.append(_parse_condition(value, f"{p} row {n}"))
+            out.append(parse(value, f"{p} row {n}"))
     else:
         raise ArgenError(f"data.conditions_file={str(path)!r} has suffix {suffix!r}; expected .txt, .jsonl or .parquet")
     if not out:
-        raise ArgenError(f"data.conditions_file={str(path)!r} holds no conditions; write one class id or prompt per entry")
+        raise ArgenError(f"data.conditions_file={str(path)!r} holds no conditions; write one "
+                         f"{'prompt' if prompts else 'class id or prompt'} per entry")
     return out
 
 
@@ -240,8 +283,11 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
         raise ArgenError(f"output.png_compress_level={settings['output.png_compress_level']}; expected 0 to 9")
 
     if data.get("conditions_file"):
-        conditions = read_conditions_file(data.conditions_file)
+        conditions = read_conditions_file(data.conditions_file, prompts=takes_prompts)
         settings["data.conditions_file"] = conditions_digest(conditions)  # the contents, not the path
+    elif takes_prompts:
+        raise ArgenError(f"{model} is a text-to-image model: pass data.conditions_file=<a .txt, .jsonl or .parquet "
+                         f"file of prompts>; data.classes / data.per_class apply to class-conditional models")
     else:
         n = data.get("num_classes")
         if n is not None:

@@ -17,6 +17,11 @@ Files (both `.npy`, written with `np.save`, no pickles):
   classifier's logits when it was loaded from a checkpoint. `argen evaluate` computes the Inception Score
   from these files.
 
+For prompt runs (text-to-image) the worker also records a CLIP score per shard when `eval.clip_model`
+names a local open_clip folder (`ClipScorer`, `make_clip_scorer`, `clip_record`): quality["clip_score"]
+with its model, weights hash and definition. Without that folder the record says
+clip_score = None and gives the reason in clip_score_absent; no score is ever made up.
+
 Extractors:
 - "inception": torch-fidelity's `inception-v3-compat` (FeatureExtractorInceptionV3), the PyTorch port of
   the TF Inception graph used by the ADM/TTUR FID code. Resize: TF1.x-style bilinear to 299x299 (no
@@ -386,3 +391,102 @@ def _pixel_mean_std(images: np.ndarray, chunk: int = 64) -> dict[str, float | No
     mean = s / total
     var = (sq * total - s * s) / (total * total)
     return {"image_mean": float(mean), "image_std": float(max(var, 0.0) ** 0.5)}
+
+
+# -- CLIP score of prompt runs ---------------------------------------------------------------------
+
+CLIP_PREFIX = "A photo depicts "
+CLIP_DEFINITION = ("mean over the shard's samples of the cosine similarity between the open_clip image embedding "
+                   "and the text embedding of 'A photo depicts ' + prompt (as LANTERN's eval_fid_clip.py, after "
+                   "Hessel et al. 2021); not scaled by 100, not clipped at 0")
+CLIP_HOW_TO = ("eval.clip_model takes a local open_clip folder (open_clip_config.json and its weights). For the "
+               "ViT-B/32 that LANTERN reports, run on a machine with internet access `huggingface-cli download "
+               "timm/vit_base_patch32_clip_224.openai --local-dir clip-vit-b-32`, copy the folder next to the "
+               "workers and pass eval.clip_model=/path/to/clip-vit-b-32")
+
+
+class ClipScorer:
+    """CLIP score of (image, prompt) pairs with an open_clip model read from a local folder.
+
+    `__call__(images_uint8 [N, H, W, 3], prompts)` -> float32 [N] cosine similarities (see
+    CLIP_DEFINITION). Images go through the folder's own evaluation transform (resize, centre crop,
+    normalisation from open_clip_config.json); prompts through its tokenizer (truncated to its context).
+    """
+
+    def __init__(self, folder: str, device: torch.device, batch_size: int = 64):
+        path = Path(str(folder)[len("file://"):] if str(folder).startswith("file://") else str(folder)).expanduser()
+        if "://" in str(folder) and not str(folder).startswith("file://"):
+            raise ArgenError(f"eval.clip_model={folder!r}: CLIP is read from a local folder, not a URI. {CLIP_HOW_TO}")
+        if not path.is_dir() or not (path / "open_clip_config.json").is_file():
+            raise ArgenError(f"eval.clip_model={folder!r} is not a folder with open_clip_config.json. {CLIP_HOW_TO}")
+        weights = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))
+        if not weights:  # open_clip would go on with random weights: never score with those
+            raise ArgenError(f"eval.clip_model={folder!r} holds no weights file (.safetensors, .bin or .pth); "
+                             f"{CLIP_HOW_TO}")
+        if int(batch_size) < 1:
+            raise ArgenError(f"eval.batch_size={batch_size} must be a positive number of images")
+        try:
+            import open_clip
+        except ImportError as e:
+            raise ArgenError("the CLIP score needs the `open_clip_torch` package (a dependency of argen); "
+                             "reinstall argen with `pip install -e .`") from e
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", device=device)
+            self.tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            raise ArgenError(f"eval.clip_model={folder!r} cannot be loaded by open_clip ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300]}); {CLIP_HOW_TO}") from e
+        self.model = model.float().eval()
+        self.preprocess = preprocess
+        self.device, self.batch_size = device, int(batch_size)
+        self.name = path.name
+        self.weights = state_dict_sha256(self.model.state_dict())
+
+    def describe(self) -> dict[str, Any]:
+        return {"clip_model": self.name, "clip_weights": self.weights, "clip_definition": CLIP_DEFINITION}
+
+    def __call__(self, images_uint8: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        from PIL import Image
+
+        images = np.asarray(images_uint8)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ArgenError(f"CLIP score got images of dtype {images.dtype} and shape {tuple(images.shape)}; "
+                             f"expected uint8 [N, H, W, 3]")
+        if len(prompts) != images.shape[0] or any(not isinstance(p, str) for p in prompts):
+            raise ArgenError(f"CLIP score needs one text prompt per image; got {len(prompts)} conditions for "
+                             f"{images.shape[0]} images")
+        out = np.empty(images.shape[0], np.float32)
+        no_autocast = torch.autocast(self.device.type, enabled=False)
+        with torch.inference_mode(), _no_tf32(), no_autocast:
+            for s in range(0, images.shape[0], self.batch_size):
+                chunk = images[s:s + self.batch_size]
+                pixels = torch.stack([self.preprocess(Image.fromarray(im)) for im in chunk]).to(self.device)
+                tokens = self.tokenizer([CLIP_PREFIX + p for p in prompts[s:s + self.batch_size]]).to(self.device)
+                img = self.model.encode_image(pixels).float()
+                txt = self.model.encode_text(tokens).float()
+                out[s:s + len(chunk)] = F.cosine_similarity(img, txt, dim=-1).cpu().numpy()
+        return out
+
+
+def make_clip_scorer(eval_cfg: Any, device: str | torch.device | None) -> ClipScorer | None:
+    """The scorer of `eval.clip_model`, or None when it is not set (then `clip_absent_reason`)."""
+    folder = _cfg_get(eval_cfg, "clip_model")
+    if not folder:
+        return None
+    return ClipScorer(str(folder), resolve_device(device), int(_cfg_get(eval_cfg, "batch_size", 64)))
+
+
+CLIP_NOT_CONFIGURED = "eval.clip_model is not set (no local CLIP checkpoint); " + CLIP_HOW_TO
+
+
+def clip_record(similarities: Sequence[np.ndarray] | None, scorer: ClipScorer | None,
+                absent_reason: str = CLIP_NOT_CONFIGURED) -> dict[str, Any]:
+    """The CLIP part of a prompt shard's quality record: the score with its model, or None with the reason."""
+    if scorer is None or similarities is None:
+        return {"clip_score": None, "clip_score_absent": absent_reason}
+    sims = np.concatenate([np.asarray(s, dtype=np.float64) for s in similarities]) if len(similarities) else \
+        np.zeros(0)
+    if sims.size == 0:
+        return {"clip_score": None, "clip_score_absent": "no samples were scored"}
+    return {"clip_score": float(sims.mean()), "clip_score_std": float(sims.std()), "clip_score_count": int(sims.size),
+            **scorer.describe()}

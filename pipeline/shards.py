@@ -1,8 +1,9 @@
 """WebDataset tar writing and reading of one shard.
 
-A shard's tar holds, for each sample, `<key>.cls` (class id; `<key>.txt` for a prompt),
-`<key>.json` (condition, seed, model, accel, options) and `<key>.png`, with keys
-`{shard:06d}_{index:06d}`. Member metadata is fixed (mtime, owner, mode), and PNG encoding is
+A shard's tar holds, for each sample, `<key>.cls` (class id; `<key>.txt` for a prompt, UTF-8, as
+written in the conditions file), `<key>.json` (condition, seed, model, accel, options; "prompt" too
+for prompts) and `<key>.png`, with keys `{shard:06d}_{index:06d}`: member names never hold any part
+of a prompt. Member metadata is fixed (mtime, owner, mode), and PNG encoding is
 deterministic, so the same pixels always give the same tar bytes.
 """
 from __future__ import annotations
@@ -33,9 +34,12 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
 
 def sample_metadata(key: str, index: int, condition: int | str, seed: int, model: str, accel: str,
                     options: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """The `<key>.json` record of one sample."""
-    return {"key": key, "index": index, "condition": condition, "seed": seed, "model": model,
+    """The `<key>.json` record of one sample (a prompt also under "prompt", as written in the conditions file)."""
+    meta = {"key": key, "index": index, "condition": condition, "seed": seed, "model": model,
             "accel": accel, "options": options, "image_size": image_size}
+    if isinstance(condition, str):
+        meta["prompt"] = condition
+    return meta
 
 
 @dataclass

@@ -6,7 +6,8 @@ upload overlaps the next shard's generation too; the accelerator never waits on 
 batches wait for encoding and at most two shards are in memory, however many shards a worker writes.
 
 Order of writes for shard s: tar, features and logits (with eval.features), then the stats file, the
-commit marker.
+commit marker. Prompt runs: the prompt features are computed inside generate() (the text encoder is part
+of the generator), and with eval.clip_model each batch is CLIP-scored next to the feature extraction.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class ShardWorker:
         self.spec = spec
         self.generator = None
         self.extractor = None
+        self.clip = None  # CLIP scorer of prompt runs (eval.clip_model); None = not configured
         self._load_lock = threading.Lock()
         self._gen_lock = threading.Lock()
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argen-encode")
@@ -83,6 +85,10 @@ class ShardWorker:
                 if s.features and s.features != "none":
                     self.extractor = _make_extractor(s.features, s.eval_cfg,
                                                      str(getattr(self.generator, "device", s.device)))
+                if self.prompts():
+                    from pipeline import quality
+
+                    self.clip = quality.make_clip_scorer(s.eval_cfg, str(getattr(self.generator, "device", s.device)))
                 if s.warmup_condition is not None:  # first-call costs (allocations, kernels) not in shard timings
                     out = self.generator.generate([s.warmup_condition], [0])
                     if self.extractor is not None:
@@ -90,6 +96,10 @@ class ShardWorker:
         g = self.generator
         return {"worker": self.worker_name(), "device": self.device_name(), "image_size": int(g.image_size),
                 "num_classes": int(g.num_classes), "pid": os.getpid()}
+
+    def prompts(self) -> bool:
+        """Whether the generator takes text prompts (then shards get a CLIP record)."""
+        return bool(getattr(self.generator, "conditions_are_prompts", False))
 
     def worker_name(self) -> str:
         return f"{self.spec.worker}@{self.host}:{os.getpid()}"
@@ -132,6 +142,7 @@ class ShardWorker:
         encode_seconds = generate_seconds = feature_seconds = flops = 0.0
         moments = [0.0, 0.0, 0]
         features, logits, kept_images = [], [], []
+        clip_sims: list[np.ndarray] = []
 
         with self._gen_lock:  # one generation at a time; the previous shard's writes go on meanwhile
             started_at, t0 = utc_now(), time.perf_counter()
@@ -157,6 +168,10 @@ class ShardWorker:
                 else:
                     m = image_moments(images)
                     moments = [moments[0] + m[0], moments[1] + m[1], moments[2] + m[2]]
+                if self.clip is not None:
+                    tf = time.perf_counter()
+                    clip_sims.append(self.clip(images, conds))
+                    feature_seconds += time.perf_counter() - tf
                 while len(pending) >= MAX_PENDING_BATCHES:
                     encode_seconds += pending.popleft().result()
                 pending.append(self._encoder.submit(self._encode_batch, tar, task, first, images))
@@ -183,6 +198,10 @@ class ShardWorker:
         else:
             mean, std = moments_to_mean_std(*moments)
             quality_record = {"feature_count": 0, "class_consistency": None, "image_mean": mean, "image_std": std}
+        if self.prompts():
+            from pipeline import quality
+
+            quality_record.update(quality.clip_record(clip_sims if self.clip is not None else None, self.clip))
         write_seconds = time.perf_counter() - tw
         seconds = time.perf_counter() - t0
 
