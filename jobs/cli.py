@@ -7,6 +7,7 @@ import sys
 JOBS = {
     "generate": "jobs.generate",
     "evaluate": "jobs.evaluate",
+    "verify": "jobs.verify",
     "submit": "jobs.submit",
     "bench": "jobs.bench",
 }

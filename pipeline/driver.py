@@ -488,10 +488,13 @@ def run(cfg: Any) -> dict[str, Any]:
         extra["finished_at"] = utc_now() if ok else None
         try:
             report = write_outputs(sink, list(committed.values()), new, seconds, plan, extra)
-        except Exception:
+        except Exception as e:
             if ok:
                 raise
-            log.exception("could not write manifest.parquet / report.json after the failure")
+            if isinstance(e, ArgenError):  # e.g. the disk is full: one clear line, the run's own error follows
+                log.error("could not write manifest.parquet / report.json after the failure: %s", e)
+            else:
+                log.exception("could not write manifest.parquet / report.json after the failure")
         if started_ray:
             import ray
 

@@ -7,7 +7,9 @@ boto3's usual chain and never appear in a sink's description, errors or logs.
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -64,12 +66,23 @@ class LocalSink:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ArgenError(self._full_message(key, len(data), e)) from None
             raise
+
+    def _full_message(self, key: str, size: int, e: OSError) -> str:
+        try:
+            free = f"{shutil.disk_usage(self.root).free} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return (f"output.uri={self.uri!r} is full ({e.strerror}) writing {key} ({size} bytes, {free}); nothing "
+                f"half-written was kept. Free space there or pass another output.uri, then run the same command "
+                f"again: committed shards are kept")
 
     def read(self, key: str) -> bytes:
         return self._path(key).read_bytes()
