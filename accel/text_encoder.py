@@ -140,13 +140,13 @@ class T5TextEncoder:
             tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as e:
             raise ArgenError(f"model.text_encoder={path_str!r}: its tokenizer cannot be loaded "
-                             f"({type(e).__name__}: {str(e)[:300]}); the folder needs tokenizer.json or "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); the folder needs tokenizer.json or "
                              f"spiece.model as in {FLAN_T5_XL_REPO}") from e
         try:
             model = tf.T5EncoderModel.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as e:
             raise ArgenError(f"model.text_encoder={path_str!r}: the T5 encoder cannot be loaded "
-                             f"({type(e).__name__}: {str(e)[:300]}); {HOW_TO_GET}") from e
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); {HOW_TO_GET}") from e
         hidden = int(model.config.d_model)
         if feature_dim is not None and hidden != int(feature_dim):
             raise ArgenError(f"model.text_encoder={path_str!r} gives {hidden}-dim features but the generator "

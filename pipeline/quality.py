@@ -434,8 +434,9 @@ class ClipScorer:
             model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}", device=device)
             self.tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
         except (OSError, RuntimeError, ValueError, KeyError) as e:
+            detail = " ".join(str(e).split())[:400]
             raise ArgenError(f"eval.clip_model={folder!r} cannot be loaded by open_clip ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:300]}); {CLIP_HOW_TO}") from e
+                             f"{detail}); {CLIP_HOW_TO}") from e
         self.model = model.float().eval()
         self.preprocess = preprocess
         self.device, self.batch_size = device, int(batch_size)
