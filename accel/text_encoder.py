@@ -18,7 +18,8 @@ is the Hugging Face repository google/flan-t5-xl as a folder: config.json, the w
 .bin shards; only the encoder half is used) and the tokenizer files (tokenizer.json or spiece.model).
 On a machine with internet access:
 
-    huggingface-cli download google/flan-t5-xl --local-dir flan-t5-xl
+    hf download google/flan-t5-xl --include '*.json' '*.safetensors' spiece.model --local-dir flan-t5-xl
+    (older huggingface_hub versions: huggingface-cli download, same arguments)
 
 then copy the folder next to the workers and pass model.text_encoder=/path/to/flan-t5-xl.
 
@@ -51,9 +52,10 @@ T5_WINDOW = 120           # LlamaGen's t5-feature-max-len: tokens per prompt, th
 FLAN_T5_XL_DIM = 2048     # its hidden size, LlamaGen's caption_dim
 FLAN_T5_XL_REPO = "google/flan-t5-xl"
 HOW_TO_GET = (f"the text encoder is FLAN-T5-XL ({FLAN_T5_XL_REPO}), read from a local folder; nothing is "
-              f"downloaded here. On a machine with internet access run `huggingface-cli download "
-              f"{FLAN_T5_XL_REPO} --local-dir flan-t5-xl` (about 11 GB; only the encoder half is used), "
-              f"copy the folder next to the workers and pass model.text_encoder=/path/to/flan-t5-xl")
+              f"downloaded here. On a machine with internet access run `hf download {FLAN_T5_XL_REPO} "
+              f"--include '*.json' '*.safetensors' spiece.model --local-dir flan-t5-xl` (older huggingface_hub: `huggingface-cli download ...`; about 11 GB, "
+              f"only the encoder half is used), copy the folder next to the workers and pass "
+              f"model.text_encoder=/path/to/flan-t5-xl")
 
 _DASHES = re.compile("[\u002d\u058a\u05be\u1400\u1806\u2010-\u2015\u2e17\u2e1a\u2e3a\u2e3b\u2e40"
                      "\u301c\u3030\u30a0\ufe31\ufe32\ufe58\ufe63\uff0d]+")

@@ -400,8 +400,9 @@ CLIP_DEFINITION = ("mean over the shard's samples of the cosine similarity betwe
                    "and the text embedding of 'A photo depicts ' + prompt (as LANTERN's eval_fid_clip.py, after "
                    "Hessel et al. 2021); not scaled by 100, not clipped at 0")
 CLIP_HOW_TO = ("eval.clip_model takes a local open_clip folder (open_clip_config.json and its weights). For the "
-               "ViT-B/32 that LANTERN reports, run on a machine with internet access `huggingface-cli download "
-               "timm/vit_base_patch32_clip_224.openai --local-dir clip-vit-b-32`, copy the folder next to the "
+               "ViT-B/32 that LANTERN reports, run on a machine with internet access `hf download "
+               "timm/vit_base_patch32_clip_224.openai --local-dir clip-vit-b-32` (older huggingface_hub: "
+               "`huggingface-cli download ...`), copy the folder next to the "
                "workers and pass eval.clip_model=/path/to/clip-vit-b-32")
 
 

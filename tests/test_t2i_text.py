@@ -85,7 +85,7 @@ def test_prompt_cleaning():
 
 
 @pytest.mark.parametrize("path,match", [
-    (None, "huggingface-cli download google/flan-t5-xl"),
+    (None, "hf download google/flan-t5-xl"),
     ("s3://bucket/flan-t5-xl", "local folder, not a URI"),
     ("/nonexistent/flan-t5-xl", "is not a folder"),
 ])
@@ -151,7 +151,7 @@ def test_greedy_accelerated_generators_give_identical_images(gen, t5_dir, accel,
 def test_generator_input_errors(gen, t5_dir):
     with pytest.raises(ArgenError, match="takes text prompts"):
         gen.generate([3, 4])
-    with pytest.raises(ArgenError, match="huggingface-cli download google/flan-t5-xl"):
+    with pytest.raises(ArgenError, match="hf download google/flan-t5-xl"):
         load_generator("llamagen_t2i_tiny", device="cpu", random_init=True)
     with pytest.raises(ArgenError, match="unknown option"):
         load_generator("llamagen_tiny", device="cpu", random_init=True, text_encoder=str(t5_dir))
