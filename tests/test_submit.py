@@ -146,7 +146,7 @@ def _api(head: Head, path: str, token: str | None) -> int:
         return e.code
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+def stop_group(proc: subprocess.Popen, grace_s: float = 2.0) -> None:
     """Stop exactly the process group this test started (SIGTERM, then SIGKILL)."""
     pgid = proc.pid  # start_new_session=True: the group's id is the leader's pid
     try:
@@ -254,6 +254,3 @@ def test_submit_generate_then_verify_on_a_local_head(ray_head, tmp_path):
     logs = subprocess.run([str(VENV_BIN / "ray"), "job", "logs", sid2, "--follow", "--address", head.address],
                           env=head.env, capture_output=True, text=True, timeout=300)
     assert "2 of 2 planned shards committed, 2 images" in logs.stdout and ": OK" in logs.stdout, logs.stdout[-2000:]
-    status = subprocess.run([str(VENV_BIN / "ray"), "job", "status", sid2, "--address", head.address],
-                            env=head.env, capture_output=True, text=True, timeout=60)
-    assert f"Job '{sid2}' succeeded" in status.stdout + status.stderr, status.stdout[-1000:]
