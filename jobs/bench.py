@@ -13,6 +13,7 @@ SUITES = {
     "llamagen": "jobs.benches.llamagen",  # plain AR vs speculative / LANTERN / SJD
     "mar": "jobs.benches.mar",            # accel=none vs lazymar
     "pipeline": "jobs.benches.pipeline",  # bare generator vs the whole pipeline
+    "load": "jobs.benches.load",          # 2,000 small shards: shards/s, driver CPU and memory per shard
 }
 
 

@@ -138,8 +138,18 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
     return False
 
 
+# what the driver keeps of each committed shard: the manifest row's and the report's fields, no more, so
+# that its memory per shard stays small however many shards a run has
+KEPT_FIELDS = ("shard", "count", "bytes", "sha256", "seconds", "generate_seconds", "images_per_second", "flops",
+               "worker", "attempt", "finished_at")
+
+
+def kept(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in KEPT_FIELDS}
+
+
 def committed_shards(sink: LocalSink | S3Sink, plan: Plan) -> dict[int, dict[str, Any]]:
-    """Stats records of the shards already committed (valid stats file, matching count)."""
+    """The kept fields of the shards already committed (valid stats file, matching count)."""
     keys = {}
     for key in sink.list("shards/"):
         s = shard_of_stats_key(key)
@@ -159,7 +169,7 @@ def committed_shards(sink: LocalSink | S3Sink, plan: Plan) -> dict[int, dict[str
         if problems:
             log.warning("shard %d: bad stats file (%s); it will be regenerated", s, "; ".join(problems))
             return s, None
-        return s, record
+        return s, kept(record)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {s: r for s, r in pool.map(read, sorted(keys.items())) if r is not None}
@@ -464,6 +474,7 @@ def run(cfg: Any) -> dict[str, Any]:
                                 bool(cfg.get("progress", True)))
 
             def on_commit(record: dict[str, Any]) -> None:
+                record = kept(record)
                 committed[int(record["shard"])] = record
                 new.append(record)
                 progress.shard_done(int(record["count"]))
