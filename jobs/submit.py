@@ -14,8 +14,8 @@ the submission's details to `<output.uri>/submits/<submission id>.json`, next to
 then runs `argen <job>` on the cluster (which joins the cluster it runs on: ray.address is cleared).
 
 Credentials never travel with the job: the cluster's nodes need their own (instance role, a Kubernetes
-secret, or their environment). A cluster with token authentication (Ray's default since 2.52) needs
-RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) in this shell.
+secret, or their environment). A cluster with token authentication (the default of Ray 2.60's
+`ray start`) needs RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) here.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def jobs_api_address(cfg: Any) -> str:
     return address.rstrip("/")
 
 
-def check_output(cfg: Any, job: str) -> str:
+def check_output(cfg: Any) -> str:
     """output.uri as the job will see it; a relative local path would land in the job's temporary folder."""
     uri = str(cfg.output.uri)
     scheme = urlsplit(uri).scheme
@@ -175,7 +175,7 @@ def submit(argv: list[str]) -> int:
         raise ArgenError(f"cannot submit {job!r}; submittable jobs: {', '.join(SUBMITTABLE)}\n{USAGE}")
     cfg = compose(job, overrides)
     address = jobs_api_address(cfg)
-    uri = check_output(cfg, job)
+    uri = check_output(cfg)
     if job == "generate":
         from pipeline.driver import check_config
 
@@ -186,7 +186,8 @@ def submit(argv: list[str]) -> int:
     client.submit_job(entrypoint=command, submission_id=submission_id, runtime_env=runtime_env(),
                       metadata={"argen_job": job})
     print(f"argen submit: submitted job {submission_id} to {address}", flush=True)
-    print(f"argen submit: resolved config -> {uri.rstrip('/')}/submits/{submission_id}.json", flush=True)
+    print(f"argen submit: the job saves its resolved config to {uri.rstrip('/')}/submits/{submission_id}.json",
+          flush=True)
     if not wait:
         print(f"argen submit: not waiting; follow with `ray job logs -f {submission_id} --address {address}`, "
               f"stop with `ray job stop {submission_id} --address {address}`", flush=True)

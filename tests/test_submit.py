@@ -136,14 +136,19 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _api(head: Head, path: str, token: str | None) -> int:
+    return _get(head, path, token)[0]
+
+
+def _get(head: Head, path: str, token: str | None) -> tuple[int, bytes]:
+    """The Jobs REST API, as any HTTP client sees it (with the token, or without)."""
     req = urllib.request.Request(head.address + path)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status
+            return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, b""
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 2.0) -> None:
@@ -251,6 +256,14 @@ def test_submit_generate_then_verify_on_a_local_head(ray_head, tmp_path):
     sid2 = quick.stdout.splitlines()[0].split()[4]
     assert sid2.startswith("argen-verify-") and "not waiting" in quick.stdout
     assert time.monotonic() - t0 < 60
-    logs = subprocess.run([str(VENV_BIN / "ray"), "job", "logs", sid2, "--follow", "--address", head.address],
-                          env=head.env, capture_output=True, text=True, timeout=300)
-    assert "2 of 2 planned shards committed, 2 images" in logs.stdout and ": OK" in logs.stdout, logs.stdout[-2000:]
+    deadline = time.monotonic() + 300
+    while True:
+        status, body = _get(head, f"/api/jobs/{sid2}", head.token)
+        assert status == 200
+        if json.loads(body)["status"] in submit.TERMINAL:
+            break
+        assert time.monotonic() < deadline, "the verify job did not finish in 300 s"
+        time.sleep(0.5)
+    assert json.loads(body)["status"] == "SUCCEEDED"
+    logs = json.loads(_get(head, f"/api/jobs/{sid2}/logs", head.token)[1])["logs"]
+    assert "2 of 2 planned shards committed, 2 images" in logs and ": OK" in logs, logs[-2000:]
