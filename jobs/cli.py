@@ -10,6 +10,7 @@ JOBS = {
     "verify": "jobs.verify",
     "submit": "jobs.submit",
     "bench": "jobs.bench",
+    "train-toy": "jobs.train_toy",
 }
 
 

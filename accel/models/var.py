@@ -70,6 +70,9 @@ CONFIGS: dict[str, VARConfig] = {
     "var_tiny": VARConfig(depth=4, embed_dim=128, num_heads=2, tokenizer="var_vqvae_tiny"),
     "var_tiny_512": VARConfig(depth=4, embed_dim=128, num_heads=2, patch_nums=PATCH_NUMS_512,
                               tokenizer="var_vqvae_tiny"),
+    # trained on ToyShapes (10 classes, 32x32; `argen train-toy var`), weights in accel/toy/weights
+    "var_toy": VARConfig(depth=4, embed_dim=128, num_heads=2, num_classes=10, vocab_size=512, Cvae=16,
+                         tokenizer="var_vqvae_toy"),
 }
 
 SAMPLING_DEFAULTS = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
@@ -243,9 +246,10 @@ class VAR(nn.Module):
             b.attn.zero_k_bias.zero_()
 
     @torch.no_grad()
-    def init_random_weights(self) -> None:
-        """Random weights for tests and benchmarks (truncated normal, std sqrt(1/3C), as upstream), except
-        that the AdaLN gates start near 1 instead of 1e-5, so that every block changes the output."""
+    def init_random_weights(self, gates: str = "one") -> None:
+        """Random weights (truncated normal, std sqrt(1/3C), as upstream). gates="one" (tests, benchmarks):
+        the AdaLN gates start near 1, so that every block changes the output; gates="training": upstream's
+        training init (gates ~1e-5 x, modulations 0.5 x, head 0.02 x)."""
         std = math.sqrt(1 / self.cfg.C / 3)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -260,11 +264,23 @@ class VAR(nn.Module):
             b.attn.scale_mul_1H11.fill_(math.log(4.0)) if b.attn.attn_l2_norm else None
             b.attn.q_bias.zero_()
             b.attn.v_bias.zero_()
+            if gates == "training":
+                b.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
+                b.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
             if self.cfg.shared_aln:
                 b.ada_gss.normal_().div_(C ** 0.5)
-                b.ada_gss[:, :, :2].add_(1.0)
+                if gates == "training":
+                    b.ada_gss[:, :, 2:].mul_(0.5)
+                    b.ada_gss[:, :, :2].mul_(1e-5)
+                else:
+                    b.ada_gss[:, :, :2].add_(1.0)
+            elif gates == "training":
+                b.ada_lin[1].weight[2 * C:].mul_(0.5)
+                b.ada_lin[1].weight[: 2 * C].mul_(1e-5)
             else:
                 b.ada_lin[1].bias[: 2 * C].fill_(1.0)
+        if gates == "training":
+            self.head_nm.ada_lin[1].weight.mul_(0.5)
         self.init_buffers()
 
     def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor, flops: F_.FlopCounter | None = None) -> torch.Tensor:
@@ -449,6 +465,12 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
     method = None
     if accel == "fastvar":
         method = fastvar.FastVAR(cfg.patch_nums, cfg.depth, **{k: v for k, v in options.items() if k in method_keys})
+    if not random_init:  # toy models default to their committed weights
+        from accel.toy import bundled_weights
+
+        checkpoint = checkpoint or (str(bundled_weights(name)) if bundled_weights(name) else None)
+        tokenizer_checkpoint = tokenizer_checkpoint or (
+            str(bundled_weights(cfg.tokenizer)) if bundled_weights(cfg.tokenizer) else None)
     require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
 
     with torch.device("meta"):

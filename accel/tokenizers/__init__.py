@@ -11,6 +11,7 @@ TOKENIZERS = {
     "llamagen_vq16": "accel.tokenizers.vq",
     "mar_kl16": "accel.tokenizers.kl_vae",
     "var_vqvae_tiny": "accel.tokenizers.msvq",  # narrow, same structure: tests and CPU benchmarks
+    "var_vqvae_toy": "accel.tokenizers.msvq",  # trained on ToyShapes (accel/toy)
 }
 
 

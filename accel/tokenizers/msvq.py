@@ -40,6 +40,8 @@ TOKENIZER_CONFIGS = {
     "var_vqvae": MSVQConfig(),
     # same structure, 5x narrower (GroupNorm needs multiples of 32): for tests and benchmarks on CPU
     "var_vqvae_tiny": MSVQConfig(ch=32),
+    # trained on ToyShapes: downsampling 2, so 32x32 images are the official 16x16 latent grid
+    "var_vqvae_toy": MSVQConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2), num_res_blocks=1),
 }
 
 
@@ -222,6 +224,28 @@ class VectorQuantizer2(nn.Module):
         w = self.embedding.weight
         d = z_NC.square().sum(1, keepdim=True) + w.square().sum(1) - 2.0 * z_NC @ w.T
         return d.argmin(dim=1)
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Training: straight-through residual quantisation of f [B, C, H, W].
+
+        Returns f_hat (values of the quantised latent, gradients of f), the VQ loss (codebook + phi
+        terms, plus 0.25 x the commitment term, averaged over scales) and the code indices per scale."""
+        B, C, H, W = f.shape
+        S = len(self.patch_nums)
+        f_rest = f.detach().clone()
+        f_hat = torch.zeros_like(f_rest)
+        loss = f.new_zeros(())
+        idx_Bl = []
+        for si, pn in enumerate(self.patch_nums):
+            rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != S - 1 else f_rest
+            idx = self.nearest_codes(rest.permute(0, 2, 3, 1).reshape(-1, C)).view(B, pn * pn)
+            h = self.embedding(idx).transpose(1, 2).reshape(B, C, pn, pn)
+            h = self.phi(si)(F.interpolate(h, size=(H, W), mode="bicubic") if si != S - 1 else h)
+            f_hat = f_hat + h
+            f_rest = f_rest - h.detach()
+            loss = loss + F.mse_loss(f_hat, f.detach()) + 0.25 * F.mse_loss(f, f_hat.detach())
+            idx_Bl.append(idx)
+        return f + (f_hat - f).detach(), loss / S, idx_Bl
 
     def f_to_idxBl(self, f: torch.Tensor) -> list[torch.Tensor]:
         """Residual quantisation of a latent [B, C, H, W] -> code indices per scale, each [B, pn*pn]."""
