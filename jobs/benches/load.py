@@ -54,7 +54,8 @@ class Sample:
 @dataclass
 class LoadResult:
     report: dict[str, Any]
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # taken while the run was going on (the last one
+    #                                                      after its last commit, before run() returned)
     manifest_rows: int = 0
     manifest_unique: int = 0
     verify_ok: bool = False
@@ -67,6 +68,11 @@ class LoadResult:
     @property
     def shards_per_second(self) -> float:
         return self.report["generated_shards"] / self.steady_seconds if self.steady_seconds > 0 else 0.0
+
+    def generators_busy(self) -> float:
+        """Share of the workers' steady wall time spent inside generate()."""
+        workers = len(self.report.get("workers", [])) or 1
+        return self.report["generate_seconds"] / (workers * self.steady_seconds) if self.steady_seconds > 0 else 0.0
 
     def overhead_per_shard(self) -> float:
         workers = len(self.report.get("workers", [])) or 1
@@ -163,7 +169,6 @@ def measure_run(cfg: Any, interval: float = 2.0, trace_heap: bool = True) -> Loa
     finally:
         sampler.stop_event.set()
         sampler.join()
-        sampler.take()
         if trace_heap:
             tracemalloc.stop()
     result = LoadResult(report=report, samples=sampler.samples)
@@ -240,15 +245,15 @@ def run(overrides: dict[str, str]) -> None:
     r, mb = result.report, 1024 * 1024
     print(f"\nload average after the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; wall {wall:.0f} s "
           f"(start-up {r.get('startup_seconds', 0):.1f} s)")
-    print("\n| shards | images | shards/s (steady) | images/s | driver CPU/shard | pipeline overhead/shard "
+    print("\n| shards | images | shards/s (steady) | driver CPU/shard | generators busy | pipeline overhead/shard "
           "| driver RSS 25/50/100% | RSS growth/shard (2nd half) | heap 25/50/100% | heap growth/shard "
           "| manifest rows | verify |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rss = "/".join(f"{result.at_fraction('rss', f) / mb:.0f}" for f in (0.25, 0.5, 1.0))
     heap = "/".join(f"{result.at_fraction('heap', f) / mb:.1f}" for f in (0.25, 0.5, 1.0))
     print(f"| {r['generated_shards']} | {r['generated_images']} | {result.shards_per_second:.3f} "
-          f"| {r.get('images_per_second_after_startup', r['images_per_second']):.3f} "
-          f"| {result.driver_cpu_per_shard() * 1000:.2f} ms | {result.overhead_per_shard() * 1000:.0f} ms "
+          f"| {result.driver_cpu_per_shard() * 1000:.2f} ms | {result.generators_busy():.1%} "
+          f"| {result.overhead_per_shard() * 1000:.0f} ms "
           f"| {rss} MiB | {result.growth_per_shard('rss') / 1024:.2f} KiB | {heap} MiB "
           f"| {result.growth_per_shard('heap') / 1024:.2f} KiB | {result.manifest_rows} "
           f"({result.manifest_unique} distinct) | {'OK' if result.verify_ok else f'{len(result.verify_problems)} problems'} |")
