@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from accel import flops as F_
 from accel.api import ArgenError, BaseGenerator, check_option_names, require_weights, seeded_init
 from accel.checkpoints import check_keys, read_checkpoint, unwrap_state_dict
-from accel.sampling import multinomial_rows
+from accel.sampling import categorical_rows
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, VQVAE, build_tokenizer
 
 
@@ -359,7 +359,7 @@ class VAR(nn.Module):
 def sample_top_k_top_p(logits: torch.Tensor, generators: list[torch.Generator], top_k: int = 0,
                        top_p: float = 0.0) -> torch.Tensor:
     """VAR's filter (top-k, then top-p over the ascending sort, always keeping the best token), then one
-    multinomial draw per token from each row's own generator. logits [B, l, V] -> indices [B, l]."""
+    categorical draw per token from each row's own generator. logits [B, l, V] -> indices [B, l]."""
     logits = logits.clone()
     V = logits.shape[-1]
     if 0 < top_k < V:
@@ -370,7 +370,7 @@ def sample_top_k_top_p(logits: torch.Tensor, generators: list[torch.Generator], 
         drop_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
         drop_sorted[..., -1:] = False
         logits.masked_fill_(drop_sorted.scatter(-1, sorted_idx, drop_sorted), -torch.inf)
-    return multinomial_rows(logits.softmax(dim=-1), generators)[..., 0]
+    return categorical_rows(logits.softmax(dim=-1), generators)
 
 
 def gumbel_softmax_rows(logits: torch.Tensor, tau: float, generators: list[torch.Generator]) -> torch.Tensor:
