@@ -76,7 +76,7 @@ def test_several_workers_killed_at_once_mid_shard(ray_cluster, tmp_path, capsys)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    argen(["generate", *BASE, *plan(12), f"output.uri={out}"])
+    argen(["generate", *BASE, *plan(8), f"output.uri={out}"])
     thread.join(timeout=5)
     assert len(killed) == 2, "the run ended before both workers had committed a shard"
 
@@ -85,13 +85,16 @@ def test_several_workers_killed_at_once_mid_shard(ray_cluster, tmp_path, capsys)
     died = [r for r in report["retries"] if "the worker process died" in r]
     assert len(died) >= 2  # every shard in flight on either actor was redone
     stats = stats_files(out)
-    assert sorted(stats) == list(range(6))
-    retried = [s for s, r in stats.items() if r["attempt"] == 1]
-    assert len(retried) == report["retried_shards"] == len(died)
+    assert sorted(stats) == list(range(4))
+    retried = [s for s, r in stats.items() if r["attempt"] > 0]
+    # every death of a shard's worker cost that shard one attempt (a shard requeued onto the other actor
+    # before its death was noticed can die twice), and each retried shard was committed exactly once
+    assert sum(r["attempt"] for r in stats.values()) == len(died), (report["retries"], stats)
+    assert len(retried) == report["retried_shards"] >= 1
     assert {int(r["worker"].rpartition(":")[2]) for s, r in stats.items() if s in retried}.isdisjoint(killed)
-    assert report["images"] == report["generated_images"] == 12
-    assert_complete(LocalSink(out), 6, 12)
-    assert "argen generate: 6 shards, 12 images" in capsys.readouterr().out
+    assert report["images"] == report["generated_images"] == 8
+    assert_complete(LocalSink(out), 4, 8)
+    assert "argen generate: 4 shards, 8 images" in capsys.readouterr().out
 
 
 # -- the driver -------------------------------------------------------------------------------
