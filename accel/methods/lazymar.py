@@ -36,16 +36,15 @@ negative could displace one that must be predicted; here forced tokens get -inf 
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel import flops as fl
 from accel.api import ArgenError
+from accel.models.mar import count
 
 # Upstream's 64-entry RETAIN_RATIO_SCHEDULE as (progress from which it applies, ratio): steps 0-19 keep all,
 # 20: 0.6, 21-24: 0.5, 25-29: 0.4, 30-34: 0.15, 35-39: 0.12, 40-63: 0.05 (the slack floor then dominates).
@@ -265,8 +264,6 @@ class TransformerCache:
         keep = score.topk(self.n_keep, dim=1, largest=False).indices.sort(dim=1).values
         self.keep_x = keep.unsqueeze(-1).expand(-1, -1, self.dec_dim)
         self.keep_kv = keep[:, None, :, None].expand(-1, self.dec_heads, -1, self.dec_dim // self.dec_heads)
-        from accel.models.mar import count
-
         count("lazymar", 6.0 * rows * N * self.dec_dim)  # the cosine similarities
 
     def decoder_output(self, x: torch.Tensor) -> torch.Tensor:
