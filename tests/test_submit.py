@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -209,7 +210,9 @@ def ray_head():
     finally:
         stop_group(proc)
         log.close()
-        assert group_alive(proc.pid) == [], "processes of the head's group survived"
+        survivors = group_alive(proc.pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert survivors == [], "processes of the head's group survived"
 
 
 def argen_cli(head: Head, *args: str, timeout: float = 400, token: bool = True) -> subprocess.CompletedProcess:
