@@ -106,7 +106,7 @@ def evaluate_classifier(model: torch.nn.Module, images: np.ndarray, labels: np.n
     return float(correct) / len(images)
 
 
-def _batches(n: int, batch: int, steps: int, seed: int):
+def batches(n: int, batch: int, steps: int, seed: int):
     """Indices of `steps` random batches over n samples, epoch by epoch."""
     g = torch.Generator().manual_seed(seed)
     perm, pos = torch.randperm(n, generator=g), 0
@@ -117,7 +117,7 @@ def _batches(n: int, batch: int, steps: int, seed: int):
         pos += batch
 
 
-def _cosine(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -138,11 +138,11 @@ def train_var_tokenizer(opts: dict[str, str]) -> None:
         vae = build_tokenizer("var_vqvae_toy").train().requires_grad_(True)
     q = vae.quantize
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    sched = _cosine(opt, steps, warmup=100)
+    sched = cosine_schedule(opt, steps, warmup=100)
     x_all = as_float(xs)
     usage = torch.zeros(q.vocab_size)
     t0 = time.time()
-    for step, idx in enumerate(_batches(n_train, batch, steps, seed)):
+    for step, idx in enumerate(batches(n_train, batch, steps, seed)):
         x = x_all[idx]
         f = vae.quant_conv(vae.encoder(x))
         f_hat, vq_loss, codes = q(f)
@@ -231,9 +231,9 @@ def train_var(opts: dict[str, str]) -> None:
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
-    sched = _cosine(opt, steps, warmup=200)
+    sched = cosine_schedule(opt, steps, warmup=200)
     t0 = time.time()
-    for step, idx in enumerate(_batches(n_train, batch, steps, seed)):
+    for step, idx in enumerate(batches(n_train, batch, steps, seed)):
         idx_Bl = [c[idx].long() for c in codes]
         with torch.no_grad():
             x_in = vae.quantize.idxBl_to_var_input(idx_Bl)
