@@ -113,12 +113,15 @@ def test_kv_cached_generation_matches_full_forward_with_block_causal_mask(tiny):
 def test_same_seed_same_image_and_batch_independence():
     gen = load_generator("var_tiny", device="cpu", random_init=True)
     a = gen.generate([5, 9, 5], seeds=[11, 12, 13])
-    b = gen.generate([5], seeds=[11])
-    c = gen.generate([9, 5], seeds=[12, 11])
+    again = gen.generate([5, 9, 5], seeds=[11, 12, 13])
+    permuted = gen.generate([9, 5, 5], seeds=[12, 13, 11])
+    mates = gen.generate([5, 1, 2], seeds=[11, 99, 98])
     assert a.images.shape == (3, 256, 256, 3) and a.images.dtype == np.uint8
-    # a sample depends on its own (condition, seed), not on its batch-mates (up to float effects of batch size)
-    assert np.abs(a.images[0].astype(int) - b.images[0]).mean() < 0.5
-    assert np.abs(a.images[0].astype(int) - c.images[1]).mean() < 0.5
+    assert np.array_equal(a.images, again.images)
+    # a sample's randomness is its own: neither its position nor its batch-mates' seeds change it
+    # (a different batch size may, through floating-point effects of the matmul shapes)
+    assert np.array_equal(a.images[0], permuted.images[2]) and np.array_equal(a.images[1], permuted.images[0])
+    assert np.array_equal(a.images[0], mates.images[0])
     assert np.abs(a.images[0].astype(int) - a.images[2]).mean() > 1.0  # a different seed is a different sample
     assert a.stats["images"] == 3 and a.stats["seconds"] > 0
     assert a.stats["flops"] == pytest.approx(
