@@ -10,6 +10,11 @@ import os
 import uuid
 
 import pytest
+import torch
+
+# One torch thread in the test process, set once here for the whole session: the suite shares 2 cores
+# with the Ray actors it starts, and results must not depend on which test file was collected first.
+torch.set_num_threads(1)
 
 # Never reach a real cloud from tests: dummy credentials, no instance-metadata lookups.
 TEST_ENV = {

@@ -10,7 +10,6 @@ from accel.models import build_model as registry_build_model
 from accel.models import llamagen as lg
 from accel.tokenizers import build_tokenizer
 
-torch.set_num_threads(1)
 
 # The release's shapes, written from the documented table (layers, dim, heads; FFN hidden =
 # multiple of 256 above 8*dim/3), not from the code under test.

@@ -16,7 +16,6 @@ from accel.api import ArgenError
 from pipeline.plan import ShardTask, build_plan, read_conditions_file, sample_seed
 from pipeline.shards import ShardTarWriter, iter_tar, read_shard, sample_metadata
 
-torch.set_num_threads(1)
 
 PROMPTS = ["a red cat on a mat", "1984", "un café à Paris, l'été", "slashes/../and\\back \"quotes\"",
            "two lines\nin one prompt"]

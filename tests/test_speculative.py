@@ -12,7 +12,6 @@ from accel.methods import speculative as sp
 from accel.methods.lantern import LanternRule
 from accel.models import llamagen as lg
 
-torch.set_num_threads(1)
 
 
 def small(seed, vocab=512, grid=8, layers=2, dim=32, heads=2, num_classes=10):

@@ -11,7 +11,6 @@ from accel.methods.lantern import LanternRule
 from accel.models import build_model as registry_build_model
 from accel.models import llamagen as lg
 
-torch.set_num_threads(1)
 
 
 def expected_t2i_keys(layers, dim, hidden, caption_dim=2048):

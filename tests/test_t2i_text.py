@@ -14,7 +14,6 @@ import torch
 from accel.api import ArgenError, load_generator
 from accel.text_encoder import T5TextEncoder, clean_prompt, left_pad, write_random_t5
 
-torch.set_num_threads(1)
 CPU = torch.device("cpu")
 
 
