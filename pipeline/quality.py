@@ -11,10 +11,10 @@ The pipeline worker does, per shard (when `eval.features` is not "none"):
 
 Files (both `.npy`, written with `np.save`, no pickles):
 - `shards/NNNNNN.features.npy`: float32 [count, D], row i = sample i of the shard (key NNNNNN_iiiiii);
-  D = 2048 (Inception pool3) or `ToyCNN.FEATURE_DIM` (toy).
+  D = 2048 (Inception pool3) or 256 (toy).
 - `shards/NNNNNN.logits.npy`: float32 [count, K], the extractor's class logits where it has a classifier:
   Inception's 1008-way `logits_unbiased` (what torch-fidelity's Inception Score uses), or the toy
-  classifier's logits when it was loaded from a checkpoint. `argen evaluate` computes the Inception Score
+  classifier's 10 class logits. `argen evaluate` computes the Inception Score
   from these files.
 
 For prompt runs (text-to-image) the worker also records a CLIP score per shard when `eval.clip_model`
@@ -28,10 +28,9 @@ Extractors:
   antialias), then (x - 128) / 128. Weights: the file torch-fidelity downloads, given as a local path or
   s3:// URI in `eval.inception_weights` (read with weights_only=True). Its 1008 outputs follow the TF
   graph's own label order, not ImageNet class ids, so it gives no class-consistency.
-- "toy": a small CNN (bilinear-antialias resize to 64x64, three strided convs, global average pool,
-  128-d features). Without `eval.toy_checkpoint` its weights are a fixed seeded random initialisation
-  (identical on every worker, so features are comparable; no logits, since an untrained head classifies
-  nothing); with a checkpoint it is a classifier whose logits index the conditioning class ids.
+- "toy": the toy classifier trained on ToyShapes (accel/toy/classifier.py; area resize to 32x32), whose
+  256-d penultimate activations are the toy FID features and whose logits index the toy class ids.
+  Weights: the committed accel/toy/weights/toy_classifier.safetensors, or `eval.toy_checkpoint`.
 """
 from __future__ import annotations
 
@@ -48,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel.api import ArgenError, resolve_device
+from accel.toy.classifier import ToyClassifier
 
 EXTRACTOR_NAMES = ("inception", "toy", "none")
 FEATURES_SUFFIX = ".features.npy"
@@ -58,7 +58,6 @@ INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/down
                          + INCEPTION_WEIGHTS_FILE)
 INCEPTION_RESIZE = ("torch-fidelity inception-v3-compat: TF1.x bilinear resize to 299x299 "
                     "(align_corners=False, no antialias) of the uint8 image, then (x-128)/128")
-TOY_SEED = 0
 INCEPTION_RANDOM_SEED = 0
 
 
@@ -244,63 +243,37 @@ class InceptionExtractor(FeatureExtractor):
         return feats, logits
 
 
-# -- toy CNN ---------------------------------------------------------------------------------------
-
-class ToyCNN(nn.Module):
-    """A small CNN for toy-sized images: 64x64 input, 128-d pooled features, optional class head."""
-
-    INPUT_SIZE = 64
-    FEATURE_DIM = 128
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(64, self.FEATURE_DIM, 3, stride=2, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Linear(self.FEATURE_DIM, num_classes)
-
-    def forward(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x_uint8.float() / 127.5 - 1.0
-        if x.shape[-2:] != (self.INPUT_SIZE, self.INPUT_SIZE):
-            x = F.interpolate(x, size=(self.INPUT_SIZE, self.INPUT_SIZE), mode="bilinear",
-                              align_corners=False, antialias=True)
-        feats = self.body(x).mean(dim=(2, 3))
-        return feats, self.head(feats)
-
+# -- toy classifier ---------------------------------------------------------------------------------
 
 class ToyExtractor(FeatureExtractor):
+    """The trained toy classifier (accel/toy/classifier.py): 256-d penultimate features and 10 class logits."""
+
     name = "toy"
-    dim = ToyCNN.FEATURE_DIM
-    resize = (f"bilinear with antialias to {ToyCNN.INPUT_SIZE}x{ToyCNN.INPUT_SIZE} (align_corners=False), "
-              f"x/127.5-1")
+    dim = ToyClassifier.feature_dim
+    resize = "area to 32x32 (no-op for 32x32 images), x/127.5-1"
 
     def __init__(self, checkpoint: str | None, device: torch.device, batch_size: int = 64):
         super().__init__(device, batch_size)
-        if checkpoint:
-            from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
+        from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
+        from accel.toy import bundled_weights
 
-            state = unwrap_state_dict(read_checkpoint(str(checkpoint)))
-            head = state.get("head.weight")
-            if head is None or getattr(head, "ndim", 0) != 2:
-                raise ArgenError(f"eval.toy_checkpoint={checkpoint!r} has no 2-d 'head.weight'; expected a "
-                                 f"state dict of pipeline.quality.ToyCNN")
-            net = ToyCNN(int(head.shape[0]))
-            load_strict(net, state, f"eval.toy_checkpoint={checkpoint!r}")
-            self.num_classes, self.class_aligned = int(head.shape[0]), True
-            self.weights = state_dict_sha256(state)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(TOY_SEED)
-                net = ToyCNN()
-            self.num_classes, self.class_aligned = None, False
-            self.weights = f"random-init(seed={TOY_SEED}), features only"
+        source = checkpoint or bundled_weights("toy_classifier")
+        if source is None:
+            raise ArgenError("the toy classifier's weights (accel/toy/weights/toy_classifier.safetensors) are "
+                             "missing; run `argen train-toy classifier` or pass eval.toy_checkpoint=...")
+        state = unwrap_state_dict(read_checkpoint(str(source)))
+        head = state.get("head.weight")
+        if head is None or getattr(head, "ndim", 0) != 2:
+            raise ArgenError(f"eval.toy_checkpoint={str(source)!r} has no 2-d 'head.weight'; expected a "
+                             f"state dict of accel.toy.classifier.ToyClassifier")
+        net = ToyClassifier(int(head.shape[0]))
+        load_strict(net, state, f"toy classifier {str(source)!r}")
+        self.num_classes, self.class_aligned = int(head.shape[0]), True
+        self.weights = state_dict_sha256(state)
         self.net = net.to(device).eval()
 
-    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats, logits = self.net(images)
-        return feats, (logits if self.num_classes else None)
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.features_and_logits(images.float() / 127.5 - 1.0)
 
 
 def make_extractor(name: str, eval_cfg: Any, device: str | torch.device | None) -> FeatureExtractor | None:
@@ -324,17 +297,16 @@ def make_extractor(name: str, eval_cfg: Any, device: str | torch.device | None) 
 # -- per-shard quality record ----------------------------------------------------------------------
 
 def class_consistency(logits: np.ndarray, conditions: Sequence[int | str]) -> float | None:
-    """Share of samples whose argmax logit is their conditioning class id; None for prompts."""
+    """Share of samples whose argmax logit is their conditioning class id; None for prompts, and for class
+    ids the classifier does not know (e.g. toy features on an ImageNet model): then it is not defined."""
     conds = list(conditions)
     if not conds or any(isinstance(c, (str, bool, np.bool_)) or not isinstance(c, (int, np.integer))
                         for c in conds):
         return None
     labels = np.asarray(conds, dtype=np.int64)
     k = logits.shape[1]
-    bad = labels[(labels < 0) | (labels >= k)]
-    if bad.size:
-        raise ArgenError(f"class id {int(bad[0])} is outside the classifier's {k} classes [0, {k}); the toy "
-                         f"classifier in eval.toy_checkpoint must be trained on the run's classes")
+    if ((labels < 0) | (labels >= k)).any():
+        return None
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
@@ -372,6 +344,9 @@ def shard_quality(features: np.ndarray | None, logits: np.ndarray | None, condit
         "class_consistency": cc,
         **_pixel_mean_std(images),
     }
+    if cc is None and logits is not None and aligned and not any(isinstance(c, str) for c in conditions):
+        out["class_consistency_absent"] = (f"class ids outside the classifier's {np.shape(logits)[1]} classes: "
+                                           f"it was trained on other classes than the model's")
     if extractor is not None:
         out["extractor"] = extractor.name
         out["extractor_weights"] = extractor.weights

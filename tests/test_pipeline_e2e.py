@@ -70,8 +70,8 @@ def check_run(store: Store, tmp_path: Path, features: bool = False) -> dict[int,
     expected_keys = {"run.json", "manifest.parquet", "report.json"}
     for s in range(NUM_SHARDS):
         expected_keys |= {f"shards/{s:06d}.tar", f"shards/{s:06d}.stats.json"}
-        if features:
-            expected_keys.add(f"shards/{s:06d}.features.npy")
+        if features:  # the toy classifier has logits too
+            expected_keys |= {f"shards/{s:06d}.features.npy", f"shards/{s:06d}.logits.npy"}
     assert set(keys) == expected_keys, keys  # no temp files, no probes, nothing else
 
     run = store.json("run.json")

@@ -14,6 +14,8 @@ import pytest
 import scipy.linalg
 import torch
 
+from accel.toy.classifier import ToyClassifier
+
 from accel.api import ArgenError
 from pipeline import metrics, quality
 from pipeline.metrics import (FeatureStats, InceptionScoreAccumulator, fid_from_stats, frechet_distance,
@@ -266,7 +268,7 @@ def test_inception_needs_weights_and_says_where_to_get_them(tmp_path):
     with pytest.raises(ArgenError, match="does not exist"):
         quality.make_extractor("inception", {"inception_weights": str(tmp_path / "nope.pth")}, "cpu")
     bad = tmp_path / "toy.pth"
-    torch.save(quality.ToyCNN().state_dict(), bad)
+    torch.save(ToyClassifier().state_dict(), bad)
     with pytest.raises(ArgenError, match="does not match torch-fidelity's Inception-v3"):
         quality.make_extractor("inception", {"inception_weights": str(bad)}, "cpu")
 
@@ -300,28 +302,33 @@ def test_inception_plumbing_only_random_init_end_to_end(tmp_path, one_torch_thre
         ex(images.astype(np.float32))
 
 
-def test_toy_extractor_is_the_same_network_everywhere_and_loads_a_classifier(tmp_path):
+def test_toy_extractor_is_the_trained_classifier_and_loads_another(tmp_path):
     images = random_images(10, 5, size=48)
-    torch.manual_seed(123)
     a = quality.make_extractor("toy", None, "cpu")
-    torch.manual_seed(456)
     b = quality.make_extractor("toy", {"batch_size": 2}, "cpu")
     fa, la = a(images)
     fb, lb = b(images)
-    assert fa.shape == (5, quality.ToyCNN.FEATURE_DIM) and la is None and lb is None
-    np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-7)
-    assert a.weights == b.weights and not a.class_aligned
+    assert fa.shape == (5, 256) and la.shape == (5, 10) and a.class_aligned and a.num_classes == 10
+    np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-5)
+    assert a.weights == b.weights
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast does not reach the extractor
         np.testing.assert_array_equal(a(images)[0], fa)
-    # a trained classifier's checkpoint gives class-aligned logits
-    net = quality.ToyCNN(num_classes=6)
+    # the committed classifier recognises real ToyShapes images
+    from accel.toy.data import ToyShapes, to_uint8_images
+
+    x, y = ToyShapes(seed=5, length=20).batch(0, 20)
+    _, logits = a(to_uint8_images(x))
+    assert (logits.argmax(1) == y.numpy()).mean() >= 0.95
+    # another classifier's checkpoint (e.g. other classes)
+    net = ToyClassifier(num_classes=6).eval()
     path = tmp_path / "toy.pt"
     torch.save({"model": net.state_dict()}, path)
     c = quality.make_extractor("toy", {"toy_checkpoint": str(path)}, "cpu")
     fc, lc = c(images)
-    assert lc.shape == (5, 6) and c.class_aligned and c.num_classes == 6
+    assert lc.shape == (5, 6) and c.class_aligned and c.num_classes == 6 and c.weights != a.weights
     with torch.no_grad():
-        ef, el = net(torch.from_numpy(images).permute(0, 3, 1, 2))
+        ef, el = net.features_and_logits(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
     np.testing.assert_allclose(fc, ef.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(lc, el.numpy(), rtol=1e-5, atol=1e-6)
     torch.save({"head.weight": torch.zeros(3)}, tmp_path / "bad.pt")
@@ -331,7 +338,7 @@ def test_toy_extractor_is_the_same_network_everywhere_and_loads_a_classifier(tmp
 
 def test_shard_quality_record(tmp_path):
     images = random_images(11, 4, size=16)
-    feats = np.random.default_rng(0).random((4, 128), dtype=np.float32)
+    feats = np.random.default_rng(0).random((4, 256), dtype=np.float32)
     q = quality.shard_quality(feats, None, [1, 2, 3, 4], images)
     assert q["feature_count"] == 4 and q["class_consistency"] is None
     assert q["image_mean"] == pytest.approx(images.astype(np.float64).mean(), rel=1e-12)
@@ -342,7 +349,7 @@ def test_shard_quality_record(tmp_path):
     conds = [1, 2, 3, 4]
     expected = float(np.mean(logits.argmax(1) == np.array(conds)))
     assert quality.shard_quality(feats, logits, conds, images, class_aligned=True)["class_consistency"] == expected
-    torch.save(quality.ToyCNN(num_classes=5).state_dict(), tmp_path / "toy.pt")
+    torch.save(ToyClassifier(num_classes=5).state_dict(), tmp_path / "toy.pt")
     toy = quality.make_extractor("toy", {"toy_checkpoint": str(tmp_path / "toy.pt")}, "cpu")
     q = quality.shard_quality(feats, logits, conds, images, extractor=toy)
     assert q["class_consistency"] == expected and q["extractor"] == "toy" and q["extractor_weights"] == toy.weights
@@ -350,12 +357,13 @@ def test_shard_quality_record(tmp_path):
     assert quality.shard_quality(feats, logits, ["a", "b", "c", "d"], images, class_aligned=True)["class_consistency"] is None
     assert quality.shard_quality(feats, logits, conds, images, class_aligned=False)["class_consistency"] is None
     assert quality.shard_quality(None, None, conds, images)["feature_count"] == 0
-    with pytest.raises(ArgenError, match=r"features have shape \(3, 128\); expected \[4, ...\]"):
+    with pytest.raises(ArgenError, match=r"features have shape \(3, 256\); expected \[4, ...\]"):
         quality.shard_quality(feats[:3], None, conds, images)
     with pytest.raises(ArgenError, match="3 conditions for 4 images"):
         quality.shard_quality(feats, None, conds[:3], images)
-    with pytest.raises(ArgenError, match="class id 7 is outside the classifier's 5 classes"):
-        quality.shard_quality(feats, logits, [1, 2, 3, 7], images, class_aligned=True)
+    # class ids the classifier was not trained on: not defined, and said why
+    q = quality.shard_quality(feats, logits, [1, 2, 3, 7], images, class_aligned=True)
+    assert q["class_consistency"] is None and "outside the classifier's 5 classes" in q["class_consistency_absent"]
 
 
 def test_npy_round_trip_refuses_pickles():
