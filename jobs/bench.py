@@ -1,7 +1,7 @@
 """`argen bench [suite] [key=value ...]`: speed and quality benchmarks, ratios measured in one run.
 
 Benchmarks are not tests. Each suite prints a markdown table; the figures and the exact command go
-into docs/BENCHMARKS.md. With no suite, every suite runs in turn with its defaults.
+into docs/BENCHMARKS.md. With no suite, the quick suites run in turn with their defaults (name `toy` or `load` to run those).
 """
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ SUITES = {
     "llamagen": "jobs.benches.llamagen",  # plain AR vs speculative / LANTERN / SJD
     "mar": "jobs.benches.mar",            # accel=none vs lazymar
     "pipeline": "jobs.benches.pipeline",  # bare generator vs the whole pipeline
+    "toy": "jobs.benches.toy",            # quality vs speed of every acceleration on the trained toy models
     "load": "jobs.benches.load",          # 2,000 small shards: shards/s, driver CPU and memory per shard
 }
+
+
+# with no suite named: the quick ones (toy and load take hours and a quarter of an hour on a CPU)
+DEFAULT_SUITES = ("var", "llamagen", "mar", "pipeline")
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -35,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in suites:
         if s not in SUITES:
             raise SystemExit(f"argen bench: unknown suite {s!r}; known: {', '.join(SUITES)}")
-    for s in suites or list(SUITES):
+    for s in suites or DEFAULT_SUITES:
         module = importlib.import_module(SUITES[s])
         print(f"\n## bench {s}\n", flush=True)
         module.run(parse_overrides(argv))

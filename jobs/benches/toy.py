@@ -93,3 +93,61 @@ def toy_quality(gen: Any, n: int, batch_size: int = 100, seed_offset: int = 0) -
         "samples": n, "generate_seconds": seconds, "wall_seconds": time.perf_counter() - t0,
         "flops_per_image": flops / n, **{k: v / n for k, v in counters.items()},
     }
+
+
+# -- the quality-vs-speed table ------------------------------------------------------------------------
+
+VAR_SETTINGS = [
+    ("fastvar", "defaults (13: 50%, 16: 75%, cache 10)", {}),
+    ("fastvar", "gentle (13: 25%, 16: 50%)", {"prune_ratios": {13: 0.25, 16: 0.5}}),
+    ("fastvar", "aggressive (10: 40%, 13: 60%, 16: 85%, cache 8)",
+     {"prune_ratios": {10: 0.4, 13: 0.6, 16: 0.85}, "cache_scale": 8}),
+    ("fastvar", "skip last 2 scales (upstream Infinity style)", {"prune_ratios": {}, "skip_last_scales": 2}),
+]
+
+
+def _row(family: str, method: str, setting: str, q: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    return {"family": family, "method": method, "setting": setting, "fid": q["fid"],
+            "fid_change": q["fid"] / base["fid"] - 1, "class_consistency": q["class_consistency"],
+            "wall_clock_ratio": base["generate_seconds"] / q["generate_seconds"],
+            "flops_ratio": base["flops_per_image"] / q["flops_per_image"],
+            **{k: v for k, v in q.items() if k not in ("fid", "class_consistency", "samples")}}
+
+
+def var_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
+    """var_toy: accel=none and FastVAR settings, each measured on the same n samples and seeds."""
+    from accel.api import load_generator
+
+    base_gen = load_generator("var_toy", device="cpu")
+    base = toy_quality(base_gen, n, batch_size)
+    rows = [_row("VAR", "none", "baseline", base, base)]
+    for method, setting, options in VAR_SETTINGS:
+        gen = load_generator("var_toy", accel=method, device="cpu", **options)
+        rows.append(_row("VAR", method, setting, toy_quality(gen, n, batch_size), base))
+    return rows
+
+
+FAMILY_ROWS = {"var": "jobs.benches.toy:var_rows", "llamagen": "jobs.benches.toy_llamagen:table_rows",
+               "mar": "jobs.benches.toy_mar:table_rows"}
+
+
+def run(overrides: dict[str, str]) -> None:
+    import importlib
+
+    n = int(overrides.pop("samples", REFERENCE_SAMPLES))
+    families = overrides.pop("families", "var,llamagen,mar").split(",")
+    print(f"toy FID: {n} samples per row (class i mod 10, seed i) vs {REFERENCE_SAMPLES} real ToyShapes "
+          f"(seed {REFERENCE_SEED}), toy-classifier features; ratios against each family's accel=none row, "
+          f"same samples and seeds; CPU, torch threads {torch.get_num_threads()}\n")
+    print("| family | method | setting | toy FID | FID change | class-consistency | wall-clock ratio "
+          "| FLOPs ratio | extra |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    known = {"family", "method", "setting", "fid", "fid_change", "class_consistency", "wall_clock_ratio",
+             "flops_ratio", "generate_seconds", "wall_seconds", "flops_per_image"}
+    for family in families:
+        module, _, fn = FAMILY_ROWS[family].partition(":")
+        for r in getattr(importlib.import_module(module), fn)(n):
+            extra = ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k not in known and isinstance(v, float))
+            print(f"| {r['family']} | {r['method']} | {r['setting']} | {r['fid']:.2f} | {100 * r['fid_change']:+.1f}% "
+                  f"| {r['class_consistency']:.3f} | {r['wall_clock_ratio']:.2f}x | {r['flops_ratio']:.2f}x "
+                  f"| {extra} |", flush=True)
