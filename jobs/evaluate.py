@@ -35,6 +35,7 @@ from pipeline import quality
 from pipeline.evaluation import (Reference, cfg_get, check_reference, check_run, first_feature_dim,
                                  load_reference, read_run_features, run_extractor_info, scan_run, subsample)
 from pipeline.metrics import frechet_distance, precision_recall
+from pipeline.report import HTML_KEY, SHEET_KEY, report_html
 
 
 # -- the job ---------------------------------------------------------------------------------------
@@ -142,6 +143,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             raise ArgenError(f"{uri}/report.json holds a {type(report).__name__}, expected a JSON object")
     report.update(results)
     sink.write("report.json", json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
+    sink.write(HTML_KEY, report_html(report, has_sheet=sink.exists(SHEET_KEY)).encode("utf-8"))
     print_results(results, uri)
     return results
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from accel.api import ACCEL_NAMES, ArgenError
 from pipeline.plan import Plan, ShardTask, build_plan, diff_settings
+from pipeline.report import write_pictures
 from pipeline.sinks import LocalSink, S3Sink, open_sink, redact_url
 from pipeline.stats import (check_stats, manifest_parquet, shard_of_stats_key, shard_stats_key, summarize, utc_now)
 from pipeline.worker import ShardWorker, WorkerSpec
@@ -438,6 +439,8 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
             report.pop(key, None)
     report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
     sink.write("report.json", json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
+    if records:
+        write_pictures(sink, [r["shard"] for r in records], report)
     return report
 
 

@@ -283,7 +283,7 @@ def test_s3_errors_and_delays_are_retried_nothing_partial_visible(ray_cluster, s
     assert_complete(sink, 4, 8)
     assert sink.incomplete_uploads() == []
     keys = set(sink.list())
-    assert keys == {"run.json", "manifest.parquet", "report.json"} | {
+    assert keys == {"run.json", "manifest.parquet", "report.json", "report.html", "contact_sheet.png"} | {
         f"shards/{s:06d}.{ext}" for s in range(4) for ext in ("tar", "stats.json")}
     report = json.loads(sink.read("report.json"))
     assert report["complete"] is True and report["images"] == 8

@@ -67,12 +67,18 @@ class Store:
 def check_run(store: Store, tmp_path: Path, features: bool = False) -> dict[int, dict]:
     """Everything a complete run's output must satisfy; returns the stats records by shard."""
     keys = store.keys()
-    expected_keys = {"run.json", "manifest.parquet", "report.json"}
+    expected_keys = {"run.json", "manifest.parquet", "report.json", "report.html", "contact_sheet.png"}
     for s in range(NUM_SHARDS):
         expected_keys |= {f"shards/{s:06d}.tar", f"shards/{s:06d}.stats.json"}
         if features:  # the toy classifier has logits too
             expected_keys |= {f"shards/{s:06d}.features.npy", f"shards/{s:06d}.logits.npy"}
     assert set(keys) == expected_keys, keys  # no temp files, no probes, nothing else
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(store.read("contact_sheet.png"))) as sheet:  # one row per class of shard 0..
+        assert sheet.size[0] > 64 and sheet.size[1] > 64
+    assert b"contact_sheet.png" in store.read("report.html")
 
     run = store.json("run.json")
     seed = run["plan"]["settings"]["seed"]

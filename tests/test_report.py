@@ -1,0 +1,42 @@
+"""The run's pictures: contact sheet rows by class, report.html."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from pipeline.report import contact_sheet, pick_samples, report_html
+from pipeline.shards import encode_png
+
+
+def _sample(label, value, text=None):
+    img = np.full((8, 8, 3), value, np.uint8)
+    s = {"png": encode_png(img)}
+    if text is None:
+        s["cls"] = label
+    else:
+        s["txt"] = text
+    return s
+
+
+def test_rows_are_classes_in_order_and_capped():
+    samples = [_sample(c, 10 * c + i) for i in range(5) for c in (3, 1, 2)]
+    rows = pick_samples(samples, per_row=4, max_rows=2)
+    assert len(rows) == 2 and all(len(r) == 4 for r in rows)
+    assert [int(r[0][0, 0, 0]) for r in rows] == [10, 20]  # classes 1 then 2; class 3 cut by max_rows
+    sheet = Image.open(io.BytesIO(contact_sheet(rows, cell=16, pad=2)))
+    assert sheet.size == (4 * 18 + 2, 2 * 18 + 2)
+    assert sheet.getpixel((2, 2)) == (10, 10, 10) and sheet.getpixel((2, 20)) == (20, 20, 20)
+
+
+def test_prompt_samples_fill_rows_in_plan_order():
+    rows = pick_samples([_sample(None, v, text=f"p{v}") for v in range(10)], per_row=4, max_rows=5)
+    assert [len(r) for r in rows] == [4, 4, 2]
+    assert [int(img[0, 0, 0]) for r in rows for img in r] == list(range(10))
+
+
+def test_report_html_escapes_and_links_the_sheet():
+    page = report_html({"images": 40, "model": "<b>x</b>", "eval": {"fid": 1.5}}, has_sheet=True)
+    assert "contact_sheet.png" in page and "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+    assert "contact_sheet.png" not in report_html({"images": 1}, has_sheet=False)
