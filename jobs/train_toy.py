@@ -9,6 +9,7 @@ a JSON record of its training config and data-set seed into accel/toy/weights/ (
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -53,6 +54,10 @@ def as_float(images: np.ndarray) -> torch.Tensor:
 
 
 def write_weights(module: torch.nn.Module, name: str, record: dict[str, Any], out_dir: Path) -> Path:
+    import os
+
+    record = {**record, "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.safetensors"
     save_safetensors(module, path, metadata={"name": name})
@@ -261,6 +266,11 @@ ENTRY_POINTS: dict[str, Callable[[dict[str, str]], None]] = {
     "classifier": train_classifier,
     "var-tokenizer": train_var_tokenizer,
     "var": train_var,
+    "llamagen-tokenizer": lambda opts: importlib.import_module("jobs.toy_llamagen").train_tokenizer(opts),
+    "llamagen": lambda opts: importlib.import_module("jobs.toy_llamagen").train_llamagen(opts),
+    "llamagen-draft": lambda opts: importlib.import_module("jobs.toy_llamagen").train_llamagen_draft(opts),
+    "mar-tokenizer": lambda opts: importlib.import_module("jobs.toy_mar").train_mar_tokenizer(opts),
+    "mar": lambda opts: importlib.import_module("jobs.toy_mar").train_mar(opts),
 }
 
 
