@@ -199,8 +199,8 @@ def test_worker_killed_without_retries_leaves_no_partial_shard(ray_cluster, tmp_
                "testing.kill_shard=0", "testing.kill_point=write"])
     assert e.value.code == 1
     err = capsys.readouterr().err
-    # shard 0's worker died; the other shard in flight on it died with it, and either may be named first
-    assert re.search(r"shard [01] failed 1 time\(s\) \(ray.max_attempts=1\); last error: the worker process died",
+    # shard 0's worker died; any shard in flight on it died with it, and any of them may be named first
+    assert re.search(r"shard \d+ failed 1 time\(s\) \(ray.max_attempts=1\); last error: the worker process died",
                      err) and "run the same command again" in err
     # the tar may be there, but without its stats file shard 0 does not exist
     assert not (out / "shards/000000.stats.json").exists()

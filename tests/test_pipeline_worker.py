@@ -52,7 +52,9 @@ def test_writes_tar_then_features_then_stats_last(tmp_path, worker_factory):
     info = w.load()
     assert info["image_size"] == 256 and info["num_classes"] == 1000
     record = w.run_shard(task(4), attempt=2)
-    assert sink.writes == ["shards/000004.tar", "shards/000004.features.npy", "shards/000004.stats.json"]
+    # the toy extractor is a classifier, so its logits are written too (for the Inception Score)
+    assert sink.writes == ["shards/000004.tar", "shards/000004.features.npy", "shards/000004.logits.npy",
+                           "shards/000004.stats.json"]
     tar = sink.read("shards/000004.tar")
     assert record["sha256"] == hashlib.sha256(tar).hexdigest() and record["bytes"] == len(tar)
     assert record["count"] == 3 and record["attempt"] == 2 and record["worker"].startswith("w9@")

@@ -22,7 +22,7 @@ from pipeline.sinks import S3Settings, S3Sink
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-KEY = re.compile(r"^(run\.json|manifest\.parquet|report\.json|shards/\d{6}\.(tar|stats\.json|features\.npy|logits\.npy))$")
+KEY = re.compile(r"^(run\.json|manifest\.parquet|report\.json|report\.html|contact_sheet\.png|shards/\d{6}\.(tar|stats\.json|features\.npy|logits\.npy))$")
 MEMBER = re.compile(r"^\d{6}_\d{6}\.(png|json|txt|cls)$")
 PROMPTS = [
     "../../../../tmp/argen-escape",
