@@ -41,8 +41,10 @@ Options (load_generator(..., accel=..., **options)):
   drafter            a smaller llamagen_* name, "sjd", or "auto" (default: the model's default drafter,
                      llamagen_b for the larger 256 px models, llamagen_b_384 at 384 px, sjd for
                      llamagen_b and the t2i models (no smaller t2i network was released),
-                     llamagen_tiny_draft for llamagen_tiny, llamagen_t2i_tiny_draft for llamagen_t2i_tiny)
-  drafter_checkpoint released weights of the drafter (needed unless random_init=True)
+                     llamagen_tiny_draft for llamagen_tiny, llamagen_t2i_tiny_draft for llamagen_t2i_tiny,
+                     llamagen_toy_draft for llamagen_toy)
+  drafter_checkpoint released weights of the drafter (needed unless random_init=True, or the drafter is a
+                     toy model with committed weights: llamagen_toy_draft loads them by default)
   gamma              draft tokens per step for a model drafter (default 4)
   window             SJD window length L (default 16; with accel=speculative drafter=sjd, gamma is
                      taken as the window when window is not given)
@@ -120,6 +122,8 @@ class SpecConfig:
                 raise ArgenError(f"sjd_init applies to drafter=sjd only, not drafter={drafter}")
             spec.gamma = _int_option("gamma", o.pop("gamma", 4), 1, "pass the number of draft tokens per step, e.g. 4")
             check_drafter_config(target_name, drafter)
+            if spec.drafter_checkpoint is None and not random_init:  # a toy drafter's committed weights
+                spec.drafter_checkpoint = lg.bundled_checkpoint(drafter)
             if spec.drafter_checkpoint is None and not (random_init or lg.get_config(drafter).random_init_only):
                 raise ArgenError(f"drafter {drafter} has no weights: pass drafter_checkpoint=<its released "
                                  f"checkpoint file>, or random_init=True")
@@ -382,8 +386,8 @@ def check_compatible(target: lg.Transformer, drafter: lg.Transformer, target_nam
 def check_drafter_config(target_name: str, drafter_name: str) -> None:
     """A drafter must share the target's tokenizer (hence vocabulary) and token grid."""
     tcfg, dcfg = lg.get_config(target_name), lg.get_config(drafter_name)
-    t_tok = "llamagen_vq16" + (f" {tcfg.tokenizer}" if tcfg.tokenizer else "")
-    d_tok = "llamagen_vq16" + (f" {dcfg.tokenizer}" if dcfg.tokenizer else "")
+    t_tok = tcfg.tokenizer_name + (f" {tcfg.tokenizer}" if tcfg.tokenizer else "")
+    d_tok = dcfg.tokenizer_name + (f" {dcfg.tokenizer}" if dcfg.tokenizer else "")
     if t_tok != d_tok or tcfg.args.vocab_size != dcfg.args.vocab_size:
         raise ArgenError(f"drafter {drafter_name} uses tokenizer {d_tok} with {dcfg.args.vocab_size} codes but "
                          f"target {target_name} uses {t_tok} with {tcfg.args.vocab_size}; pick a drafter with "

@@ -17,6 +17,10 @@ Model names (`CONFIGS`):
     llamagen_tiny        random-init test model: official structure, 2 narrow layers, 16x16 grid
     llamagen_tiny_draft  an even smaller random-init model with the same vocabulary and grid,
                          the default drafter of llamagen_tiny for speculative decoding
+    llamagen_toy         trained on ToyShapes (accel/toy; 10 classes, 32x32 px): 4 layers, dim 128, a
+                         16x16 grid of llamagen_vq_toy codes (1024 x 8, downsampling 2); its weights
+                         are committed (accel/toy/weights) and loaded by name by default
+    llamagen_toy_draft   its drafter: 2 layers, dim 64, same tokenizer, trained the same way
     llamagen_t2i_xl      text-to-image GPT-XL, Stage I: 256 px, 16x16 grid (t2i_XL_stage1_256.pt)
     llamagen_t2i_xl_512  the same network at 512 px, 32x32 grid, Stage II (t2i_XL_stage2_512.pt)
     llamagen_t2i_tiny, llamagen_t2i_tiny_draft   random-init t2i test models: official t2i structure
@@ -80,7 +84,7 @@ class ModelArgs:
     model_type: str = "c2i"           # "c2i" (class embedding) or "t2i" (caption embedder)
     vocab_size: int = 16384
     cls_token_num: int = 1            # condition positions: 1 (c2i) or 120 (t2i)
-    block_size: int = 256             # image tokens: (image_size / 16) ** 2
+    block_size: int = 256             # image tokens: (image_size / 16) ** 2 (toy: (32 / 2) ** 2)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class LlamaGenConfig:
     image_size: int
     cfg: float                        # guidance scale used for the paper's FID numbers
     tokenizer: dict = field(default_factory=dict)   # kwargs of accel.tokenizers.vq.build_tokenizer
+    tokenizer_name: str = "llamagen_vq16"           # its name in accel.tokenizers.vq.TOKENIZER_CONFIGS
     default_drafter: str = "sjd"
     random_init_only: bool = False
     sampling: dict = field(default_factory=dict)    # other sampling defaults (t2i: top_k 1000)
@@ -128,6 +133,19 @@ CONFIGS["llamagen_tiny"] = LlamaGenConfig(
 CONFIGS["llamagen_tiny_draft"] = LlamaGenConfig(
     ModelArgs(n_layer=1, n_head=2, dim=32, multiple_of=32, block_size=256),
     image_size=256, cfg=2.0, tokenizer=TINY_TOKENIZER, random_init_only=True)
+
+# trained toy models (`argen train-toy llamagen-tokenizer | llamagen | llamagen-draft`, jobs/toy_llamagen.py):
+# the official structure, fewer and narrower layers, 10 classes, the 16x16 grid of a downsampling-2 VQ on
+# 32x32 ToyShapes. Sampling defaults chosen by measurement with jobs/benches/toy.py:toy_quality
+# (docs/BENCHMARKS.md, "LlamaGen toy").
+TOY_SAMPLING = {"top_k": 0, "temperature": 1.0}
+CONFIGS["llamagen_toy"] = LlamaGenConfig(
+    ModelArgs(n_layer=4, n_head=2, dim=128, multiple_of=32, num_classes=10, vocab_size=1024, block_size=256),
+    image_size=32, cfg=2.0, tokenizer_name="llamagen_vq_toy", default_drafter="llamagen_toy_draft",
+    sampling=TOY_SAMPLING)
+CONFIGS["llamagen_toy_draft"] = LlamaGenConfig(
+    ModelArgs(n_layer=2, n_head=2, dim=64, multiple_of=32, num_classes=10, vocab_size=1024, block_size=256),
+    image_size=32, cfg=2.0, tokenizer_name="llamagen_vq_toy", default_drafter="sjd", sampling=TOY_SAMPLING)
 
 # text-to-image (gpt.py GPT-XL with model_type t2i, cls_token_num 120; sample_t2i.py: cfg 7.5, top-k 1000)
 T2I_TOKENS = 120          # condition positions = the T5 window
@@ -290,8 +308,9 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, input_pos, k, v)
-        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        if self.n_head != self.n_kv_head:  # grouped-query attention; skipped otherwise (a full copy of the cache)
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.dim))
 
@@ -477,8 +496,16 @@ def get_config(name: str) -> LlamaGenConfig:
     return CONFIGS[name]
 
 
+def bundled_checkpoint(name: str) -> str | None:
+    """The committed weights of a toy model or tokenizer (accel/toy/weights/<name>.safetensors), if any."""
+    from accel.toy import bundled_weights
+
+    path = bundled_weights(name)
+    return str(path) if path is not None else None
+
+
 def load_model(name: str, checkpoint: str | None, random_init: bool, device: torch.device, seed: int = 0) -> Transformer:
-    """Released weights (strict keys) or, with random_init=True only, a seeded random init."""
+    """Released (or committed toy) weights, strict keys, or with random_init=True only a seeded random init."""
     if checkpoint is not None:
         from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
 
@@ -486,6 +513,7 @@ def load_model(name: str, checkpoint: str | None, random_init: bool, device: tor
             model = build_model(name)
         state = unwrap_state_dict(read_checkpoint(checkpoint), prefer=("model", "module", "state_dict"))
         state.pop("freqs_cis", None)  # derived RoPE table, present in some training dumps; not a weight
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 toy storage
         model = model.to_empty(device="cpu")
         load_strict(model, state, f"checkpoint {checkpoint!r} for {name}")
     else:
@@ -710,6 +738,9 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     if cfg.takes_prompts and not random_init and tokenizer_checkpoint is None:
         raise ArgenError(f"{name}: no tokenizer_checkpoint given; pass the text-to-image VQ file vq_ds16_t2i.pt "
                          f"(model.tokenizer_checkpoint=...), or random_init=True for random weights")
+    if not random_init:  # toy models default to their committed weights
+        checkpoint = checkpoint or bundled_checkpoint(name)
+        tokenizer_checkpoint = tokenizer_checkpoint or bundled_checkpoint(cfg.tokenizer_name)
     require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
     sampling = {**cfg.sampling, "cfg": cfg.cfg, **{k: v for k, v in options.items() if k in SAMPLING_OPTIONS}}
     opts = SamplingOptions(**sampling)
@@ -729,7 +760,8 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
         text_encoder = T5TextEncoder(text_options.get("text_encoder"), device, window=cfg.args.cls_token_num,
                                      feature_dim=cfg.args.caption_dim, clean=clean)
     model = load_model(name, checkpoint, random_init, device)
-    tokenizer = load_tokenizer(tokenizer_checkpoint, device=device, random_init=random_init, **cfg.tokenizer)
+    tokenizer = load_tokenizer(tokenizer_checkpoint, device=device, random_init=random_init, name=cfg.tokenizer_name,
+                               **cfg.tokenizer)
     if accel != "none":
         decoder = spec.build_decoder(decoder_spec, target=model, target_name=name, opts=opts,
                                      tokenizer=tokenizer, device=device, random_init=random_init)

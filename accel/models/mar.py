@@ -47,7 +47,7 @@ from accel.sampling import randn_rows
 # argparse defaults of main_mar.py. `cfg` is the paper's guidance scale (256 steps, linear schedule).
 # ----------------------------------------------------------------------------------------------------------
 _SHARED = dict(img_size=256, vae_stride=16, patch_size=1, vae_embed_dim=16, buffer_size=64, mlp_ratio=4.0,
-               class_num=1000, tokenizer="mar_kl16", tokenizer_kwargs={})
+               class_num=1000, tokenizer="mar_kl16", tokenizer_kwargs={}, latent_scale=0.2325, sampling={})
 CONFIGS: dict[str, dict[str, Any]] = {
     "mar_base": dict(_SHARED, encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, decoder_embed_dim=768,
                      decoder_depth=12, decoder_num_heads=12, diffloss_d=6, diffloss_w=1024, cfg=2.9),
@@ -62,8 +62,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mar_tiny": dict(_SHARED, encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64,
                      decoder_depth=6, decoder_num_heads=4, diffloss_d=6, diffloss_w=64, cfg=3.0,
                      tokenizer_kwargs={"ch": 32}),
+    # Trained on ToyShapes (10 classes, 32x32 images; `argen train-toy mar-tokenizer`, then `argen train-toy mar`),
+    # weights in accel/toy/weights, loaded by default. The official structure: the mar_kl_toy tokenizer (one
+    # downsampling) makes a 32x32 image the same 16x16 token grid as kl16 at 256 px, tokens of 4 channels; buffer
+    # 64; a 2-layer encoder and 6-layer decoder of width 48 (3 heads); a 6-block head of width 64 (LazyMAR's
+    # default head cache skips blocks 1-4). latent_scale None: read from the weights' metadata (measured on the
+    # trained tokenizer, as 0.2325 was for kl16). Sampling defaults chosen with toy FID (docs/BENCHMARKS.md).
+    "mar_toy": dict(_SHARED, img_size=32, vae_stride=2, vae_embed_dim=4, class_num=10, encoder_embed_dim=48,
+                    encoder_depth=2, encoder_num_heads=3, decoder_embed_dim=48, decoder_depth=6, decoder_num_heads=3,
+                    diffloss_d=6, diffloss_w=64, cfg=3.0, tokenizer="mar_kl_toy", latent_scale=None,
+                    sampling=dict(num_sampling_steps=100, temperature=1.0)),
 }
-LATENT_SCALE = 0.2325  # latents were scaled by this in training; decode(tokens / 0.2325)
+LATENT_SCALE = 0.2325  # latents were scaled by this in training; decode(tokens / 0.2325) (config "latent_scale")
 
 # ----------------------------------------------------------------------------------------------------------
 # FLOP accounting: modules add the work they actually do (from the shapes they process) to the counter of
@@ -465,12 +475,13 @@ class MARGenerator(BaseGenerator):
     supported_accels = ("none", "lazymar")
 
     def __init__(self, *, name, accel, model, tokenizer, device, num_iter, cfg, cfg_schedule, temperature,
-                 num_sampling_steps, method=None):
+                 num_sampling_steps, method=None, latent_scale: float = LATENT_SCALE):
         super().__init__(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
                          image_size=CONFIGS[name]["img_size"], num_classes=CONFIGS[name]["class_num"])
         self.num_iter, self.cfg, self.cfg_schedule = num_iter, cfg, cfg_schedule
         self.temperature, self.num_sampling_steps = temperature, num_sampling_steps
         self.method = method  # accel.methods.lazymar.LazyMAR or None
+        self.latent_scale = latent_scale
 
     def _sample(self, conditions: list, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         B = len(conditions)
@@ -482,7 +493,7 @@ class MARGenerator(BaseGenerator):
                                               cfg_schedule=self.cfg_schedule, temperature=self.temperature,
                                               num_sampling_steps=self.num_sampling_steps,
                                               cache=caches[0], head_cache=caches[1])
-            images = self.tokenizer.decode(tokens / LATENT_SCALE)
+            images = self.tokenizer.decode(tokens / self.latent_scale)
         counter.add("tokenizer", B * vae_decode_flops(self.name, tuple(tokens.shape[1:])))
         counters = counter.per_image(B)
         if self.method is not None:
@@ -527,10 +538,49 @@ def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sam
                          f"such as 100 (the default), or 'ddimN' ({e})") from None
 
 
+def _stored_latent_scale(path: str | None) -> float | None:
+    """The "latent_scale" a toy checkpoint carries in its safetensors metadata (set by argen train-toy)."""
+    if path is None or not str(path).endswith(".safetensors") or str(path).startswith("s3://"):
+        return None
+    from safetensors import safe_open
+
+    local = str(path)[len("file://"):] if str(path).startswith("file://") else str(path)
+    with safe_open(local, framework="pt") as f:
+        value = (f.metadata() or {}).get("latent_scale")
+    if value is None:
+        return None
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = float("nan")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ArgenError(f"{path}: metadata latent_scale={value!r} is not a positive number; retrain with "
+                         f"`argen train-toy mar-tokenizer` (or mar)")
+    return scale
+
+
+def latent_scale_for(name: str, checkpoint: str | None, tokenizer_checkpoint: str | None, random_init: bool) -> float:
+    """The factor latents were multiplied by when the model was trained: the model checkpoint's metadata, else
+    the tokenizer's, else the config's (0.2325 for kl16). Random toy weights without either use 1.0."""
+    for path in (checkpoint, tokenizer_checkpoint):
+        scale = _stored_latent_scale(path)
+        if scale is not None:
+            return scale
+    if CONFIGS[name]["latent_scale"] is not None:
+        return float(CONFIGS[name]["latent_scale"])
+    if random_init:
+        return 1.0
+    raise ArgenError(f"{name}: neither checkpoint {checkpoint!r} nor tokenizer_checkpoint {tokenizer_checkpoint!r} "
+                     f"carries the latent scale factor (safetensors metadata 'latent_scale'); use the files written "
+                     f"by `argen train-toy mar-tokenizer` / `argen train-toy mar`, or random_init=True")
+
+
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, **options) -> MARGenerator:
     """Sampling options: num_iter (64), cfg (the paper's value for the size), cfg_schedule ("linear"),
-    temperature (1.0), num_sampling_steps (100), seed_init (0: the seed of random_init weights).
+    temperature (1.0), num_sampling_steps (100), seed_init (0: the seed of random_init weights); a config's
+    "sampling" dict changes these defaults (mar_toy). Toy models load their committed weights
+    (accel/toy/weights) when no checkpoint is given and random_init is false.
     With accel="lazymar", the options of accel.methods.lazymar.LazyMARConfig as well."""
     from accel.tokenizers import build_tokenizer
     from accel.tokenizers.kl_vae import load_kl16
@@ -545,9 +595,9 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
         from accel.methods.lazymar import OPTION_NAMES as method_names
     check_option_names(options, SAMPLING_OPTIONS + tuple(method_names), f"{name} with accel={accel}")
     config = CONFIGS[name]
-    sampling = dict(num_iter=options.pop("num_iter", 64), cfg=options.pop("cfg", config["cfg"]),
-                    cfg_schedule=options.pop("cfg_schedule", "linear"), temperature=options.pop("temperature", 1.0),
-                    num_sampling_steps=options.pop("num_sampling_steps", 100))
+    defaults = dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100,
+                    **config["sampling"])
+    sampling = {k: options.pop(k, v) for k, v in defaults.items()}
     _check_sampling(name, **sampling)
     seed = int(options.pop("seed_init", 0))
     method = None
@@ -555,7 +605,15 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
         from accel.methods.lazymar import LazyMAR
 
         method = LazyMAR(config, guided=sampling["cfg"] != 1.0, **options)  # validates before any weights load
+    if not random_init:  # toy models default to their committed weights
+        from accel.toy import bundled_weights
+
+        if checkpoint is None and bundled_weights(name) is not None:
+            checkpoint = str(bundled_weights(name))
+        if tokenizer_checkpoint is None and bundled_weights(config["tokenizer"]) is not None:
+            tokenizer_checkpoint = str(bundled_weights(config["tokenizer"]))
     require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
+    latent_scale = latent_scale_for(name, checkpoint, tokenizer_checkpoint, random_init)
 
     with seeded_init(seed):
         model = build_model(name)
@@ -574,4 +632,4 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
     model.to(device).eval()
     tokenizer.to(device).eval()
     return MARGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
-                        method=method, **sampling)
+                        method=method, latent_scale=latent_scale, **sampling)

@@ -12,6 +12,8 @@ TOKENIZERS = {
     "mar_kl16": "accel.tokenizers.kl_vae",
     "var_vqvae_tiny": "accel.tokenizers.msvq",  # narrow, same structure: tests and CPU benchmarks
     "var_vqvae_toy": "accel.tokenizers.msvq",  # trained on ToyShapes (accel/toy)
+    "mar_kl_toy": "accel.tokenizers.kl_vae",  # trained on ToyShapes (accel/toy)
+    "llamagen_vq_toy": "accel.tokenizers.vq",  # trained on ToyShapes (accel/toy)
 }
 
 

@@ -18,7 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LATENT_SCALE = 0.2325  # 1 / std of the ImageNet latents; no mean shift
-CONFIGS = {"mar_kl16": dict(embed_dim=16, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, resolution=256)}
+CONFIGS = {
+    "mar_kl16": dict(embed_dim=16, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, resolution=256),
+    # trained on ToyShapes (`argen train-toy mar-tokenizer`, weights in accel/toy/weights): the same layout with
+    # one downsampling (32x32 images -> a 16x16 latent grid, as kl16 gives at 256 px), 4 latent channels, 32/64
+    # channels, one res block per level; the encoder attends at 16x16 like kl16's. Its latent scale factor (kl16's
+    # is 0.2325) is measured after training and stored in the weights' metadata ("latent_scale").
+    "mar_kl_toy": dict(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=32),
+}
 
 
 def Normalize(channels: int) -> nn.GroupNorm:

@@ -7,8 +7,13 @@ the codes are matched by cosine similarity; `decode_code` looks up the normalise
 
 `build_tokenizer("llamagen_vq16")` gives the released shape (strict keys, including the
 `quantize.codebook_used` usage buffer). Keyword arguments (ch, ch_mult, num_res_blocks, z_channels)
-make the narrow random-init tokenizer of the tiny test models; argen only decodes, the encoder is
-there so that the release loads unchanged.
+make the narrow random-init tokenizer of the tiny test models.
+
+`build_tokenizer("llamagen_vq_toy")` is argen's own small VQ trained on ToyShapes (`argen train-toy
+llamagen-tokenizer`, weights in accel/toy/weights): the same network with two levels (ch_mult 1,2: one
+x2 resampling, so a 32x32 image is the official 16x16 code grid), a 1024 x 8 codebook, L2-normalised
+as in the release. `VectorQuantizer.quantize_train` is the release's training forward (codebook and
+commitment losses, straight-through gradient).
 """
 from __future__ import annotations
 
@@ -184,6 +189,23 @@ class VectorQuantizer(nn.Module):
         d = zf.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * zf @ e.t()
         return d.argmin(1).view(z.shape[0], -1)
 
+    def quantize_train(self, z: torch.Tensor, beta: float = 0.25):
+        """The release's training forward: z [B, C, H, W] -> (z_q with straight-through gradient,
+        codebook loss, commitment loss (beta-weighted), indices [B, H*W]). With l2_norm the matching,
+        the losses and z_q all live on the unit sphere, as in the release."""
+        zf = z.permute(0, 2, 3, 1)
+        if self.l2_norm:
+            zf = F.normalize(zf, p=2, dim=-1)
+        flat = zf.reshape(-1, self.e_dim)
+        e = self.codebook()
+        d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * flat @ e.t()
+        idx = d.argmin(1)
+        zq = e[idx].view(zf.shape)
+        codebook_loss = torch.mean((zq - zf.detach()) ** 2)
+        commit_loss = beta * torch.mean((zq.detach() - zf) ** 2)
+        zq = zf + (zq - zf).detach()
+        return zq.permute(0, 3, 1, 2).contiguous(), codebook_loss, commit_loss, idx.view(z.shape[0], -1)
+
     def get_codebook_entry(self, indices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """indices [B, h*w] -> [B, C, h, w] (shape = (B, C, h, w))."""
         B, C, h, w = shape
@@ -212,7 +234,7 @@ class VQModel(nn.Module):
         return self.decoder(self.post_quant_conv(quant))
 
     def decode_code(self, code: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """Code indices [B, h*w] -> images [B, 3, 16h, 16w], nominally in [-1, 1]."""
+        """Code indices [B, h*w] -> images [B, 3, d*h, d*w] (d = self.downsample), nominally in [-1, 1]."""
         code = code.long()
         if code.numel() and (int(code.min()) < 0 or int(code.max()) >= self.quantize.n_e):
             raise ArgenError(f"code indices must lie in [0, {self.quantize.n_e}); got values "
@@ -220,29 +242,41 @@ class VQModel(nn.Module):
         return self.decode(self.quantize.get_codebook_entry(code, shape))
 
 
+# tokenizer name -> VQModel keyword arguments
+TOKENIZER_CONFIGS: dict[str, dict] = {
+    "llamagen_vq16": {},
+    # trained on ToyShapes (accel/toy): downsampling 2, 32x32 images -> 16x16 codes, 1024 x 8 codebook
+    "llamagen_vq_toy": {"codebook_size": 1024, "codebook_embed_dim": 8, "ch": 32, "ch_mult": (1, 2),
+                        "num_res_blocks": 1, "z_channels": 32},
+}
+
+
 def build_tokenizer(name: str = "llamagen_vq16", **kwargs) -> VQModel:
-    if name != "llamagen_vq16":
-        raise ArgenError(f"accel.tokenizers.vq builds 'llamagen_vq16' only, not {name!r}")
-    return VQModel(**kwargs)
+    if name not in TOKENIZER_CONFIGS:
+        raise ArgenError(f"accel.tokenizers.vq builds {sorted(TOKENIZER_CONFIGS)}, not {name!r}")
+    return VQModel(**{**TOKENIZER_CONFIGS[name], **kwargs})
 
 
 def load_tokenizer(checkpoint: str | None, device: torch.device, random_init: bool = False, seed: int = 0,
-                   **kwargs) -> VQModel:
-    """The released vq_ds16_c2i.pt (strict keys, weights under "model"), or a seeded random init."""
+                   name: str = "llamagen_vq16", **kwargs) -> VQModel:
+    """A checkpoint (the released vq_ds16_c2i.pt: strict keys, weights under "model"; or a toy
+    safetensors file), or a seeded random init."""
     if checkpoint is not None:
         from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
 
         with torch.device("meta"):
-            vq = build_tokenizer("llamagen_vq16", **kwargs)
+            vq = build_tokenizer(name, **kwargs)
         vq = vq.to_empty(device="cpu")
         state = unwrap_state_dict(read_checkpoint(checkpoint), prefer=("model", "state_dict"))
-        load_strict(vq, state, f"tokenizer checkpoint {checkpoint!r} (llamagen_vq16)")
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 storage -> fp32
+        load_strict(vq, state, f"tokenizer checkpoint {checkpoint!r} ({name})")
     else:
         if not random_init:
-            raise ArgenError("llamagen_vq16: no tokenizer_checkpoint given; pass vq_ds16_c2i.pt "
-                             "(model.tokenizer_checkpoint=...) or random_init=True")
+            hint = ("run `argen train-toy llamagen-tokenizer`" if name == "llamagen_vq_toy"
+                    else "pass vq_ds16_c2i.pt (model.tokenizer_checkpoint=...)")
+            raise ArgenError(f"{name}: no tokenizer_checkpoint given; {hint} or random_init=True")
         with seeded_init(seed):
-            vq = build_tokenizer("llamagen_vq16", **kwargs)
+            vq = build_tokenizer(name, **kwargs)
             # the official codebook init: uniform(-1/n, 1/n), then unit rows
             n = vq.quantize.n_e
             w = torch.empty_like(vq.quantize.embedding.weight).uniform_(-1.0 / n, 1.0 / n)

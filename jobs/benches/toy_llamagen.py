@@ -1,0 +1,137 @@
+"""LlamaGen toy rows of the quality-vs-speed table: plain AR vs exact speculative (drafter
+llamagen_toy_draft) vs LANTERN (a few k / delta) vs SJD, on the trained llamagen_toy.
+
+`table_rows(n)` runs every method on the same n class-balanced conditions (class i mod 10) and seeds
+(i), batch by batch with the methods interleaved inside each batch, so that load from other processes on
+the machine hits every method alike. Per method it scores the images as jobs/benches/toy.py:toy_quality
+does (toy FID against ToyShapes reference statistics with the trained toy classifier, class-consistency)
+and reports, against plain AR:
+
+  wall_clock_ratio   plain AR seconds / method seconds (> 1: faster), whole generate() calls (tokens and
+                     the VQ decoder); the sum over batches
+  flops_ratio        plain AR FLOPs / method FLOPs per image (> 1: cheaper), analytic, target + drafter +
+                     VQ decoder (the decoder is the same for every method)
+  target_forwards_per_image, target_forward_ratio (plain / method), accepted_length (tokens per
+  verification step), acceptance_rate, drafter_forwards_per_image, fid_change (fid / plain fid - 1)
+
+The sampling settings are the model's defaults (accel.models.llamagen CONFIGS["llamagen_toy"]) for every
+method, so exact speculative decoding samples the same distribution as plain AR.
+
+`argen bench toy` (jobs/benches/toy.py) calls table_rows(); `python -m jobs.benches.toy_llamagen n=2000`
+prints this part alone as a markdown table.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+MODEL = "llamagen_toy"
+DRAFTER = "llamagen_toy_draft"
+# (method, setting, accel, options); the first row is the baseline
+METHODS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("none", "plain AR", "none", {}),
+    ("speculative", "drafter llamagen_toy_draft, gamma 4", "speculative", {"drafter": DRAFTER, "gamma": 4}),
+    ("lantern", "k 10, delta 0.1, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 10, "lantern_delta": 0.1}),
+    ("lantern", "k 50, delta 0.2, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 50, "lantern_delta": 0.2}),
+    ("lantern", "k 100, delta 0.4, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 100, "lantern_delta": 0.4}),
+    ("sjd", "window 16, random init", "sjd", {"window": 16}),
+]
+COUNTERS = ("target_forwards_per_image", "accepted_length", "acceptance_rate", "drafter_forwards_per_image")
+
+
+def table_rows(n: int, batch_size: int = 100, methods: list[tuple[str, str, str, dict]] | None = None,
+               device: str = "cpu", verbose: bool = True) -> list[dict]:
+    """One dict per method (keys: family, method, setting, fid, class_consistency, wall_clock_ratio,
+    flops_ratio, plus counters); the first is plain AR, the baseline of the ratios."""
+    from accel.api import load_generator
+    from jobs.benches.toy import classifier_outputs, reference_stats
+    from pipeline.metrics import FeatureStats, fid_from_stats
+
+    methods = list(METHODS if methods is None else methods)
+    if not methods or methods[0][2] != "none":
+        raise ValueError(f"the first method must be plain AR (accel='none'), the baseline; got {methods[:1]}")
+    if n < 10:
+        raise ValueError(f"n={n}: pass at least 10 samples (one per class)")
+    gens = [load_generator(MODEL, accel=a, device=device, **o) for _, _, a, o in methods]
+    ref = reference_stats()
+    for g in gens:  # warm-up (LANTERN's neighbour tables, first-call allocations): not timed
+        g.generate([0], seeds=[0])
+    images: list[list[np.ndarray]] = [[] for _ in methods]
+    seconds = [0.0] * len(methods)
+    sums: list[dict[str, float]] = [{} for _ in methods]
+    loads: list[float] = []
+    t_start = time.perf_counter()
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        conds = [i % 10 for i in idx]
+        for m, g in enumerate(gens):
+            out = g.generate(conds, seeds=idx)
+            images[m].append(out.images)
+            seconds[m] += out.stats["seconds"]
+            for k in ("flops",) + COUNTERS:
+                if k in out.stats:
+                    sums[m][k] = sums[m].get(k, 0.0) + float(out.stats[k]) * len(idx)
+        loads.append(os.getloadavg()[0])
+        if verbose:
+            print(f"  {idx[-1] + 1}/{n} samples per method ({time.perf_counter() - t_start:.0f} s, "
+                  f"load {loads[-1]:.1f})", file=sys.stderr, flush=True)
+    labels = np.arange(n) % 10
+    rows = []
+    for m, (method, setting, accel, opts) in enumerate(methods):
+        feats, preds = classifier_outputs(np.concatenate(images[m]))
+        mean = {k: v / n for k, v in sums[m].items()}
+        rows.append({
+            "family": "llamagen", "model": MODEL, "method": method, "setting": setting,
+            "fid": float(fid_from_stats(FeatureStats.from_features(feats), ref)),
+            "class_consistency": float(np.mean(preds == labels)),
+            "seconds_per_image": seconds[m] / n, "flops_per_image": mean["flops"],
+            **{k: mean[k] for k in COUNTERS if k in mean}, "samples": n,
+        })
+    base = rows[0]
+    for m, r in enumerate(rows):
+        r["wall_clock_ratio"] = seconds[0] / seconds[m]
+        r["flops_ratio"] = base["flops_per_image"] / r["flops_per_image"]
+        r["target_forward_ratio"] = base["target_forwards_per_image"] / r["target_forwards_per_image"]
+        r["fid_change"] = r["fid"] / base["fid"] - 1.0
+        r["load_avg_1min_mean"] = float(np.mean(loads))
+        r["torch_threads"] = torch.get_num_threads()
+        r["sampling"] = {"cfg": gens[m].opts.cfg, "top_k": gens[m].opts.top_k, "temperature": gens[m].opts.temperature}
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| method | setting | toy FID | FID vs plain | class-consistency | wall-clock ratio | FLOPs ratio "
+             "| target fwd/img | target fwd ratio | accepted length | drafter fwd/img |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['setting']} | {r['fid']:.2f} | {100 * r['fid_change']:+.1f}% "
+                     f"| {r['class_consistency']:.3f} | {r['wall_clock_ratio']:.2f}x | {r['flops_ratio']:.2f}x "
+                     f"| {r['target_forwards_per_image']:.1f} | {r['target_forward_ratio']:.2f}x "
+                     f"| {r['accepted_length']:.2f} | {r['drafter_forwards_per_image']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv))
+    n, batch = int(opts.pop("n", 2000)), int(opts.pop("batch", 100))
+    torch.set_num_threads(int(opts.pop("threads", 1)))
+    if opts:
+        raise SystemExit(f"python -m jobs.benches.toy_llamagen: unknown option(s) {sorted(opts)}; known: n, batch, threads")
+    t0 = time.perf_counter()
+    rows = table_rows(n, batch_size=batch)
+    r0 = rows[0]
+    print(f"model={MODEL} drafter={DRAFTER} samples={n} per method (class i mod 10, seed i) batch={batch} "
+          f"torch_threads={r0['torch_threads']} sampling={r0['sampling']} "
+          f"load average (1 min, mean over batches)={r0['load_avg_1min_mean']:.1f} on {os.cpu_count()} cores, "
+          f"total {time.perf_counter() - t0:.0f} s\n")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

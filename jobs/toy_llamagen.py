@@ -1,0 +1,270 @@
+"""Training of the LlamaGen toy models (`argen train-toy llamagen-tokenizer | llamagen | llamagen-draft`).
+
+  llamagen-tokenizer  llamagen_vq_toy: the official VQ network with downsampling 2 (32x32 images ->
+                      16x16 codes), a 1024 x 8 L2-normalised codebook. Loss: the release's reconstruction
+                      loss (l2) + codebook loss + 0.25 x commitment loss; no GAN, no perceptual loss.
+                      Codes unused for `restart_every` steps are restarted on random encoder outputs.
+                      Held-out PSNR (ToyShapes seed+1) is printed while training and recorded.
+  llamagen            llamagen_toy: next-token cross-entropy on the tokenizer's codes of ToyShapes(seed),
+                      the official class-conditioning layout (one class token; the label is replaced by
+                      the null class `num_classes` with probability 0.1, for classifier-free guidance).
+  llamagen-draft      llamagen_toy_draft: the same recipe for the smaller drafter.
+
+Every command takes key=value options (steps, batch, lr, seed, train, threads, out_dir ...), writes
+accel/toy/weights/<name>.safetensors (fp16 storage; loading converts to fp32) and <name>.json with the
+training config, the data-set seed, the measured training time and the machine load while training.
+
+threads (default 2, the machine's cores): torch's intra-op threads. On a machine shared with other
+training jobs (load average above the core count) threads=1 is faster: every multi-threaded op waits for
+its slowest thread. The committed weights were trained with threads=1 for that reason (see the records).
+The generators train under bf16 autocast on CPU (fp32 master weights), as the release trains in bf16.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jobs.train_toy import WEIGHTS_DIR, as_float, batches, cosine_schedule, toy_codes, toy_images, write_weights
+
+TOKENIZER = "llamagen_vq_toy"
+
+
+def _threads(opts: dict[str, str]) -> int:
+    n = int(opts.get("threads", 2))
+    if n < 1:
+        raise SystemExit(f"threads={n}: pass a number of torch threads >= 1 (this machine has {os.cpu_count()} cores)")
+    torch.set_num_threads(n)
+    return n
+
+
+class LoadMeter:
+    """The machine's 1-minute load average, sampled while training (other jobs share the CPU)."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        try:
+            self.samples.append(os.getloadavg()[0])
+        except OSError:  # pragma: no cover - platforms without getloadavg
+            pass
+
+    def record(self) -> dict:
+        if not self.samples:
+            return {}
+        return {"load_avg_1min_mean": round(float(np.mean(self.samples)), 2),
+                "load_avg_1min_max": round(float(np.max(self.samples)), 2), "cpu_cores": os.cpu_count()}
+
+
+def _half(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """fp16 storage of the float weights (loading converts back to fp32)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+def _command(what: str, opts: dict[str, str]) -> str:
+    return f"argen train-toy {what} " + " ".join(f"{k}={v}" for k, v in opts.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def tokenizer_psnr(vq: torch.nn.Module, images: np.ndarray) -> tuple[float, int]:
+    """Held-out PSNR (dB, images in [0, 1]) of encode -> quantise -> decode, and the codes used."""
+    was_training = vq.training
+    vq.eval()
+    se, used = 0.0, torch.zeros(vq.quantize.n_e, dtype=torch.bool)
+    for i in range(0, len(images), 250):
+        x = as_float(images[i:i + 250])
+        codes = vq.encode_to_codes(x)
+        used[codes.flatten()] = True
+        rec = vq.decode_code(codes, (len(x), vq.quantize.e_dim, x.shape[2] // vq.downsample,
+                                     x.shape[3] // vq.downsample)).clamp(-1, 1)
+        se += F.mse_loss((rec + 1) / 2, (x + 1) / 2, reduction="sum").item()
+    vq.train(was_training)
+    mse = se / (images.size)
+    return float(10 * np.log10(1.0 / mse)), int(used.sum())
+
+
+def train_tokenizer(opts: dict[str, str]) -> None:
+    from accel.api import seeded_init
+    from accel.tokenizers.vq import TOKENIZER_CONFIGS, build_tokenizer
+
+    threads = _threads(opts)
+    seed, n_train, n_test = int(opts.get("seed", 0)), int(opts.get("train", 30000)), int(opts.get("test", 1000))
+    steps, batch, lr = int(opts.get("steps", 1500)), int(opts.get("batch", 32)), float(opts.get("lr", 1e-3))
+    beta, restart_every = float(opts.get("beta", 0.25)), int(opts.get("restart_every", 100))
+    out_dir = Path(opts.get("out_dir", WEIGHTS_DIR))
+    t_start = time.time()
+    xs, _ = toy_images(seed, n_train)
+    xt, _ = toy_images(seed + 1, n_test)
+    with seeded_init(seed):
+        vq = build_tokenizer(TOKENIZER)
+        n = vq.quantize.n_e  # the official codebook init: uniform(-1/n, 1/n), then unit rows
+        vq.quantize.embedding.weight.data = F.normalize(torch.empty(n, vq.quantize.e_dim).uniform_(-1 / n, 1 / n), dim=-1)
+    vq.train().requires_grad_(True)
+    q = vq.quantize
+    opt = torch.optim.AdamW(vq.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = cosine_schedule(opt, steps, warmup=100)
+    x_all = as_float(xs)
+    usage = torch.zeros(n)
+    load = LoadMeter()
+    restarted_total = 0
+    g = torch.Generator().manual_seed(seed + 17)
+    t0 = time.time()
+    for step, idx in enumerate(batches(n_train, batch, steps, seed)):
+        x = x_all[idx]
+        z = vq.quant_conv(vq.encoder(x))
+        zq, codebook_loss, commit_loss, codes = q.quantize_train(z, beta)
+        rec = vq.decode(zq)
+        rec_loss = F.mse_loss(rec, x)
+        loss = rec_loss + codebook_loss + commit_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            usage += torch.bincount(codes.flatten(), minlength=n).float()
+            if (step + 1) % restart_every == 0 and step + 1 < steps:
+                dead = (usage == 0).nonzero().flatten()
+                if len(dead):  # restart on random (normalised) encoder outputs of this batch
+                    pool = F.normalize(z.detach().permute(0, 2, 3, 1).reshape(-1, q.e_dim), dim=-1)
+                    pick = torch.randint(len(pool), (len(dead),), generator=g)
+                    q.embedding.weight[dead] = pool[pick] + 0.01 * torch.randn(len(dead), q.e_dim, generator=g)
+                    restarted_total += len(dead)
+                usage.zero_()
+            if (step + 1) % 20 == 0:
+                load.sample()
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            psnr, used = tokenizer_psnr(vq, xt)
+            print(f"step {step + 1}/{steps} rec {rec_loss.item():.4f} codebook {codebook_loss.item():.4f} "
+                  f"commit {commit_loss.item():.4f} held-out PSNR {psnr:.2f} dB, codes used {used}/{n}, "
+                  f"restarted so far {restarted_total} ({time.time() - t0:.0f} s, load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+    vq.eval().requires_grad_(False)
+    psnr, used = tokenizer_psnr(vq, xt)
+    cfg = TOKENIZER_CONFIGS[TOKENIZER]
+    record = {"what": TOKENIZER, "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+              "dataset": "ToyShapes", "train_seed": seed, "train_samples": n_train, "test_seed": seed + 1,
+              "test_samples": n_test, "steps": steps, "batch": batch, "lr": lr, "betas": [0.9, 0.95],
+              "schedule": "cosine, 100 warmup steps", "loss": f"mse + codebook + {beta} x commitment (l2-normalised codes)",
+              "dead_code_restart_every": restart_every, "codes_restarted": restarted_total,
+              "held_out_psnr_db": round(psnr, 2), "held_out_codes_used": used, "threads": threads,
+              "train_seconds": round(time.time() - t0, 1), "total_seconds": round(time.time() - t_start, 1),
+              **load.record(), "storage": "fp16", "command": _command("llamagen-tokenizer", opts)}
+    path = write_weights(_half(vq), TOKENIZER, record, out_dir)
+    print(f"wrote {path} (held-out PSNR {psnr:.2f} dB, {used}/{n} codes used)")
+
+
+# ----------------------------------------------------------------------------------------------
+# generators
+# ----------------------------------------------------------------------------------------------
+def load_toy_tokenizer(out_dir: Path):
+    from accel.tokenizers.vq import load_tokenizer
+
+    path = out_dir / f"{TOKENIZER}.safetensors"
+    if not path.exists():
+        raise SystemExit(f"{path} does not exist: run `argen train-toy llamagen-tokenizer` first")
+    return load_tokenizer(str(path), device=torch.device("cpu"), name=TOKENIZER), path
+
+
+def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[str, float]) -> None:
+    from accel.api import seeded_init
+    from accel.models.llamagen import Transformer, get_config
+
+    threads = _threads(opts)
+    cfg = get_config(name)
+    seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
+    steps, batch = int(opts.get("steps", defaults["steps"])), int(opts.get("batch", defaults["batch"]))
+    lr, wd = float(opts.get("lr", defaults["lr"])), float(opts.get("weight_decay", 0.05))
+    label_dropout = float(opts.get("label_dropout", cfg.args.class_dropout_prob))
+    bf16 = opts.get("bf16", "1") not in ("0", "false", "False")
+    out_dir = Path(opts.get("out_dir", WEIGHTS_DIR))
+    t_start = time.time()
+    vq, vq_path = load_toy_tokenizer(out_dir)
+    codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed, n_train, vq_path)[0].long()
+    encode_seconds = time.time() - t_start
+    _, labels = toy_images(seed, n_train)
+    labels = torch.from_numpy(labels).long()
+    if codes.shape != (n_train, cfg.args.block_size):
+        raise SystemExit(f"codes of shape {tuple(codes.shape)}; {name} needs [{n_train}, {cfg.args.block_size}]")
+    with seeded_init(seed):
+        model = Transformer(cfg.args)
+        model.init_weights(zero_output=True)  # the official init: normal(0, 0.02), output head zeroed
+    model.train()
+    # the release's optimizer groups: weight decay on >= 2-D weights only
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95))
+    sched = cosine_schedule(opt, steps, warmup=int(opts.get("warmup", 200)))
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    g = torch.Generator().manual_seed(seed + 29)
+    V, T = cfg.args.vocab_size, cfg.args.cls_token_num
+    # held-out loss: codes of 500 images of ToyShapes(seed+1)
+    held_codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed + 1, 500, vq_path)[0].long()
+    _, held_labels = toy_images(seed + 1, 500)
+    load = LoadMeter()
+    t0 = time.time()
+    ema_loss = None
+    for step, idx in enumerate(batches(n_train, batch, steps, seed)):
+        z = codes[idx]
+        y = labels[idx]
+        y = torch.where(torch.rand(len(y), generator=g) < label_dropout, torch.full_like(y, cfg.args.num_classes), y)
+        with amp():
+            logits = model(z[:, :-1], y)[:, T - 1:]          # position i predicts image token i
+        loss = F.cross_entropy(logits.float().reshape(-1, V), z.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if (step + 1) % 20 == 0:
+            load.sample()
+        if (step + 1) % 200 == 0 or step + 1 == steps:
+            print(f"step {step + 1}/{steps} loss {ema_loss:.3f} ({time.time() - t0:.0f} s, "
+                  f"load {os.getloadavg()[0]:.1f})", flush=True)
+    model.eval().requires_grad_(False)
+    held = held_out_loss(model, held_codes, torch.from_numpy(held_labels).long())
+    print(f"held-out next-token loss {held:.3f} nats (ToyShapes seed {seed + 1}, 500 images)")
+    a = cfg.args
+    record = {"what": name, "tokenizer": TOKENIZER,
+              "architecture": {"n_layer": a.n_layer, "n_head": a.n_head, "dim": a.dim, "multiple_of": a.multiple_of,
+                               "vocab_size": a.vocab_size, "num_classes": a.num_classes, "block_size": a.block_size,
+                               "parameters": sum(p.numel() for p in model.parameters())},
+              "dataset": "ToyShapes", "train_seed": seed, "train_samples": n_train, "steps": steps, "batch": batch,
+              "lr": lr, "betas": [0.9, 0.95], "weight_decay": wd, "grad_clip": 1.0,
+              "schedule": f"cosine, {int(opts.get('warmup', 200))} warmup steps", "label_dropout": label_dropout,
+              "bf16_autocast": bf16, "dropout": "none (token/residual/ffn dropout of the release off: the toy runs underfit)",
+              "final_train_loss_ema": round(ema_loss, 4), "held_out_loss": round(held, 4), "held_out_seed": seed + 1,
+              "threads": threads, "encode_seconds": round(encode_seconds, 1), "train_seconds": round(time.time() - t0, 1),
+              "total_seconds": round(time.time() - t_start, 1), **load.record(), "storage": "fp16",
+              "command": _command(what, opts)}
+    path = write_weights(_half(model), name, record, out_dir)
+    print(f"wrote {path}")
+
+
+@torch.no_grad()
+def held_out_loss(model: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor) -> float:
+    T, V = model.cls_token_num, model.vocab_size
+    total = 0.0
+    for i in range(0, len(codes), 100):
+        z = codes[i:i + 100]
+        logits = model(z[:, :-1], labels[i:i + 100])[:, T - 1:]
+        total += F.cross_entropy(logits.reshape(-1, V), z.reshape(-1), reduction="sum").item()
+    return total / codes.numel()
+
+
+def train_llamagen(opts: dict[str, str]) -> None:
+    _train_generator("llamagen_toy", "llamagen", opts, {"steps": 2000, "batch": 32, "lr": 1e-3})
+
+
+def train_llamagen_draft(opts: dict[str, str]) -> None:
+    _train_generator("llamagen_toy_draft", "llamagen-draft", opts, {"steps": 2000, "batch": 32, "lr": 2e-3})
