@@ -365,9 +365,10 @@ def train_mar(opts: dict[str, str]) -> None:
     vae = build_tokenizer(cfg["tokenizer"])
     load_strict(vae, read_checkpoint(vae_path), f"toy tokenizer {vae_path}")
     mean, std = toy_latents(vae, vae_path, seed, n_train)
-    hmean, hstd = toy_latents(vae, vae_path, seed + 1, 500)
+    n_held = int(opts.get("held_out", 500))  # held-out images for choosing weights or EMA
+    hmean, hstd = toy_latents(vae, vae_path, seed + 1, n_held)
     _, labels = toy_images(seed, n_train)
-    _, hlabels = toy_images(seed + 1, 500)
+    _, hlabels = toy_images(seed + 1, n_held)
     labels, hlabels = torch.from_numpy(labels).long(), torch.from_numpy(hlabels).long()
     g_hold = torch.Generator().manual_seed(seed + 1)
     held_tokens = _patchify((hmean + hstd * torch.randn(hmean.shape, generator=g_hold)) * latent_scale)
@@ -428,7 +429,7 @@ def train_mar(opts: dict[str, str]) -> None:
           flush=True)
     total_seconds = time.time() - t_start
     record = {"what": MODEL, "tokenizer": cfg["tokenizer"], "dataset": "ToyShapes", "train_seed": seed,
-              "train_samples": n_train, "held_out_seed": seed + 1, "held_out_samples": 500, "steps": steps,
+              "train_samples": n_train, "held_out_seed": seed + 1, "held_out_samples": n_held, "steps": steps,
               "batch": batch, "lr": lr, "parameters": n_params,
               "objective": "MAR: random order, mask ratio truncnorm [0.7, 1] centred 1.0 std 0.25, diffusion loss "
                            "(cosine 1000 steps, eps + learned range variance, MSE + VLB) on masked tokens",

@@ -595,8 +595,8 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
         from accel.methods.lazymar import OPTION_NAMES as method_names
     check_option_names(options, SAMPLING_OPTIONS + tuple(method_names), f"{name} with accel={accel}")
     config = CONFIGS[name]
-    defaults = dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100,
-                    **config["sampling"])
+    defaults = {**dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100),
+                **config["sampling"]}  # a config's own defaults win (mar_toy)
     sampling = {k: options.pop(k, v) for k, v in defaults.items()}
     _check_sampling(name, **sampling)
     seed = int(options.pop("seed_init", 0))

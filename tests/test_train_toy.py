@@ -1,0 +1,88 @@
+"""`argen train-toy`: every entry point runs a few steps and writes weights that the generators load by path.
+
+This guards the link between training and sampling (key names, fp16 storage, the latent scale in the
+safetensors metadata, the tokenizer a generator expects), not the quality of the committed weights, which
+tests/test_toy.py checks.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from accel.api import load_generator
+from jobs.train_toy import main as train_toy
+
+FEW = ["train=64", "seed=5"]  # a data set no committed model was trained on, so the disk caches stay apart
+
+
+def _train(what: str, out, *opts: str) -> dict:
+    assert train_toy([what, *FEW, f"out_dir={out}", *opts]) == 0
+    return out
+
+
+def _record(out, name: str) -> dict:
+    record = json.loads((out / f"{name}.json").read_text())
+    assert record["dataset"] == "ToyShapes" and record["train_seed"] == 5
+    assert record["command"].startswith("argen train-toy ")
+    return record
+
+
+def _check_images(gen, n: int = 2) -> None:
+    out = gen.generate(list(range(n)), seeds=list(range(n)))
+    assert out.images.shape == (n, 32, 32, 3) and out.images.dtype == np.uint8
+
+
+@pytest.mark.slow
+def test_var_entry_points_write_loadable_weights(tmp_path):
+    _train("var-tokenizer", tmp_path, "steps=3", "batch=8")
+    _train("var", tmp_path, "steps=2", "batch=4", "threads=1")
+    assert _record(tmp_path, "var_toy")["steps"] == 2
+    gen = load_generator("var_toy", device="cpu", checkpoint=str(tmp_path / "var_toy.safetensors"),
+                         tokenizer_checkpoint=str(tmp_path / "var_vqvae_toy.safetensors"))
+    _check_images(gen)
+
+
+@pytest.mark.slow
+def test_llamagen_entry_points_write_loadable_weights(tmp_path):
+    _train("llamagen-tokenizer", tmp_path, "steps=3", "batch=8", "test=16", "threads=1")
+    _train("llamagen", tmp_path, "steps=2", "batch=4", "threads=1")
+    _train("llamagen-draft", tmp_path, "steps=2", "batch=4", "threads=1")
+    for name in ("llamagen_vq_toy", "llamagen_toy", "llamagen_toy_draft"):
+        _record(tmp_path, name)
+    paths = dict(checkpoint=str(tmp_path / "llamagen_toy.safetensors"),
+                 tokenizer_checkpoint=str(tmp_path / "llamagen_vq_toy.safetensors"))
+    _check_images(load_generator("llamagen_toy", device="cpu", **paths))
+    _check_images(load_generator("llamagen_toy", accel="lantern", device="cpu", **paths,
+                                 drafter="llamagen_toy_draft",
+                                 drafter_checkpoint=str(tmp_path / "llamagen_toy_draft.safetensors")))
+
+
+@pytest.mark.slow
+def test_mar_entry_points_write_loadable_weights(tmp_path):
+    _train("mar-tokenizer", tmp_path, "steps=3", "batch=8", "threads=1")
+    _train("mar", tmp_path, "steps=2", "batch=4", "threads=1", "held_out=16")
+    scale = _record(tmp_path, "mar_kl_toy")["latent_scale"]
+    assert scale > 0
+    from accel.models.mar import latent_scale_for
+
+    ckpt, tok = str(tmp_path / "mar_toy.safetensors"), str(tmp_path / "mar_kl_toy.safetensors")
+    assert latent_scale_for("mar_toy", ckpt, tok, random_init=False) == pytest.approx(scale)
+    gen = load_generator("mar_toy", device="cpu", checkpoint=ckpt, tokenizer_checkpoint=tok, num_iter=4,
+                         num_sampling_steps="10")
+    _check_images(gen)
+
+
+def test_unknown_entry_point_is_a_usage_error(capsys):
+    assert train_toy(["nonsense"]) == 2
+    assert "usage: argen train-toy" in capsys.readouterr().err
+
+
+def test_generators_need_their_tokenizer_first(tmp_path):
+    with pytest.raises(SystemExit, match="run `argen train-toy var-tokenizer` first"):
+        train_toy(["var", f"out_dir={tmp_path}", "threads=1"])
+    with pytest.raises(SystemExit, match="run `argen train-toy llamagen-tokenizer` first"):
+        train_toy(["llamagen", f"out_dir={tmp_path}", "threads=1"])
+    with pytest.raises(SystemExit, match="run `argen train-toy mar-tokenizer` first"):
+        train_toy(["mar", f"out_dir={tmp_path}", "threads=1"])
