@@ -217,7 +217,10 @@ def train_var(opts: dict[str, str]) -> None:
     from accel.tokenizers.msvq import build_tokenizer
 
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
-    steps, batch, lr = int(opts.get("steps", 4000)), int(opts.get("batch", 32)), float(opts.get("lr", 1e-3))
+    steps, batch, lr = int(opts.get("steps", 1600)), int(opts.get("batch", 32)), float(opts.get("lr", 1e-3))
+    # bf16 autocast (fp32 master weights, fp32 loss): 1.6-1.8x faster steps on a CPU with AVX512-BF16
+    bf16 = opts.get("bf16", "1") not in ("0", "false", "False")
+    torch.set_num_threads(int(opts.get("threads", torch.get_num_threads())))
     cfg = CONFIGS["var_toy"]
     out_dir = Path(opts.get("out_dir", WEIGHTS_DIR))
     vae_path = out_dir / f"{cfg.tokenizer}.safetensors"
@@ -244,8 +247,9 @@ def train_var(opts: dict[str, str]) -> None:
             x_in = vae.quantize.idxBl_to_var_input(idx_Bl)
         y = labels[idx]
         y = torch.where(torch.rand(len(y)) < 0.1, torch.full_like(y, cfg.num_classes), y)  # CFG: drop 10%
-        logits = model(y, x_in)
-        loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), torch.cat(idx_Bl, dim=1).reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(y, x_in)
+        loss = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), torch.cat(idx_Bl, dim=1).reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -256,6 +260,7 @@ def train_var(opts: dict[str, str]) -> None:
     model.eval().requires_grad_(False)
     record = {"what": "var_toy", "tokenizer": cfg.tokenizer, "dataset": "ToyShapes", "train_seed": seed,
               "train_samples": n_train, "steps": steps, "batch": batch, "lr": lr, "label_dropout": 0.1,
+              "bf16_autocast": bf16, "threads": torch.get_num_threads(),
               "final_loss": round(loss.item(), 4), "train_seconds": round(time.time() - t0, 1),
               "command": "argen train-toy var " + " ".join(f"{k}={v}" for k, v in opts.items())}
     path = write_weights(model, "var_toy", record, out_dir)

@@ -17,7 +17,7 @@ decides which tokens a sub-layer computes (see accel/methods/fastvar.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 import torch
@@ -45,6 +45,7 @@ class VARConfig:
     norm_eps: float = 1e-6
     attn_l2_norm: bool = True
     tokenizer: str = "var_vqvae"
+    sampling: dict = field(default_factory=dict)  # sampling defaults that differ from SAMPLING_DEFAULTS
 
     @property
     def C(self) -> int:
@@ -71,8 +72,9 @@ CONFIGS: dict[str, VARConfig] = {
     "var_tiny_512": VARConfig(depth=4, embed_dim=128, num_heads=2, patch_nums=PATCH_NUMS_512,
                               tokenizer="var_vqvae_tiny"),
     # trained on ToyShapes (10 classes, 32x32; `argen train-toy var`), weights in accel/toy/weights
+    # sampling: top-k off (its vocabulary is 512 < VAR's 900); cfg chosen with toy FID (docs/BENCHMARKS.md)
     "var_toy": VARConfig(depth=4, embed_dim=128, num_heads=2, num_classes=10, vocab_size=512, Cvae=16,
-                         tokenizer="var_vqvae_toy"),
+                         tokenizer="var_vqvae_toy", sampling={"top_k": 0, "top_p": 0.96, "cfg": 1.5}),
 }
 
 SAMPLING_DEFAULTS = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
@@ -438,8 +440,8 @@ class VARGenerator(BaseGenerator):
         return images, counters
 
 
-def check_sampling(options: dict[str, Any], vocab_size: int) -> dict[str, Any]:
-    s = {**SAMPLING_DEFAULTS, **options}
+def check_sampling(options: dict[str, Any], vocab_size: int, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    s = {**SAMPLING_DEFAULTS, **(defaults or {}), **options}
     cfg, top_k, top_p = float(s["cfg"]), int(s["top_k"]), float(s["top_p"])
     if cfg < 0:
         raise ArgenError(f"cfg={cfg} is negative; the guidance scale must be >= 0 (0 = no guidance; VAR's FID setting is 1.5)")
@@ -461,7 +463,8 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
 
     method_keys = fastvar.OPTION_NAMES if accel == "fastvar" else ()
     check_option_names(options, (*SAMPLING_DEFAULTS, *method_keys), f"{name} with accel={accel}")
-    sampling = check_sampling({k: v for k, v in options.items() if k in SAMPLING_DEFAULTS}, cfg.vocab_size)
+    sampling = check_sampling({k: v for k, v in options.items() if k in SAMPLING_DEFAULTS}, cfg.vocab_size,
+                              cfg.sampling)
     method = None
     if accel == "fastvar":
         method = fastvar.FastVAR(cfg.patch_nums, cfg.depth, **{k: v for k, v in options.items() if k in method_keys})

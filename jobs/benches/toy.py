@@ -73,26 +73,38 @@ def reference_stats() -> FeatureStats:
 
 def toy_quality(gen: Any, n: int, batch_size: int = 100, seed_offset: int = 0) -> dict[str, Any]:
     """Generate n class-balanced samples with `gen` and score them (toy FID, class-consistency, speed)."""
-    images, seconds, flops, counters = [], 0.0, 0.0, {}
+    return toy_quality_interleaved([gen], n, batch_size, seed_offset)[0]
+
+
+def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100, seed_offset: int = 0) -> list[dict[str, Any]]:
+    """toy_quality for several generators on the same conditions and seeds, batch by batch in turn, so that
+    load from other processes on the machine falls on every generator alike."""
+    images: list[list[np.ndarray]] = [[] for _ in gens]
+    seconds, flops = [0.0] * len(gens), [0.0] * len(gens)
+    counters: list[dict[str, float]] = [{} for _ in gens]
     t0 = time.perf_counter()
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        out = gen.generate([i % gen.num_classes for i in idx], seeds=[i + seed_offset for i in idx])
-        images.append(out.images)
-        seconds += out.stats["seconds"]
-        flops += out.stats["flops"] * len(idx)
-        for k, v in out.stats.items():
-            if isinstance(v, (int, float)) and k not in ("seconds", "images") and not k.startswith("flops"):
-                counters[k] = counters.get(k, 0.0) + float(v) * len(idx)
-    images = np.concatenate(images)
-    feats, preds = classifier_outputs(images)
-    labels = np.arange(n) % gen.num_classes
-    return {
-        "fid": fid_from_stats(FeatureStats.from_features(feats), reference_stats()),
-        "class_consistency": float(np.mean(preds == labels)),
-        "samples": n, "generate_seconds": seconds, "wall_seconds": time.perf_counter() - t0,
-        "flops_per_image": flops / n, **{k: v / n for k, v in counters.items()},
-    }
+        for g, gen in enumerate(gens):
+            out = gen.generate([i % gen.num_classes for i in idx], seeds=[i + seed_offset for i in idx])
+            images[g].append(out.images)
+            seconds[g] += out.stats["seconds"]
+            flops[g] += out.stats["flops"] * len(idx)
+            for k, v in out.stats.items():
+                if isinstance(v, (int, float)) and k not in ("seconds", "images") and not k.startswith("flops"):
+                    counters[g][k] = counters[g].get(k, 0.0) + float(v) * len(idx)
+    wall = time.perf_counter() - t0
+    results = []
+    for g, gen in enumerate(gens):
+        feats, preds = classifier_outputs(np.concatenate(images[g]))
+        labels = np.arange(n) % gen.num_classes
+        results.append({
+            "fid": fid_from_stats(FeatureStats.from_features(feats), reference_stats()),
+            "class_consistency": float(np.mean(preds == labels)),
+            "samples": n, "generate_seconds": seconds[g], "wall_seconds": wall,
+            "flops_per_image": flops[g] / n, **{k: v / n for k, v in counters[g].items()},
+        })
+    return results
 
 
 # -- the quality-vs-speed table ------------------------------------------------------------------------
@@ -118,17 +130,28 @@ def var_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
     """var_toy: accel=none and FastVAR settings, each measured on the same n samples and seeds."""
     from accel.api import load_generator
 
-    base_gen = load_generator("var_toy", device="cpu")
-    base = toy_quality(base_gen, n, batch_size)
+    gens = [load_generator("var_toy", device="cpu")]
+    gens += [load_generator("var_toy", accel=method, device="cpu", **options) for method, _, options in VAR_SETTINGS]
+    for gen in gens:  # first-call allocations, not timed
+        gen.generate([0], seeds=[0])
+    results = toy_quality_interleaved(gens, n, batch_size)
+    base = results[0]
     rows = [_row("VAR", "none", "baseline", base, base)]
-    for method, setting, options in VAR_SETTINGS:
-        gen = load_generator("var_toy", accel=method, device="cpu", **options)
-        rows.append(_row("VAR", method, setting, toy_quality(gen, n, batch_size), base))
+    rows += [_row("VAR", method, setting, q, base) for (method, setting, _), q in zip(VAR_SETTINGS, results[1:])]
     return rows
 
 
 FAMILY_ROWS = {"var": "jobs.benches.toy:var_rows", "llamagen": "jobs.benches.toy_llamagen:table_rows",
                "mar": "jobs.benches.toy_mar:table_rows"}
+FAMILY_WEIGHTS = {"var": ("var_toy", "var_vqvae_toy"), "llamagen": ("llamagen_toy", "llamagen_toy_draft", "llamagen_vq_toy"),
+                  "mar": ("mar_toy", "mar_kl_toy")}
+
+
+def missing_weights(family: str) -> list[str]:
+    """The toy weights a family's rows need that are not committed (not trained yet)."""
+    from accel.toy import bundled_weights
+
+    return [name for name in FAMILY_WEIGHTS[family] if bundled_weights(name) is None]
 
 
 def run(overrides: dict[str, str]) -> None:
@@ -144,7 +167,15 @@ def run(overrides: dict[str, str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     known = {"family", "method", "setting", "fid", "fid_change", "class_consistency", "wall_clock_ratio",
              "flops_ratio", "generate_seconds", "wall_seconds", "flops_per_image"}
+    unknown = [f for f in families if f not in FAMILY_ROWS]
+    if unknown:
+        raise SystemExit(f"argen bench toy: families={','.join(families)}: unknown {unknown}; known: {sorted(FAMILY_ROWS)}")
     for family in families:
+        missing = missing_weights(family)
+        if missing:
+            print(f"| {family} | - | no rows: weights not trained yet ({', '.join(missing)}; `argen train-toy ...`) "
+                  f"| | | | | | |", flush=True)
+            continue
         module, _, fn = FAMILY_ROWS[family].partition(":")
         for r in getattr(importlib.import_module(module), fn)(n):
             extra = ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k not in known and isinstance(v, float))
