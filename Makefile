@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/argen generate
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/argen generate eval.features=toy
 
 test: setup
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q

@@ -74,7 +74,7 @@ CONFIGS: dict[str, VARConfig] = {
     # trained on ToyShapes (10 classes, 32x32; `argen train-toy var`), weights in accel/toy/weights
     # sampling: top-k off (its vocabulary is 512 < VAR's 900); cfg chosen with toy FID (docs/BENCHMARKS.md)
     "var_toy": VARConfig(depth=4, embed_dim=128, num_heads=2, num_classes=10, vocab_size=512, Cvae=16,
-                         tokenizer="var_vqvae_toy", sampling={"top_k": 0, "top_p": 0.96, "cfg": 1.5}),
+                         tokenizer="var_vqvae_toy", sampling={"top_k": 0, "top_p": 0.96, "cfg": 5.0}),
 }
 
 SAMPLING_DEFAULTS = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}

@@ -1,0 +1,117 @@
+"""The toy models: ToyShapes, the committed weights and their records, and the samplers' quality guards.
+
+The guards generate a few thousand samples with fixed seeds and check toy FID and class-consistency
+against thresholds measured on the committed weights (docs/BENCHMARKS.md, "Toy models"), with a margin.
+A broken sampler (wrong CFG sign, off-by-one scale, a cache that leaks) moves these far past the margin.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from accel.toy import WEIGHTS_DIR, bundled_weights
+from accel.toy.data import CLASSES, NUM_CLASSES, ToyShapes, to_uint8_images
+
+RECORD_KEYS = ("what", "dataset", "train_seed", "command")  # every training record carries these
+
+# Measured on the committed var_toy (500 samples, class i mod 10, seeds 1,000,000 + i, CPU fp32): accel=none
+# toy FID 122.4, class-consistency 0.218; fastvar defaults 139.5 / 0.210 (chance: 0.100; random weights of the
+# same structure: FID ~4000, 0.100). Thresholds leave about 20% on FID and 0.05 on class-consistency.
+GUARD_SAMPLES = 500
+VAR_TOY_FID_MAX = 145.0
+VAR_TOY_FASTVAR_FID_MAX = 165.0
+VAR_TOY_CONSISTENCY_MIN = 0.16
+
+
+def test_toyshapes_is_deterministic_by_seed_and_class_balanced():
+    a_x, a_y = ToyShapes(seed=3, length=30).batch(0, 30)
+    b_x, b_y = ToyShapes(seed=3, length=30).batch(0, 30)
+    c_x, _ = ToyShapes(seed=4, length=30).batch(0, 30)
+    assert a_x.shape == (30, 3, 32, 32) and a_x.dtype == torch.float32 and NUM_CLASSES == len(CLASSES) == 10
+    assert torch.equal(a_x, b_x) and torch.equal(a_y, b_y)
+    assert not torch.equal(a_x, c_x)
+    assert sorted(a_y.tolist()) == sorted(list(range(10)) * 3)
+    assert float(a_x.min()) >= -1 and float(a_x.max()) <= 1
+    # one sample does not depend on which batch it was rendered in
+    x5, y5 = ToyShapes(seed=3, length=30)[5]
+    assert torch.equal(x5, a_x[5]) and int(y5) == int(a_y[5])
+
+
+def test_toyshapes_images_carry_high_frequency_detail():
+    x, _ = ToyShapes(seed=0, length=50).batch(0, 50)
+    img = to_uint8_images(x).astype(np.float64)
+    # measured on these 50 images: 6.2 grey levels between horizontal neighbours, and 4.5 lost by 2x2
+    # average pooling (the detail a downsampling-2 tokenizer has to keep)
+    assert np.abs(np.diff(img, axis=2)).mean() > 4.5
+    pooled = to_uint8_images(torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2))
+    assert np.abs(img - pooled.astype(np.float64)).mean() > 3.0
+    # the same class varies in colour and position
+    same = img[np.arange(0, 50, 10)]
+    assert np.abs(same[0] - same[1]).mean() > 10
+
+
+def test_committed_weights_have_records_and_stay_small():
+    files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
+    assert files, "no toy weights committed"
+    assert sum(f.stat().st_size for f in files) <= 40 * 2 ** 20
+    for f in files:
+        record = json.loads(f.with_suffix(".json").read_text())
+        missing = [k for k in RECORD_KEYS if k not in record]
+        assert not missing, f"{f.name}: record lacks {missing}"
+        assert record["dataset"] == "ToyShapes" and record["command"].startswith("argen train-toy ")
+        assert bundled_weights(f.stem) == f
+
+
+def test_var_tokenizer_reconstructs_held_out_images():
+    from accel.checkpoints import read_checkpoint
+    from accel.tokenizers.msvq import build_tokenizer
+
+    vae = build_tokenizer("var_vqvae_toy")
+    vae.load_state_dict(read_checkpoint(bundled_weights("var_vqvae_toy")))
+    vae.eval()
+    x, _ = ToyShapes(seed=9, length=100).batch(0, 100)  # a seed no training used
+    with torch.no_grad():
+        rec = vae.fhat_to_img(vae.quantize(vae.quant_conv(vae.encoder(x)))[0])
+    mse = float(((rec.clamp(-1, 1) - x) / 2).pow(2).mean())
+    psnr = 10 * np.log10(1 / mse)
+    assert psnr > 28.0, psnr  # 31.0 dB measured at training time (var_vqvae_toy.json)
+
+
+def _guard(gen, n: int, fid_max: float, consistency_min: float) -> dict:
+    from jobs.benches.toy import toy_quality
+
+    q = toy_quality(gen, n, batch_size=250, seed_offset=1_000_000)  # seeds the bench table does not use
+    assert q["class_consistency"] >= consistency_min, q
+    assert q["fid"] <= fid_max, q
+    return q
+
+
+@pytest.mark.slow
+def test_var_toy_samples_reach_quality_thresholds():
+    from accel.api import load_generator
+
+    gen = load_generator("var_toy", device="cpu")
+    assert gen.image_size == 32 and gen.num_classes == 10
+    _guard(gen, GUARD_SAMPLES, fid_max=VAR_TOY_FID_MAX, consistency_min=VAR_TOY_CONSISTENCY_MIN)
+
+
+@pytest.mark.slow
+def test_var_toy_fastvar_defaults_keep_quality():
+    from accel.api import load_generator
+
+    gen = load_generator("var_toy", accel="fastvar", device="cpu")
+    q = _guard(gen, GUARD_SAMPLES, fid_max=VAR_TOY_FASTVAR_FID_MAX, consistency_min=VAR_TOY_CONSISTENCY_MIN)
+    assert q["flops_per_image"] > 0
+
+
+def test_var_toy_guard_has_power():
+    """The thresholds reject an untrained model of the same structure (the guard can fail)."""
+    from accel.api import load_generator
+    from jobs.benches.toy import toy_quality
+
+    gen = load_generator("var_toy", device="cpu", random_init=True)
+    q = toy_quality(gen, 200, batch_size=100)
+    assert q["class_consistency"] < VAR_TOY_CONSISTENCY_MIN and q["fid"] > VAR_TOY_FID_MAX, q
