@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jobs.train_toy import WEIGHTS_DIR, as_float, batches, cosine_schedule, toy_codes, toy_images, write_weights
+from jobs.train_toy import (WEIGHTS_DIR, as_float, batches, cosine_schedule, half_precision, toy_codes, toy_images,
+                             write_weights)
 
 TOKENIZER = "llamagen_vq_toy"
 
@@ -60,11 +61,6 @@ class LoadMeter:
             return {}
         return {"load_avg_1min_mean": round(float(np.mean(self.samples)), 2),
                 "load_avg_1min_max": round(float(np.max(self.samples)), 2), "cpu_cores": os.cpu_count()}
-
-
-def _half(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """fp16 storage of the float weights (loading converts back to fp32)."""
-    return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
 def _command(what: str, opts: dict[str, str]) -> str:
@@ -158,7 +154,7 @@ def train_tokenizer(opts: dict[str, str]) -> None:
               "held_out_psnr_db": round(psnr, 2), "held_out_codes_used": used, "threads": threads,
               "train_seconds": round(time.time() - t0, 1), "total_seconds": round(time.time() - t_start, 1),
               **load.record(), "storage": "fp16", "command": _command("llamagen-tokenizer", opts)}
-    path = write_weights(_half(vq), TOKENIZER, record, out_dir)
+    path = write_weights(half_precision(vq), TOKENIZER, record, out_dir)
     print(f"wrote {path} (held-out PSNR {psnr:.2f} dB, {used}/{n} codes used)")
 
 
@@ -247,7 +243,7 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
               "threads": threads, "encode_seconds": round(encode_seconds, 1), "train_seconds": round(time.time() - t0, 1),
               "total_seconds": round(time.time() - t_start, 1), **load.record(), "storage": "fp16",
               "command": _command(what, opts)}
-    path = write_weights(_half(model), name, record, out_dir)
+    path = write_weights(half_precision(model), name, record, out_dir)
     print(f"wrote {path}")
 
 

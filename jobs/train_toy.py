@@ -53,7 +53,12 @@ def as_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def write_weights(module: torch.nn.Module, name: str, record: dict[str, Any], out_dir: Path) -> Path:
+def half_precision(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """fp16 storage of the float weights, to keep each committed file small (loading converts to fp32)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+
+
+def write_weights(module: torch.nn.Module | dict[str, torch.Tensor], name: str, record: dict[str, Any], out_dir: Path) -> Path:
     import os
 
     record = {**record, "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -263,7 +268,7 @@ def train_var(opts: dict[str, str]) -> None:
               "bf16_autocast": bf16, "threads": torch.get_num_threads(),
               "final_loss": round(loss.item(), 4), "train_seconds": round(time.time() - t0, 1),
               "command": "argen train-toy var " + " ".join(f"{k}={v}" for k, v in opts.items())}
-    path = write_weights(model, "var_toy", record, out_dir)
+    path = write_weights(half_precision(model), "var_toy", {**record, "storage": "fp16"}, out_dir)
     print(f"wrote {path}")
 
 

@@ -57,6 +57,7 @@ def test_committed_weights_have_records_and_stay_small():
     files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
     assert files, "no toy weights committed"
     assert sum(f.stat().st_size for f in files) <= 40 * 2 ** 20
+    assert all(f.stat().st_size <= 5 * 2 ** 20 for f in files), [(f.name, f.stat().st_size) for f in files]
     for f in files:
         record = json.loads(f.with_suffix(".json").read_text())
         missing = [k for k in RECORD_KEYS if k not in record]
