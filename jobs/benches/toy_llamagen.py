@@ -2,8 +2,8 @@
 llamagen_toy_draft) vs LANTERN (a few k / delta) vs SJD, on the trained llamagen_toy.
 
 `table_rows(n)` runs every method on the same n class-balanced conditions (class i mod 10) and seeds
-(i), batch by batch with the methods interleaved inside each batch, so that load from other processes on
-the machine hits every method alike. Per method it scores the images as jobs/benches/toy.py:toy_quality
+(i), batch by batch with the methods interleaved inside each batch (jobs/benches/toy.py:
+toy_quality_interleaved), so that load from other processes on the machine hits every method alike. Per method it scores the images as jobs/benches/toy.py:toy_quality
 does (toy FID against ToyShapes reference statistics with the trained toy classifier, class-consistency)
 and reports, against plain AR:
 
@@ -27,7 +27,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 MODEL = "llamagen_toy"
@@ -45,12 +44,11 @@ COUNTERS = ("target_forwards_per_image", "accepted_length", "acceptance_rate", "
 
 
 def table_rows(n: int, batch_size: int = 100, methods: list[tuple[str, str, str, dict]] | None = None,
-               device: str = "cpu", verbose: bool = True) -> list[dict]:
+               device: str = "cpu") -> list[dict]:
     """One dict per method (keys: family, method, setting, fid, class_consistency, wall_clock_ratio,
     flops_ratio, plus counters); the first is plain AR, the baseline of the ratios."""
     from accel.api import load_generator
-    from jobs.benches.toy import classifier_outputs, reference_stats
-    from pipeline.metrics import FeatureStats, fid_from_stats
+    from jobs.benches.toy import toy_quality_interleaved
 
     methods = list(METHODS if methods is None else methods)
     if not methods or methods[0][2] != "none":
@@ -58,49 +56,25 @@ def table_rows(n: int, batch_size: int = 100, methods: list[tuple[str, str, str,
     if n < 10:
         raise ValueError(f"n={n}: pass at least 10 samples (one per class)")
     gens = [load_generator(MODEL, accel=a, device=device, **o) for _, _, a, o in methods]
-    ref = reference_stats()
     for g in gens:  # warm-up (LANTERN's neighbour tables, first-call allocations): not timed
         g.generate([0], seeds=[0])
-    images: list[list[np.ndarray]] = [[] for _ in methods]
-    seconds = [0.0] * len(methods)
-    sums: list[dict[str, float]] = [{} for _ in methods]
-    loads: list[float] = []
-    t_start = time.perf_counter()
-    for start in range(0, n, batch_size):
-        idx = list(range(start, min(n, start + batch_size)))
-        conds = [i % 10 for i in idx]
-        for m, g in enumerate(gens):
-            out = g.generate(conds, seeds=idx)
-            images[m].append(out.images)
-            seconds[m] += out.stats["seconds"]
-            for k in ("flops",) + COUNTERS:
-                if k in out.stats:
-                    sums[m][k] = sums[m].get(k, 0.0) + float(out.stats[k]) * len(idx)
-        loads.append(os.getloadavg()[0])
-        if verbose:
-            print(f"  {idx[-1] + 1}/{n} samples per method ({time.perf_counter() - t_start:.0f} s, "
-                  f"load {loads[-1]:.1f})", file=sys.stderr, flush=True)
-    labels = np.arange(n) % 10
+    results = toy_quality_interleaved(gens, n, batch_size)
+    base = results[0]
+    load = os.getloadavg()[0]
     rows = []
-    for m, (method, setting, accel, opts) in enumerate(methods):
-        feats, preds = classifier_outputs(np.concatenate(images[m]))
-        mean = {k: v / n for k, v in sums[m].items()}
+    for (method, setting, _, _), g, q in zip(methods, gens, results):
         rows.append({
             "family": "llamagen", "model": MODEL, "method": method, "setting": setting,
-            "fid": float(fid_from_stats(FeatureStats.from_features(feats), ref)),
-            "class_consistency": float(np.mean(preds == labels)),
-            "seconds_per_image": seconds[m] / n, "flops_per_image": mean["flops"],
-            **{k: mean[k] for k in COUNTERS if k in mean}, "samples": n,
+            "fid": q["fid"], "class_consistency": q["class_consistency"], "samples": n,
+            "seconds_per_image": q["generate_seconds"] / n, "flops_per_image": q["flops_per_image"],
+            **{k: q[k] for k in COUNTERS if k in q},
+            "wall_clock_ratio": base["generate_seconds"] / q["generate_seconds"],
+            "flops_ratio": base["flops_per_image"] / q["flops_per_image"],
+            "target_forward_ratio": base["target_forwards_per_image"] / q["target_forwards_per_image"],
+            "fid_change": q["fid"] / base["fid"] - 1.0, "load_avg_1min_at_end": load,
+            "torch_threads": torch.get_num_threads(),
+            "sampling": {"cfg": g.opts.cfg, "top_k": g.opts.top_k, "temperature": g.opts.temperature},
         })
-    base = rows[0]
-    for m, r in enumerate(rows):
-        r["wall_clock_ratio"] = seconds[0] / seconds[m]
-        r["flops_ratio"] = base["flops_per_image"] / r["flops_per_image"]
-        r["target_forward_ratio"] = base["target_forwards_per_image"] / r["target_forwards_per_image"]
-        r["fid_change"] = r["fid"] / base["fid"] - 1.0
-        r["load_avg_1min_mean"] = float(np.mean(loads))
-        r["torch_threads"] = torch.get_num_threads()
-        r["sampling"] = {"cfg": gens[m].opts.cfg, "top_k": gens[m].opts.top_k, "temperature": gens[m].opts.temperature}
     return rows
 
 
@@ -127,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     r0 = rows[0]
     print(f"model={MODEL} drafter={DRAFTER} samples={n} per method (class i mod 10, seed i) batch={batch} "
           f"torch_threads={r0['torch_threads']} sampling={r0['sampling']} "
-          f"load average (1 min, mean over batches)={r0['load_avg_1min_mean']:.1f} on {os.cpu_count()} cores, "
+          f"load average (1 min, at the end)={r0['load_avg_1min_at_end']:.1f} on {os.cpu_count()} cores, "
           f"total {time.perf_counter() - t0:.0f} s\n")
     print(markdown(rows))
     return 0
