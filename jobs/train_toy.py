@@ -215,7 +215,20 @@ def toy_codes(tokenizer_name: str, encode: Callable[[torch.Tensor], list[torch.T
     return codes
 
 
+def init_record(init: str | None) -> dict[str, Any] | None:
+    """What a continued run started from: the file, and the record written beside it if there is one."""
+    if not init:
+        return None
+    beside = Path(init).with_suffix(".json")
+    earlier = json.loads(beside.read_text()) if beside.exists() else None
+    return {"from": Path(init).name, "earlier_record": earlier}
+
+
 def train_var(opts: dict[str, str]) -> None:
+    """argen train-toy var [seed=0 train=30000 steps=1600 batch=32 lr=1e-3 bf16=1 threads=N init=PATH]
+
+    init=PATH continues from earlier var_toy weights (a new warm-up and cosine schedule over `steps`); the
+    record then carries the earlier run's record, so the total training is on file."""
     from accel.api import seeded_init
     from accel.checkpoints import read_checkpoint
     from accel.models.var import CONFIGS, VAR
@@ -239,6 +252,12 @@ def train_var(opts: dict[str, str]) -> None:
     with seeded_init(seed):
         model = VAR(cfg)
         model.init_random_weights(gates="training")
+    init = opts.get("init")  # continue from earlier weights (e.g. the committed var_toy) with a fresh schedule
+    if init:
+        from accel.checkpoints import load_strict
+
+        state = {k: v.float() for k, v in read_checkpoint(init).items()}
+        load_strict(model, state, f"var_toy init {init}")
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n and "emb" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "emb" not in n)]
@@ -267,6 +286,7 @@ def train_var(opts: dict[str, str]) -> None:
               "train_samples": n_train, "steps": steps, "batch": batch, "lr": lr, "label_dropout": 0.1,
               "bf16_autocast": bf16, "threads": torch.get_num_threads(),
               "final_loss": round(loss.item(), 4), "train_seconds": round(time.time() - t0, 1),
+              "init": init_record(init),
               "command": "argen train-toy var " + " ".join(f"{k}={v}" for k, v in opts.items())}
     path = write_weights(half_precision(model), "var_toy", {**record, "storage": "fp16"}, out_dir)
     print(f"wrote {path}")

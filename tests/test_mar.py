@@ -314,6 +314,40 @@ def test_respacing_and_schedule():
     assert (1 / d.sqrt_recip_alphas_cumprod.double() ** 2).numpy() == pytest.approx(ab[d.timestep_map], rel=1e-5)
 
 
+@pytest.mark.parametrize("steps", ["100", "1000"])
+def test_ddpm_chain_with_an_oracle_head_returns_x0(steps):
+    """With the exact eps for a known x0 the chain ends at x0, also when that eps carries independent noise
+    (what separates a sampler bug from an imprecise head, see jobs/toy_mar.py:head_check)."""
+    ab = np.cumprod(1 - cosine_betas())
+    d = RespacedDDPM(steps)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(500, 4, generator=g)
+    noise = torch.randn(d.num_timesteps + 1, 500, 4, generator=g)
+    for eps_noise, tolerance in ((0.0, 1e-6), (0.028, 1e-3)):
+        def oracle(x, t, i):
+            a = float(ab[int(t[0])])
+            eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5 + eps_noise * torch.randn(x.shape, generator=g)
+            return torch.cat([eps, torch.zeros_like(eps)], dim=1)  # variance halfway in the learned range
+
+        out = d.p_sample_loop(oracle, noise, temperature=1.0)
+        assert float((out - x0).pow(2).mean().sqrt()) < tolerance
+    # a head that is wrong by a constant at t = 999 alone is amplified ~20,000x into x0 there
+    def off_at_t_max(x, t, i):
+        a = float(ab[int(t[0])])
+        eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5 + (0.03 if int(t[0]) == 999 else 0.0)
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1)
+
+    first = RespacedDDPM(steps)
+    x_next = first.p_sample(off_at_t_max(noise[0], first.model_timesteps[-1:].expand(500), first.num_timesteps - 1),
+                            noise[0], first.num_timesteps - 1, noise[1], 1.0)
+    exact = first.p_sample(torch.cat([(noise[0] - ab[999] ** 0.5 * x0) / (1 - ab[999]) ** 0.5,
+                                      torch.zeros_like(x0)], dim=1), noise[0], first.num_timesteps - 1, noise[1], 1.0)
+    shift = float((x_next - exact).abs().mean())
+    expected = 0.03 * (1 - ab[999]) ** 0.5 / ab[999] ** 0.5 * float(first.posterior_mean_coef1[-1])
+    assert shift == pytest.approx(expected, rel=1e-3)
+    assert shift > (5.0 if steps == "100" else 0.5)  # 9.5 at 100 steps, 0.95 at 1000 (x_t itself has std ~1)
+
+
 def test_unguided_and_constant_cfg_run():
     g = load_generator("mar_tiny", device="cpu", random_init=True, cfg=1.0, temperature=0.95, **FAST)
     g2 = load_generator("mar_tiny", device="cpu", random_init=True, cfg=4.0, cfg_schedule="constant", **FAST)

@@ -39,6 +39,10 @@ def test_var_entry_points_write_loadable_weights(tmp_path):
     _train("var-tokenizer", tmp_path, "steps=3", "batch=8")
     _train("var", tmp_path, "steps=2", "batch=4", "threads=1")
     assert _record(tmp_path, "var_toy")["steps"] == 2
+    # a continued run starts from those weights and keeps the earlier record
+    _train("var", tmp_path, "steps=1", "batch=4", "threads=1", f"init={tmp_path / 'var_toy.safetensors'}")
+    record = _record(tmp_path, "var_toy")
+    assert record["steps"] == 1 and record["init"]["earlier_record"]["steps"] == 2
     gen = load_generator("var_toy", device="cpu", checkpoint=str(tmp_path / "var_toy.safetensors"),
                          tokenizer_checkpoint=str(tmp_path / "var_vqvae_toy.safetensors"))
     _check_images(gen)
@@ -65,6 +69,11 @@ def test_mar_entry_points_write_loadable_weights(tmp_path):
     _train("mar", tmp_path, "steps=2", "batch=4", "threads=1", "held_out=16")
     scale = _record(tmp_path, "mar_kl_toy")["latent_scale"]
     assert scale > 0
+    check = _record(tmp_path, "mar_toy")["head_check"]  # whether the head is precise enough for the sampler
+    assert set(check["eps_mse_at_t"]) == {"999", "990", "900", "500", "100"} and check["chain_token_rms"] > 0
+    _train("mar", tmp_path, "steps=1", "batch=4", "threads=1", "held_out=16", "warmup=1",
+           f"init={tmp_path / 'mar_toy.safetensors'}")
+    assert _record(tmp_path, "mar_toy")["init"]["earlier_record"]["steps"] == 2
     from accel.models.mar import latent_scale_for
 
     ckpt, tok = str(tmp_path / "mar_toy.safetensors"), str(tmp_path / "mar_kl_toy.safetensors")

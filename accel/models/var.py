@@ -441,12 +441,14 @@ class VARGenerator(BaseGenerator):
 
 
 def check_sampling(options: dict[str, Any], vocab_size: int, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    s = {**SAMPLING_DEFAULTS, **(defaults or {}), **options}
+    model_defaults = {**SAMPLING_DEFAULTS, **(defaults or {})}
+    s = {**model_defaults, **options}
     cfg, top_k, top_p = float(s["cfg"]), int(s["top_k"]), float(s["top_p"])
     if cfg < 0:
         raise ArgenError(f"cfg={cfg} is negative; the guidance scale must be >= 0 (0 = no guidance; VAR's FID setting is 1.5)")
     if not 0 <= top_k <= vocab_size:
-        raise ArgenError(f"top_k={top_k} is outside [0, {vocab_size}]; use 0 to switch top-k off (default 900)")
+        raise ArgenError(f"top_k={top_k} is outside [0, {vocab_size}]; use 0 to switch top-k off "
+                         f"(this model's default: {model_defaults['top_k']})")
     if not 0 < top_p <= 1:
         raise ArgenError(f"top_p={top_p} is outside (0, 1]; use 1.0 to switch top-p off (default 0.96)")
     return {"cfg": cfg, "top_k": top_k, "top_p": top_p, "more_smooth": bool(s["more_smooth"])}

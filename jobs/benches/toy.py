@@ -126,23 +126,46 @@ def _row(family: str, method: str, setting: str, q: dict[str, Any], base: dict[s
             **{k: v for k, v in q.items() if k not in ("fid", "class_consistency", "samples")}}
 
 
-def var_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
-    """var_toy: accel=none and FastVAR settings, each measured on the same n samples and seeds."""
+def settings_rows(family: str, model: str, settings: list[tuple[str, str, dict[str, Any]]], n: int,
+                  batch_size: int = 250) -> list[dict[str, Any]]:
+    """`model` with accel=none (the baseline) and each (method, setting, options), measured on the same n
+    samples and seeds, batch by batch in turn."""
     from accel.api import load_generator
 
-    gens = [load_generator("var_toy", device="cpu")]
-    gens += [load_generator("var_toy", accel=method, device="cpu", **options) for method, _, options in VAR_SETTINGS]
+    gens = [load_generator(model, device="cpu")]
+    gens += [load_generator(model, accel=method, device="cpu", **options) for method, _, options in settings]
     for gen in gens:  # first-call allocations, not timed
         gen.generate([0], seeds=[0])
     results = toy_quality_interleaved(gens, n, batch_size)
     base = results[0]
-    rows = [_row("VAR", "none", "baseline", base, base)]
-    rows += [_row("VAR", method, setting, q, base) for (method, setting, _), q in zip(VAR_SETTINGS, results[1:])]
+    rows = [_row(family, "none", "baseline", base, base)]
+    rows += [_row(family, method, setting, q, base) for (method, setting, _), q in zip(settings, results[1:])]
     return rows
 
 
+def var_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
+    """var_toy: accel=none and the FastVAR settings."""
+    return settings_rows("VAR", "var_toy", VAR_SETTINGS, n, batch_size)
+
+
+# LazyMAR: its defaults (upstream's schedule: 5 warm-up steps, refresh every 9, layer 3, slack 15, head refresh
+# every 7 timesteps skipping blocks 1-4), the paper's two caches without the head cache, the head cache alone,
+# and a gentler schedule.
+MAR_SETTINGS = [
+    ("lazymar", "defaults (token + condition + head cache)", {}),
+    ("lazymar", "token + condition cache (paper)", {"head_cache": False}),
+    ("lazymar", "head cache only", {"token_cache": False, "condition_cache": False}),
+    ("lazymar", "gentle (refresh every 4, head every 3)", {"refresh_interval": 4, "head_refresh_interval": 3}),
+]
+
+
+def mar_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
+    """mar_toy: accel=none and the LazyMAR settings."""
+    return settings_rows("MAR", "mar_toy", MAR_SETTINGS, n, batch_size)
+
+
 FAMILY_ROWS = {"var": "jobs.benches.toy:var_rows", "llamagen": "jobs.benches.toy_llamagen:table_rows",
-               "mar": "jobs.benches.toy_mar:table_rows"}
+               "mar": "jobs.benches.toy:mar_rows"}
 FAMILY_WEIGHTS = {"var": ("var_toy", "var_vqvae_toy"), "llamagen": ("llamagen_toy", "llamagen_toy_draft", "llamagen_vq_toy"),
                   "mar": ("mar_toy", "mar_kl_toy")}
 

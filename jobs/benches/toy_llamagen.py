@@ -36,7 +36,8 @@ METHODS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("none", "plain AR", "none", {}),
     ("speculative", "drafter llamagen_toy_draft, gamma 4", "speculative", {"drafter": DRAFTER, "gamma": 4}),
     ("lantern", "k 10, delta 0.1, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 10, "lantern_delta": 0.1}),
-    ("lantern", "k 50, delta 0.2, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 50, "lantern_delta": 0.2}),
+    ("lantern", "k 10, delta 0.05, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 10, "lantern_delta": 0.05}),
+    ("lantern", "k 5, delta 0.02, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 5, "lantern_delta": 0.02}),
     ("lantern", "k 100, delta 0.4, gamma 4", "lantern", {"drafter": DRAFTER, "gamma": 4, "lantern_k": 100, "lantern_delta": 0.4}),
     ("sjd", "window 16, random init", "sjd", {"window": 16}),
 ]
