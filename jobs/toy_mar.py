@@ -14,7 +14,6 @@ machine load, results) into accel/toy/weights/ (or out_dir=...). Options are key
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel.checkpoints import CACHE_DIR, save_safetensors
+from accel.checkpoints import CACHE_DIR
 
 TOKENIZER = "mar_kl_toy"
 MODEL = "mar_toy"
@@ -54,17 +53,6 @@ class LoadMonitor:
         s = self.samples or [os.getloadavg()[0]]
         return {"cpu_count": os.cpu_count(), "load_avg_1min_mean": round(float(np.mean(s)), 2),
                 "load_avg_1min_max": round(float(np.max(s)), 2), "load_avg_at_end": _load_average()}
-
-
-def _write(module: torch.nn.Module, name: str, record: dict[str, Any], out_dir: Path,
-           metadata: dict[str, str]) -> Path:
-    """Like jobs.train_toy.write_weights, plus extra safetensors metadata (the latent scale)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.safetensors"
-    state = {k: v.detach().float() for k, v in module.state_dict().items()}
-    save_safetensors(state, path, metadata={"name": name, **metadata})
-    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -121,7 +109,7 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
     """
     from accel.api import seeded_init
     from accel.tokenizers import build_tokenizer
-    from jobs.train_toy import as_float, batches, cosine_schedule, toy_images
+    from jobs.train_toy import as_float, batches, cosine_schedule, toy_images, write_weights
 
     torch.set_num_threads(int(opts.get("threads", 2)))
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
@@ -176,7 +164,7 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
               "latent_stats_samples": 5000, "train_seconds": round(train_seconds, 1),
               "torch_threads": torch.get_num_threads(), "machine_load": load.summary(),
               "command": "argen train-toy mar-tokenizer " + " ".join(f"{k}={v}" for k, v in opts.items())}
-    path = _write(vae, TOKENIZER, record, _weights_dir(opts), {"latent_scale": repr(stats["latent_scale"])})
+    path = write_weights(vae, TOKENIZER, record, _weights_dir(opts), {"latent_scale": repr(stats["latent_scale"])})
     print(f"wrote {path} ({train_seconds:.0f} s)")
 
 
@@ -377,7 +365,7 @@ def train_mar(opts: dict[str, str]) -> None:
     from accel.checkpoints import load_strict, read_checkpoint
     from accel.models.mar import CONFIGS, build_model
     from accel.tokenizers import build_tokenizer
-    from jobs.train_toy import batches, cosine_schedule, init_record, toy_images
+    from jobs.train_toy import batches, cosine_schedule, init_record, load_init, toy_images, write_weights
 
     torch.set_num_threads(int(opts.get("threads", 2)))
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 20000))
@@ -412,8 +400,7 @@ def train_mar(opts: dict[str, str]) -> None:
     with seeded_init(seed):
         model = build_model(MODEL)
     init = opts.get("init")  # continue from earlier mar_toy weights with a fresh schedule
-    if init:
-        load_strict(model, {k: v.float() for k, v in read_checkpoint(init).items()}, f"mar_toy init {init}")
+    load_init(model, init, MODEL)
     model.train()
     ema = {k: v.detach().clone() for k, v in model.named_parameters()}
     no_decay = lambda n, p: p.ndim < 2 or n.startswith("diffloss") or "pos_embed" in n or n in (  # noqa: E731
@@ -487,5 +474,5 @@ def train_mar(opts: dict[str, str]) -> None:
               "total_seconds": round(total_seconds, 1), "machine_load": load.summary(), "warmup_steps": warmup,
               "init": init_record(init), "head_check": check,
               "command": "argen train-toy mar " + " ".join(f"{k}={v}" for k, v in opts.items())}
-    path = _write(model, MODEL, record, out_dir, {"latent_scale": repr(latent_scale)})
+    path = write_weights(model, MODEL, record, out_dir, {"latent_scale": repr(latent_scale)})
     print(f"wrote {path} ({total_seconds:.0f} s in all)")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel.checkpoints import CACHE_DIR, save_safetensors
+from accel.checkpoints import CACHE_DIR, read_checkpoint, save_safetensors
 from accel.toy.data import ToyShapes
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "accel" / "toy" / "weights"
@@ -58,14 +58,17 @@ def half_precision(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
-def write_weights(module: torch.nn.Module | dict[str, torch.Tensor], name: str, record: dict[str, Any], out_dir: Path) -> Path:
+def write_weights(module: torch.nn.Module | dict[str, torch.Tensor], name: str, record: dict[str, Any], out_dir: Path,
+                  metadata: dict[str, str] | None = None) -> Path:
+    """<name>.safetensors (safetensors metadata: the name plus `metadata`) and <name>.json (the record, plus
+    the machine it ran on)."""
     import os
 
     record = {**record, "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.safetensors"
-    save_safetensors(module, path, metadata={"name": name})
+    save_safetensors(module, path, metadata={"name": name, **(metadata or {})})
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -215,6 +218,15 @@ def toy_codes(tokenizer_name: str, encode: Callable[[torch.Tensor], list[torch.T
     return codes
 
 
+def load_init(model: torch.nn.Module, init: str | None, what: str) -> None:
+    """init=PATH: start from earlier weights of the same model (fp16 toy storage back to fp32), strictly."""
+    if init:
+        from accel.checkpoints import load_strict
+
+        state = {k: v.float() if v.is_floating_point() else v for k, v in read_checkpoint(init).items()}
+        load_strict(model, state, f"{what} init {init}")
+
+
 def init_record(init: str | None) -> dict[str, Any] | None:
     """What a continued run started from: the file, and the record written beside it if there is one."""
     if not init:
@@ -253,11 +265,7 @@ def train_var(opts: dict[str, str]) -> None:
         model = VAR(cfg)
         model.init_random_weights(gates="training")
     init = opts.get("init")  # continue from earlier weights (e.g. the committed var_toy) with a fresh schedule
-    if init:
-        from accel.checkpoints import load_strict
-
-        state = {k: v.float() for k, v in read_checkpoint(init).items()}
-        load_strict(model, state, f"var_toy init {init}")
+    load_init(model, init, "var_toy")
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n and "emb" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos" not in n and "emb" not in n)]

@@ -3,7 +3,8 @@ llamagen_toy_draft) vs LANTERN (a few k / delta) vs SJD, on the trained llamagen
 
 `table_rows(n)` runs every method on the same n class-balanced conditions (class i mod 10) and seeds
 (i), batch by batch with the methods interleaved inside each batch (jobs/benches/toy.py:
-toy_quality_interleaved), so that load from other processes on the machine hits every method alike. Per method it scores the images as jobs/benches/toy.py:toy_quality
+toy_quality_interleaved), so that load from other processes on the machine hits every method alike. Per
+method it scores the images as jobs/benches/toy.py:toy_quality
 does (toy FID against ToyShapes reference statistics with the trained toy classifier, class-consistency)
 and reports, against plain AR:
 
