@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jobs.train_toy import (WEIGHTS_DIR, as_float, batches, cosine_schedule, half_precision, toy_codes, toy_images,
-                             write_weights)
+from jobs.train_toy import (WEIGHTS_DIR, LoadMonitor, as_float, batches, cosine_schedule, half_precision, toy_codes,
+                             toy_images, write_weights)
 
 TOKENIZER = "llamagen_vq_toy"
 
@@ -42,25 +42,6 @@ def _threads(opts: dict[str, str]) -> int:
         raise SystemExit(f"threads={n}: pass a number of torch threads >= 1 (this machine has {os.cpu_count()} cores)")
     torch.set_num_threads(n)
     return n
-
-
-class LoadMeter:
-    """The machine's 1-minute load average, sampled while training (other jobs share the CPU)."""
-
-    def __init__(self):
-        self.samples: list[float] = []
-
-    def sample(self) -> None:
-        try:
-            self.samples.append(os.getloadavg()[0])
-        except OSError:  # pragma: no cover - platforms without getloadavg
-            pass
-
-    def record(self) -> dict:
-        if not self.samples:
-            return {}
-        return {"load_avg_1min_mean": round(float(np.mean(self.samples)), 2),
-                "load_avg_1min_max": round(float(np.max(self.samples)), 2), "cpu_cores": os.cpu_count()}
 
 
 def _command(what: str, opts: dict[str, str]) -> str:
@@ -110,7 +91,7 @@ def train_tokenizer(opts: dict[str, str]) -> None:
     sched = cosine_schedule(opt, steps, warmup=100)
     x_all = as_float(xs)
     usage = torch.zeros(n)
-    load = LoadMeter()
+    load = LoadMonitor()
     restarted_total = 0
     g = torch.Generator().manual_seed(seed + 17)
     t0 = time.time()
@@ -153,7 +134,7 @@ def train_tokenizer(opts: dict[str, str]) -> None:
               "dead_code_restart_every": restart_every, "codes_restarted": restarted_total,
               "held_out_psnr_db": round(psnr, 2), "held_out_codes_used": used, "threads": threads,
               "train_seconds": round(time.time() - t0, 1), "total_seconds": round(time.time() - t_start, 1),
-              **load.record(), "storage": "fp16", "command": _command("llamagen-tokenizer", opts)}
+              "machine_load": load.summary(), "storage": "fp16", "command": _command("llamagen-tokenizer", opts)}
     path = write_weights(half_precision(vq), TOKENIZER, record, out_dir)
     print(f"wrote {path} (held-out PSNR {psnr:.2f} dB, {used}/{n} codes used)")
 
@@ -206,7 +187,7 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
     # held-out loss: codes of 500 images of ToyShapes(seed+1)
     held_codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed + 1, 500, vq_path)[0].long()
     _, held_labels = toy_images(seed + 1, 500)
-    load = LoadMeter()
+    load = LoadMonitor()
     t0 = time.time()
     ema_loss = None
     for step, idx in enumerate(batches(n_train, batch, steps, seed)):
@@ -241,7 +222,7 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
               "bf16_autocast": bf16, "dropout": "none (token/residual/ffn dropout of the release off: the toy runs underfit)",
               "final_train_loss_ema": round(ema_loss, 4), "held_out_loss": round(held, 4), "held_out_seed": seed + 1,
               "threads": threads, "encode_seconds": round(encode_seconds, 1), "train_seconds": round(time.time() - t0, 1),
-              "total_seconds": round(time.time() - t_start, 1), **load.record(), "storage": "fp16",
+              "total_seconds": round(time.time() - t_start, 1), "machine_load": load.summary(), "storage": "fp16",
               "command": _command(what, opts)}
     path = write_weights(half_precision(model), name, record, out_dir)
     print(f"wrote {path}")

@@ -10,6 +10,7 @@ a JSON record of its training config and data-set seed into accel/toy/weights/ (
 from __future__ import annotations
 
 import importlib
+import os
 import json
 import sys
 import time
@@ -58,12 +59,26 @@ def half_precision(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
+class LoadMonitor:
+    """The machine's 1-minute load average, sampled while training runs (other jobs share this CPU)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, Any]:
+        s = self.samples or [os.getloadavg()[0]]
+        return {"cpu_count": os.cpu_count(), "load_avg_1min_mean": round(float(np.mean(s)), 2),
+                "load_avg_1min_max": round(float(np.max(s)), 2),
+                "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
 def write_weights(module: torch.nn.Module | dict[str, torch.Tensor], name: str, record: dict[str, Any], out_dir: Path,
                   metadata: dict[str, str] | None = None) -> Path:
     """<name>.safetensors (safetensors metadata: the name plus `metadata`) and <name>.json (the record, plus
     the machine it ran on)."""
-    import os
-
     record = {**record, "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}}
     out_dir.mkdir(parents=True, exist_ok=True)

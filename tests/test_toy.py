@@ -148,6 +148,44 @@ def test_llamagen_toy_plain_and_lantern_reach_quality_thresholds():
     assert q_lantern["target_forwards_per_image"] <= LLAMAGEN_TOY_LANTERN_TARGET_FORWARDS_MAX, q_lantern
 
 
+# Measured on the committed mar_toy (3,800 steps, then its head refined alone; 200 samples, seeds 1,000,000 + i,
+# cfg 7.0, temperature 0.8, CPU fp32): accel=none toy FID 74.1, class-consistency 0.295; lazymar defaults 71.8 /
+# 0.290 with 12 of 64 steps full and 2.34x fewer FLOPs (random weights, 100 samples: FID 3944, 0.100). Thresholds leave
+# about 20% on FID and 0.05 on class-consistency. 200 samples, not 500: MAR samples at ~0.65 s per image here.
+MAR_GUARD_SAMPLES = 200
+MAR_TOY_FID_MAX = 89.0
+MAR_TOY_LAZYMAR_FID_MAX = 86.0
+MAR_TOY_CONSISTENCY_MIN = 0.24
+
+
+@pytest.mark.slow
+def test_mar_toy_plain_and_lazymar_reach_quality_thresholds():
+    from accel.api import load_generator
+    from jobs.benches.toy import toy_quality_interleaved
+
+    plain = load_generator("mar_toy", device="cpu")
+    assert plain.image_size == 32 and plain.num_classes == 10
+    lazy = load_generator("mar_toy", accel="lazymar", device="cpu")
+    q_plain, q_lazy = toy_quality_interleaved([plain, lazy], MAR_GUARD_SAMPLES, batch_size=100,
+                                              seed_offset=1_000_000)
+    assert q_plain["fid"] <= MAR_TOY_FID_MAX and q_plain["class_consistency"] >= MAR_TOY_CONSISTENCY_MIN, q_plain
+    assert q_lazy["fid"] <= MAR_TOY_LAZYMAR_FID_MAX, q_lazy
+    assert q_lazy["class_consistency"] >= MAR_TOY_CONSISTENCY_MIN, q_lazy
+    # the caches are in use: upstream's schedule keeps 12 of 64 steps full
+    assert q_lazy["full_steps"] == 12 and q_plain["flops_per_image"] > 2 * q_lazy["flops_per_image"], q_lazy
+
+
+@pytest.mark.slow
+def test_mar_toy_guard_has_power():
+    """The thresholds reject an untrained model of the same structure (the guard can fail)."""
+    from accel.api import load_generator
+    from jobs.benches.toy import toy_quality
+
+    gen = load_generator("mar_toy", device="cpu", random_init=True)
+    q = toy_quality(gen, 100, batch_size=100)
+    assert q["class_consistency"] < MAR_TOY_CONSISTENCY_MIN and q["fid"] > MAR_TOY_FID_MAX, q
+
+
 def test_mar_tokenizer_reconstructs_held_out_images():
     from accel.tokenizers import build_tokenizer
     from accel.tokenizers.kl_vae import load_kl16
@@ -162,3 +200,22 @@ def test_mar_tokenizer_reconstructs_held_out_images():
     psnr = 10 * np.log10(1 / float(((rec.clamp(-1, 1) - x) / 2).pow(2).mean()))
     assert psnr > 29.0, psnr  # 32.5 dB measured at training time (mar_kl_toy.json)
 
+
+
+def test_bench_toy_sampling_sweep_compares_options_on_the_same_seeds(capsys):
+    """`argen bench toy model=... sweep=...`: one row per set of options; the same options give the same row
+    (seeded), and options that change sampling change it."""
+    from jobs.benches.toy import _parse_sweep, run
+
+    assert _parse_sweep("temperature=0.8,cfg=3.0;top_k=5") == [{"temperature": 0.8, "cfg": 3.0}, {"top_k": 5}]
+    assert _parse_sweep('[{}, {"accel": "fastvar", "prune_ratios": {"16": 0.5}}]')[1]["prune_ratios"] == {"16": 0.5}
+    with pytest.raises(SystemExit, match="is not key=value"):
+        _parse_sweep("cfg")
+    run({"model": "var_toy", "samples": "20", "batch": "10",
+         "sweep": '[{"cfg": 5.0}, {"cfg": 5.0}, {"cfg": 1.0}, {"accel": "fastvar", "cfg": 5.0}]'})
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| {")]
+    assert len(rows) == 4
+    fid = [float(r.split("|")[2]) for r in rows]
+    flops_ratio = [float(r.split("|")[7].strip().rstrip("x")) for r in rows]
+    assert fid[0] == fid[1] != fid[2] and fid[3] != fid[0], rows
+    assert flops_ratio[:3] == [1.0, 1.0, 1.0] and flops_ratio[3] > 1.3, rows  # FastVAR defaults: 1.73x

@@ -67,11 +67,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # downsampling) makes a 32x32 image the same 16x16 token grid as kl16 at 256 px, tokens of 4 channels; buffer
     # 64; a 2-layer encoder and 6-layer decoder of width 48 (3 heads); a 6-block head of width 64 (LazyMAR's
     # default head cache skips blocks 1-4). latent_scale None: read from the weights' metadata (measured on the
-    # trained tokenizer, as 0.2325 was for kl16). Sampling defaults chosen with toy FID (docs/BENCHMARKS.md).
+    # trained tokenizer, as 0.2325 was for kl16). Sampling defaults (cfg 7.0, temperature 0.8; upstream's are
+    # 2.9-3.2 and 1.0) chosen with toy FID on 250 samples (docs/BENCHMARKS.md, "MAR toy").
     "mar_toy": dict(_SHARED, img_size=32, vae_stride=2, vae_embed_dim=4, class_num=10, encoder_embed_dim=48,
                     encoder_depth=2, encoder_num_heads=3, decoder_embed_dim=48, decoder_depth=6, decoder_num_heads=3,
-                    diffloss_d=6, diffloss_w=64, cfg=3.0, tokenizer="mar_kl_toy", latent_scale=None,
-                    sampling=dict(num_sampling_steps=100, temperature=1.0)),
+                    diffloss_d=6, diffloss_w=64, cfg=7.0, tokenizer="mar_kl_toy", latent_scale=None,
+                    sampling=dict(num_sampling_steps=100, temperature=0.8)),
 }
 LATENT_SCALE = 0.2325  # latents were scaled by this in training; decode(tokens / 0.2325) (config "latent_scale")
 

@@ -7,7 +7,7 @@ reference statistics are cached on disk, keyed by the classifier's weights.
 
 `argen bench toy` (run()) prints the quality-vs-speed table: for each acceleration and a few settings,
 toy FID, class-consistency, wall-clock ratio and FLOPs ratio against its baseline, in one run with the
-same seeds.
+same seeds. `argen bench toy model=... sweep=...` compares sampling options of one toy model instead.
 """
 from __future__ import annotations
 
@@ -177,9 +177,64 @@ def missing_weights(family: str) -> list[str]:
     return [name for name in FAMILY_WEIGHTS[family] if bundled_weights(name) is None]
 
 
+def _parse_sweep(text: str) -> list[dict[str, Any]]:
+    """"temperature=0.8,cfg=3.0;temperature=0.9" -> [{"temperature": 0.8, "cfg": 3.0}, {"temperature": 0.9}];
+    a JSON list of objects is taken as it is (for nested options: '[{}, {"accel": "fastvar", "prune_ratios":
+    {"16": 0.5}, "cache_scale": 13}]')."""
+    if text.lstrip().startswith("["):
+        import json
+
+        settings = json.loads(text)
+        if not all(isinstance(o, dict) for o in settings):
+            raise SystemExit(f"argen bench toy sweep={text!r}: expected a JSON list of objects")
+        return settings
+    settings = []
+    for part in text.split(";"):
+        options: dict[str, Any] = {}
+        for item in filter(None, part.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"argen bench toy sweep={text!r}: {item!r} is not key=value; write settings as "
+                                 f"'temperature=0.8,cfg=3.0;temperature=0.9,cfg=3.0' or a JSON list of objects")
+            try:
+                options[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+            except ValueError:
+                options[key.strip()] = value.strip()
+        settings.append(options)
+    return settings
+
+
+def option_sweep(model: str, settings: list[dict[str, Any]], n: int, batch_size: int = 50,
+                 seed_offset: int = 2_000_000) -> list[dict[str, Any]]:
+    """Toy quality and speed of `model` under each set of generator options (an "accel" key picks the
+    acceleration, default none), on the same samples and seeds (by default seeds that the table and the
+    guards do not use): how toy sampling defaults and acceleration settings are chosen."""
+    from accel.api import load_generator
+
+    gens = [load_generator(model, device="cpu", **{"accel": "none", **options}) for options in settings]
+    for gen in gens:  # first-call allocations, not timed
+        gen.generate([0], seeds=[0])
+    return toy_quality_interleaved(gens, n, batch_size, seed_offset)
+
+
 def run(overrides: dict[str, str]) -> None:
     import importlib
 
+    if "sweep" in overrides:  # argen bench toy model=mar_toy sweep="temperature=0.8,cfg=3.0;..." samples=250
+        model, settings = overrides.pop("model", "mar_toy"), _parse_sweep(overrides.pop("sweep"))
+        n, batch = int(overrides.pop("samples", 250)), int(overrides.pop("batch", 50))
+        seed_offset = int(overrides.pop("seed_offset", 2_000_000))
+        print(f"toy option sweep of {model}: {n} samples per setting (class i mod 10, seed {seed_offset} + i), "
+              f"toy FID vs {REFERENCE_SAMPLES} real ToyShapes; ratios against the first setting\n\n"
+              f"| options | toy FID | FID change | class-consistency | s/img | wall-clock ratio | FLOPs ratio |\n"
+              f"|---|---|---|---|---|---|---|")
+        results = option_sweep(model, settings, n, batch, seed_offset)
+        for options, q in zip(settings, results):
+            print(f"| {options} | {q['fid']:.2f} | {100 * (q['fid'] / results[0]['fid'] - 1):+.1f}% "
+                  f"| {q['class_consistency']:.3f} | {q['generate_seconds'] / n:.3f} "
+                  f"| {results[0]['generate_seconds'] / q['generate_seconds']:.2f}x "
+                  f"| {results[0]['flops_per_image'] / q['flops_per_image']:.2f}x |", flush=True)
+        return
     n = int(overrides.pop("samples", REFERENCE_SAMPLES))
     families = overrides.pop("families", "var,llamagen,mar").split(",")
     print(f"toy FID: {n} samples per row (class i mod 10, seed i) vs {REFERENCE_SAMPLES} real ToyShapes "
