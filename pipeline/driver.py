@@ -47,8 +47,16 @@ def model_info(name: str) -> tuple[int | None, bool]:
     family = family_of(name)  # ArgenError naming the known models
     conf = importlib.import_module(f"accel.models.{family}").CONFIGS[name]
     get = conf.get if isinstance(conf, dict) else (lambda k, d=None: getattr(conf, k, d))
+    takes_prompts = bool(get("takes_prompts", False))
+    if takes_prompts:
+        return None, True
+    # each family keeps the upstream name: VAR num_classes, MAR class_num, LlamaGen ModelArgs.num_classes
     n = get("num_classes", None)
-    return (int(n) if n is not None else None), bool(get("takes_prompts", False))
+    if n is None:
+        n = get("class_num", None)
+    if n is None and get("args", None) is not None:
+        n = getattr(get("args"), "num_classes", None)
+    return (int(n) if n is not None else None), False
 
 
 def _int_at_least(value: Any, name: str, low: int, hint: str) -> int:
