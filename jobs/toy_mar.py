@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import CACHE_DIR
-from jobs.train_toy import LoadMonitor
+from jobs.train_toy import LoadMonitor, cosine_schedule, load_average
 
 TOKENIZER = "mar_kl_toy"
 MODEL = "mar_toy"
@@ -36,10 +35,6 @@ def _weights_dir(opts: dict[str, str]) -> Path:
     from jobs.train_toy import WEIGHTS_DIR
 
     return Path(opts.get("out_dir", WEIGHTS_DIR))
-
-
-def _load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -96,7 +91,7 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
     """
     from accel.api import seeded_init
     from accel.tokenizers import build_tokenizer
-    from jobs.train_toy import as_float, batches, cosine_schedule, toy_images, write_weights
+    from jobs.train_toy import as_float, batches, toy_images, write_weights
 
     torch.set_num_threads(int(opts.get("threads", 2)))
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
@@ -114,7 +109,7 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
     load = LoadMonitor()
     t0 = time.time()
     print(f"mar-tokenizer: {sum(p.numel() for p in vae.parameters())} parameters, {steps} steps of {batch}, "
-          f"threads {torch.get_num_threads()}, load average {_load_average()}", flush=True)
+          f"threads {torch.get_num_threads()}, load average {load_average()}", flush=True)
     for step, idx in enumerate(batches(n_train, batch, steps, seed)):
         x = x_all[idx]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -134,7 +129,7 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
             psnr = tokenizer_psnr(vae, xt)
             vae.train()
             print(f"step {step + 1}/{steps} rec {rec_loss.item():.4f} kl {kl.item():.3f} held-out PSNR {psnr:.2f} dB "
-                  f"({time.time() - t0:.0f} s, load {_load_average()})", flush=True)
+                  f"({time.time() - t0:.0f} s, load {load_average()})", flush=True)
     train_seconds = time.time() - t0
     vae.eval().requires_grad_(False)
     psnr = tokenizer_psnr(vae, xt)
@@ -301,6 +296,13 @@ def _patchify(latents: torch.Tensor) -> torch.Tensor:
     return latents.permute(0, 2, 3, 1).reshape(B, h * w, C)
 
 
+def posterior_tokens(mean: torch.Tensor, std: torch.Tensor, latent_scale: float, generator: torch.Generator
+                     ) -> torch.Tensor:
+    """A fresh sample of the cached posteriors [B, C, h, w], scaled, as tokens [B, h*w, C] (MAR's training
+    samples the posterior at every use)."""
+    return _patchify((mean + std * torch.randn(mean.shape, generator=generator)) * latent_scale)
+
+
 @torch.no_grad()
 def held_out_loss(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor, diffusion: TrainingDiffusion,
                   mask_ratio: MaskRatio, seed: int, repeats: int = 4) -> float:
@@ -320,9 +322,10 @@ def head_check(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tenso
     Near t = 999 the cosine schedule leaves sqrt(alpha_bar) ~ 5e-5 of the data in x_t, so the x0 the chain
     derives from eps carries the eps error times ~20,000; the first respaced step keeps about 1.4% of it
     (sqrt(alpha_bar) at t = 989). So a head must predict eps there almost exactly; where it does not (an
-    undertrained toy head), the chain's next inputs are far larger than any it was trained on and it diverges. Reported: the eps MSE at a few timesteps on held-out tokens (half
-    of each image masked, conditions from the transformer), and the RMS error and RMS size of the tokens that
-    the sampler's chain produces from those conditions (real tokens have RMS ~1)."""
+    undertrained toy head), the chain's next inputs are far larger than any it was trained on and it
+    diverges. Reported: the eps MSE at a few timesteps on held-out tokens (half of each image masked,
+    conditions from the transformer), and the RMS error and RMS size of the tokens that the sampler's chain
+    produces from those conditions (real tokens have RMS ~1)."""
     from accel.models.mar_diffusion import RespacedDDPM
 
     model.eval()
@@ -357,7 +360,7 @@ def cached_conditions(model: torch.nn.Module, mean: torch.Tensor, std: torch.Ten
     zs, targets = [], []
     for start in range(0, count, chunk):
         idx = torch.arange(start, min(count, start + chunk))
-        tokens = _patchify((mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)) * latent_scale)
+        tokens = posterior_tokens(mean[idx], std[idx], latent_scale, generator)
         z, target = masked_conditions(model, tokens, labels[idx], mask_ratio, generator)
         zs.append(z)
         targets.append(target)
@@ -366,9 +369,10 @@ def cached_conditions(model: torch.nn.Module, mean: torch.Tensor, std: torch.Ten
 
 def refine_head(model: torch.nn.Module, conditions: torch.Tensor, targets: torch.Tensor, diffusion: TrainingDiffusion,
                 generator: torch.Generator, steps: int, batch: int = 8192, lr: float = 3e-4, near_from: int = 990,
-                near_share: float = 0.5, near_weight: float = 30.0, log_every: int = 500) -> float:
-    """Train the diffusion head alone, in float32, on conditions of the frozen transformer; half of the
-    timesteps drawn from [near_from, 999] and their loss weighted `near_weight` times. Returns seconds.
+                near_share: float = 0.5, near_weight: float = 30.0, log_every: int = 500) -> dict[str, Any]:
+    """Train the diffusion head alone, in float32, on conditions of the frozen transformer; a share
+    `near_share` of the timesteps drawn from [near_from, 999] and their loss weighted `near_weight` times.
+    Returns what it did (settings and seconds) for the training record.
 
     Why: the sampler's first step (t = 999, sqrt(alpha_bar) ~ 5e-5) multiplies the head's eps error by ~300
     into x_989 (see head_check), so a head must predict eps there to ~1e-3 RMS, far finer than the loss at
@@ -378,8 +382,6 @@ def refine_head(model: torch.nn.Module, conditions: torch.Tensor, targets: torch
     net = model.diffloss.net
     net.train().requires_grad_(True)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    from jobs.train_toy import cosine_schedule
-
     sched = cosine_schedule(opt, steps, warmup=min(50, steps))
     t0, running = time.time(), []
     for step in range(steps):
@@ -396,10 +398,12 @@ def refine_head(model: torch.nn.Module, conditions: torch.Tensor, targets: torch
         running.append(loss.item())
         if (step + 1) % log_every == 0 or step + 1 == steps:
             print(f"head step {step + 1}/{steps} weighted loss {np.mean(running):.4f} "
-                  f"({time.time() - t0:.0f} s, load {_load_average()})", flush=True)
+                  f"({time.time() - t0:.0f} s, load {load_average()})", flush=True)
             running = []
     net.eval().requires_grad_(False)
-    return time.time() - t0
+    return {"steps": steps, "batch": batch, "lr": lr, "near_T_timesteps": [near_from, diffusion.num_steps - 1],
+            "near_T_share": near_share, "near_T_loss_weight": near_weight, "precision": "float32",
+            "token_conditions": len(targets), "seconds": round(time.time() - t0, 1)}
 
 
 def train_mar(opts: dict[str, str]) -> None:
@@ -421,7 +425,7 @@ def train_mar(opts: dict[str, str]) -> None:
     from accel.checkpoints import load_strict, read_checkpoint
     from accel.models.mar import CONFIGS, build_model
     from accel.tokenizers import build_tokenizer
-    from jobs.train_toy import batches, cosine_schedule, init_record, load_init, toy_images, write_weights
+    from jobs.train_toy import batches, init_record, load_init, toy_images, write_weights
 
     torch.set_num_threads(int(opts.get("threads", 2)))
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 20000))
@@ -449,7 +453,7 @@ def train_mar(opts: dict[str, str]) -> None:
     _, hlabels = toy_images(seed + 1, n_held)
     labels, hlabels = torch.from_numpy(labels).long(), torch.from_numpy(hlabels).long()
     g_hold = torch.Generator().manual_seed(seed + 1)
-    held_tokens = _patchify((hmean + hstd * torch.randn(hmean.shape, generator=g_hold)) * latent_scale)
+    held_tokens = posterior_tokens(hmean, hstd, latent_scale, g_hold)
     encode_seconds = time.time() - t_start
     print(f"mar: latents of {n_train} images ready ({encode_seconds:.0f} s); latent scale {latent_scale:.4f}", flush=True)
 
@@ -471,10 +475,10 @@ def train_mar(opts: dict[str, str]) -> None:
     g = torch.Generator().manual_seed(seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"mar: {MODEL} {n_params} parameters, {steps} steps of {batch}, diffusion batch x{batch_mul}, "
-          f"threads {torch.get_num_threads()}, load average {_load_average()}", flush=True)
+          f"threads {torch.get_num_threads()}, load average {load_average()}", flush=True)
     t0, running = time.time(), []
     for step, idx in enumerate(batches(n_train, batch, steps, seed)):
-        tokens = _patchify((mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * latent_scale)
+        tokens = posterior_tokens(mean[idx], std[idx], latent_scale, g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = mar_loss(model, tokens, labels[idx], diffusion, mask_ratio, g, batch_mul)
         opt.zero_grad(set_to_none=True)
@@ -491,7 +495,7 @@ def train_mar(opts: dict[str, str]) -> None:
             load.sample()
         if (step + 1) % 100 == 0 or step + 1 == steps:
             print(f"step {step + 1}/{steps} loss {np.mean(running):.4f} lr {sched.get_last_lr()[0]:.2e} "
-                  f"({time.time() - t0:.0f} s, load {_load_average()})", flush=True)
+                  f"({time.time() - t0:.0f} s, load {load_average()})", flush=True)
             running = []
     train_seconds = time.time() - t0
     model.eval().requires_grad_(False)
@@ -518,13 +522,11 @@ def train_mar(opts: dict[str, str]) -> None:
         head_images = int(opts.get("head_images", 3000))
         conditions, targets = cached_conditions(model, mean, std, labels, latent_scale, head_images, g_head)
         head_batch, head_lr = int(opts.get("head_batch", 8192)), float(opts.get("head_lr", 3e-4))
-        head_seconds = refine_head(model, conditions, targets, diffusion, g_head, head_steps, head_batch, head_lr)
+        refined = refine_head(model, conditions, targets, diffusion, g_head, head_steps, head_batch, head_lr)
         loss_refined = held_out_loss(model, held_tokens, hlabels, diffusion, mask_ratio, seed + 2)
         print(f"held-out loss after head refinement {loss_refined:.4f}", flush=True)
-        head_refinement = {"steps": head_steps, "batch": head_batch, "lr": head_lr, "images": head_images,
-                           "token_conditions": len(targets), "near_T": "half of the timesteps from [990, 999], "
-                           "their loss x30", "precision": "float32", "seconds": round(head_seconds, 1),
-                           "held_out_loss_after": round(loss_refined, 4), "head_check_before": before}
+        head_refinement = {**refined, "images": head_images, "held_out_loss_after": round(loss_refined, 4),
+                           "head_check_before": before}
     check = head_check(model, held_tokens[:64], hlabels[:64], diffusion, seed + 3)
     print(f"head check: eps MSE at t {check['eps_mse_at_t']}; the 100-step chain from held-out conditions gives "
           f"tokens of RMS {check['chain_token_rms']:.3g} (real {check['target_token_rms']:.3g}), RMS error "

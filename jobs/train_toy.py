@@ -10,8 +10,8 @@ a JSON record of its training config and data-set seed into accel/toy/weights/ (
 from __future__ import annotations
 
 import importlib
-import os
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,6 +59,11 @@ def half_precision(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
 
 
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15-minute load averages, rounded (records and progress lines)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 class LoadMonitor:
     """The machine's 1-minute load average, sampled while training runs (other jobs share this CPU)."""
 
@@ -72,7 +77,7 @@ class LoadMonitor:
         s = self.samples or [os.getloadavg()[0]]
         return {"cpu_count": os.cpu_count(), "load_avg_1min_mean": round(float(np.mean(s)), 2),
                 "load_avg_1min_max": round(float(np.max(s)), 2),
-                "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
+                "load_avg_at_end": load_average()}
 
 
 def write_weights(module: torch.nn.Module | dict[str, torch.Tensor], name: str, record: dict[str, Any], out_dir: Path,
@@ -80,7 +85,7 @@ def write_weights(module: torch.nn.Module | dict[str, torch.Tensor], name: str, 
     """<name>.safetensors (safetensors metadata: the name plus `metadata`) and <name>.json (the record, plus
     the machine it ran on)."""
     record = {**record, "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}}
+                                    "load_average_at_end": load_average()}}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.safetensors"
     save_safetensors(module, path, metadata={"name": name, **(metadata or {})})

@@ -39,24 +39,10 @@ SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(
 # -- checks -----------------------------------------------------------------------------------
 
 def model_info(name: str) -> tuple[int | None, bool]:
-    """(number of classes, takes prompts) of a model from its family's CONFIGS, without building it."""
-    import importlib
+    """(number of classes, takes prompts) of a model from its family's config, without building it."""
+    from accel.models import conditions_of
 
-    from accel.models import family_of
-
-    family = family_of(name)  # ArgenError naming the known models
-    conf = importlib.import_module(f"accel.models.{family}").CONFIGS[name]
-    get = conf.get if isinstance(conf, dict) else (lambda k, d=None: getattr(conf, k, d))
-    takes_prompts = bool(get("takes_prompts", False))
-    if takes_prompts:
-        return None, True
-    # each family keeps the upstream name: VAR num_classes, MAR class_num, LlamaGen ModelArgs.num_classes
-    n = get("num_classes", None)
-    if n is None:
-        n = get("class_num", None)
-    if n is None and get("args", None) is not None:
-        n = getattr(get("args"), "num_classes", None)
-    return (int(n) if n is not None else None), False
+    return conditions_of(name)  # ArgenError naming the known models for an unknown name
 
 
 def _int_at_least(value: Any, name: str, low: int, hint: str) -> int:

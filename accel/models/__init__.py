@@ -1,7 +1,8 @@
 """Generator networks, one file per family, in the official state_dict layout.
 
 Each family module exposes `CONFIGS` (model name -> config), `build_model(name)` (the network alone,
-buildable under torch.device("meta")) and `make_generator(name, accel=..., ...)`.
+buildable under torch.device("meta")), `conditions_of(name)` (number of classes, takes prompts) and
+`make_generator(name, accel=..., ...)`.
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def family_of(name: str) -> str:
             if e.name != f"accel.models.{family}":
                 raise
     raise ArgenError(f"unknown model {name!r}; known models: {', '.join(known_model_names())}")
+
+
+def conditions_of(name: str) -> tuple[int | None, bool]:
+    """(number of classes, takes prompts) from the model's config, without building it: (None, True) for a
+    text-to-image model, (n, False) for a class-conditional one."""
+    return _family_module(family_of(name)).conditions_of(name)
 
 
 def build_model(name: str) -> torch.nn.Module:

@@ -485,6 +485,12 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     return out.flatten(3).type_as(x)
 
 
+def conditions_of(name: str) -> tuple[int | None, bool]:
+    """(ModelArgs.num_classes, False) for c2i models, (None, True) for t2i ones."""
+    cfg = CONFIGS[name]
+    return (None, True) if cfg.takes_prompts else (cfg.args.num_classes, False)
+
+
 def build_model(name: str) -> Transformer:
     """The network with the official keys and shapes; no init work (fine under torch.device('meta'))."""
     return Transformer(get_config(name).args)

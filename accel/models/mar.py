@@ -441,6 +441,11 @@ class MAR(nn.Module):
         return self.unpatchify(tokens)
 
 
+def conditions_of(name: str) -> tuple[int | None, bool]:
+    """MAR is class-conditional; upstream calls the class count `class_num`."""
+    return int(CONFIGS[name]["class_num"]), False
+
+
 def build_model(name: str) -> MAR:
     if name not in CONFIGS:
         raise ArgenError(f"unknown MAR model {name!r}; known: {sorted(CONFIGS)}")

@@ -390,6 +390,11 @@ def _config(name: str) -> VARConfig:
     return CONFIGS[name]
 
 
+def conditions_of(name: str) -> tuple[int | None, bool]:
+    """VAR is class-conditional: (num_classes, False)."""
+    return CONFIGS[name].num_classes, False
+
+
 def build_model(name: str) -> VAR:
     """The network with the official keys and shapes, uninitialised parameters (use under meta)."""
     return VAR(_config(name))

@@ -126,20 +126,33 @@ def _row(family: str, method: str, setting: str, q: dict[str, Any], base: dict[s
             **{k: v for k, v in q.items() if k not in ("fid", "class_consistency", "samples")}}
 
 
+def warm_generators(model: str, settings: list[dict[str, Any]], device: str = "cpu") -> list[Any]:
+    """One generator of `model` per set of options (an "accel" key picks the acceleration, default none),
+    each called once so that first-call work (allocations, LANTERN's neighbour tables) is not timed."""
+    from accel.api import load_generator
+
+    gens = [load_generator(model, device=device, **{"accel": "none", **options}) for options in settings]
+    for gen in gens:
+        gen.generate([0], seeds=[0])
+    return gens
+
+
+def option_sweep(model: str, settings: list[dict[str, Any]], n: int, batch_size: int = 50,
+                 seed_offset: int = 2_000_000) -> list[dict[str, Any]]:
+    """Toy quality and speed of `model` under each set of generator options, on the same samples and seeds
+    (by default seeds that the table and the guards do not use): how toy sampling defaults and acceleration
+    settings are chosen."""
+    return toy_quality_interleaved(warm_generators(model, settings), n, batch_size, seed_offset)
+
+
 def settings_rows(family: str, model: str, settings: list[tuple[str, str, dict[str, Any]]], n: int,
                   batch_size: int = 250) -> list[dict[str, Any]]:
     """`model` with accel=none (the baseline) and each (method, setting, options), measured on the same n
-    samples and seeds, batch by batch in turn."""
-    from accel.api import load_generator
-
-    gens = [load_generator(model, device="cpu")]
-    gens += [load_generator(model, accel=method, device="cpu", **options) for method, _, options in settings]
-    for gen in gens:  # first-call allocations, not timed
-        gen.generate([0], seeds=[0])
-    results = toy_quality_interleaved(gens, n, batch_size)
-    base = results[0]
+    samples and seeds (i), batch by batch in turn (`option_sweep`)."""
+    options = [{}] + [{"accel": method, **opts} for method, _, opts in settings]
+    base, *results = option_sweep(model, options, n, batch_size, seed_offset=0)
     rows = [_row(family, "none", "baseline", base, base)]
-    rows += [_row(family, method, setting, q, base) for (method, setting, _), q in zip(settings, results[1:])]
+    rows += [_row(family, method, setting, q, base) for (method, setting, _), q in zip(settings, results)]
     return rows
 
 
@@ -202,19 +215,6 @@ def _parse_sweep(text: str) -> list[dict[str, Any]]:
                 options[key.strip()] = value.strip()
         settings.append(options)
     return settings
-
-
-def option_sweep(model: str, settings: list[dict[str, Any]], n: int, batch_size: int = 50,
-                 seed_offset: int = 2_000_000) -> list[dict[str, Any]]:
-    """Toy quality and speed of `model` under each set of generator options (an "accel" key picks the
-    acceleration, default none), on the same samples and seeds (by default seeds that the table and the
-    guards do not use): how toy sampling defaults and acceleration settings are chosen."""
-    from accel.api import load_generator
-
-    gens = [load_generator(model, device="cpu", **{"accel": "none", **options}) for options in settings]
-    for gen in gens:  # first-call allocations, not timed
-        gen.generate([0], seeds=[0])
-    return toy_quality_interleaved(gens, n, batch_size, seed_offset)
 
 
 def run(overrides: dict[str, str]) -> None:

@@ -49,17 +49,14 @@ def table_rows(n: int, batch_size: int = 100, methods: list[tuple[str, str, str,
                device: str = "cpu") -> list[dict]:
     """One dict per method (keys: family, method, setting, fid, class_consistency, wall_clock_ratio,
     flops_ratio, plus counters); the first is plain AR, the baseline of the ratios."""
-    from accel.api import load_generator
-    from jobs.benches.toy import toy_quality_interleaved
+    from jobs.benches.toy import toy_quality_interleaved, warm_generators
 
     methods = list(METHODS if methods is None else methods)
     if not methods or methods[0][2] != "none":
         raise ValueError(f"the first method must be plain AR (accel='none'), the baseline; got {methods[:1]}")
     if n < 10:
         raise ValueError(f"n={n}: pass at least 10 samples (one per class)")
-    gens = [load_generator(MODEL, accel=a, device=device, **o) for _, _, a, o in methods]
-    for g in gens:  # warm-up (LANTERN's neighbour tables, first-call allocations): not timed
-        g.generate([0], seeds=[0])
+    gens = warm_generators(MODEL, [{"accel": a, **o} for _, _, a, o in methods], device)
     results = toy_quality_interleaved(gens, n, batch_size)
     base = results[0]
     load = os.getloadavg()[0]
