@@ -223,3 +223,17 @@ def test_bench_toy_sampling_sweep_compares_options_on_the_same_seeds(capsys):
     flops_ratio = [float(r.split("|")[7].strip().rstrip("x")) for r in rows]
     assert fid[0] == fid[1] != fid[2] and fid[3] != fid[0], rows
     assert flops_ratio[:3] == [1.0, 1.0, 1.0] and flops_ratio[3] > 1.3, rows  # FastVAR defaults: 1.73x
+
+
+def test_table_rows_end_with_the_seed_noise_row():
+    """Every family's table ends with its baseline on other seeds: same sampler and cost, other samples, so its
+    FID change is the seed noise the other rows' changes must exceed."""
+    from jobs.benches.toy import SEED_NOISE_SETTING, settings_rows, toy_quality_interleaved
+
+    rows = settings_rows("VAR", "var_toy", [("fastvar", "defaults", {})], n=20, batch_size=10)
+    assert [r["setting"] for r in rows] == ["baseline", "defaults", SEED_NOISE_SETTING]
+    base, fast, noise = rows
+    assert base["fid_change"] == 0.0 and noise["flops_ratio"] == 1.0 and fast["flops_ratio"] > 1.3
+    assert noise["fid"] != base["fid"]  # other seeds, other samples
+    with pytest.raises(ValueError, match="2 seed offsets for 1 generators"):
+        toy_quality_interleaved([object()], 10, 10, seed_offset=[0, 1])

@@ -76,9 +76,14 @@ def toy_quality(gen: Any, n: int, batch_size: int = 100, seed_offset: int = 0) -
     return toy_quality_interleaved([gen], n, batch_size, seed_offset)[0]
 
 
-def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100, seed_offset: int = 0) -> list[dict[str, Any]]:
+def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
+                            seed_offset: int | list[int] = 0) -> list[dict[str, Any]]:
     """toy_quality for several generators on the same conditions and seeds, batch by batch in turn, so that
-    load from other processes on the machine falls on every generator alike."""
+    load from other processes on the machine falls on every generator alike. A list of seed offsets gives
+    each generator its own seeds (the same generator on other seeds measures the seed noise)."""
+    offsets = [seed_offset] * len(gens) if isinstance(seed_offset, int) else list(seed_offset)
+    if len(offsets) != len(gens):
+        raise ValueError(f"{len(offsets)} seed offsets for {len(gens)} generators; give one per generator")
     images: list[list[np.ndarray]] = [[] for _ in gens]
     seconds, flops = [0.0] * len(gens), [0.0] * len(gens)
     counters: list[dict[str, float]] = [{} for _ in gens]
@@ -86,7 +91,7 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100, seed
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
         for g, gen in enumerate(gens):
-            out = gen.generate([i % gen.num_classes for i in idx], seeds=[i + seed_offset for i in idx])
+            out = gen.generate([i % gen.num_classes for i in idx], seeds=[i + offsets[g] for i in idx])
             images[g].append(out.images)
             seconds[g] += out.stats["seconds"]
             flops[g] += out.stats["flops"] * len(idx)
@@ -109,9 +114,12 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100, seed
 
 # -- the quality-vs-speed table ------------------------------------------------------------------------
 
+# FastVAR: the 256-px defaults, the same ratios with earlier cache scales (on var_toy the cache scale decides
+# most of the FID cost: docs/BENCHMARKS.md), a more aggressive setting, and upstream's Infinity-style skip.
 VAR_SETTINGS = [
     ("fastvar", "defaults (13: 50%, 16: 75%, cache 10)", {}),
-    ("fastvar", "gentle (13: 25%, 16: 50%)", {"prune_ratios": {13: 0.25, 16: 0.5}}),
+    ("fastvar", "defaults, cache 8", {"prune_ratios": {13: 0.5, 16: 0.75}, "cache_scale": 8}),
+    ("fastvar", "defaults, cache 6", {"prune_ratios": {13: 0.5, 16: 0.75}, "cache_scale": 6}),
     ("fastvar", "aggressive (10: 40%, 13: 60%, 16: 85%, cache 8)",
      {"prune_ratios": {10: 0.4, 13: 0.6, 16: 0.85}, "cache_scale": 8}),
     ("fastvar", "skip last 2 scales (upstream Infinity style)", {"prune_ratios": {}, "skip_last_scales": 2}),
@@ -145,15 +153,22 @@ def option_sweep(model: str, settings: list[dict[str, Any]], n: int, batch_size:
     return toy_quality_interleaved(warm_generators(model, settings), n, batch_size, seed_offset)
 
 
+# Seeds no table, sweep or guard uses: the baseline on OTHER_SEEDS + i is the table's seed-noise row.
+OTHER_SEEDS = 10_000_000
+SEED_NOISE_SETTING = f"baseline on other seeds ({OTHER_SEEDS:,} + i): seed noise"
+
+
 def settings_rows(family: str, model: str, settings: list[tuple[str, str, dict[str, Any]]], n: int,
                   batch_size: int = 250) -> list[dict[str, Any]]:
     """`model` with accel=none (the baseline) and each (method, setting, options), measured on the same n
-    samples and seeds (i), batch by batch in turn (`option_sweep`)."""
-    options = [{}] + [{"accel": method, **opts} for method, _, opts in settings]
-    base, *results = option_sweep(model, options, n, batch_size, seed_offset=0)
+    samples and seeds (i), batch by batch in turn; last, the baseline again on other seeds, whose FID change
+    is what a change of seeds alone does to the FID (and whose wall-clock ratio, the timing noise)."""
+    gens = warm_generators(model, [{}] + [{"accel": method, **opts} for method, _, opts in settings])
+    base, *results, noise = toy_quality_interleaved(gens + gens[:1], n, batch_size,
+                                                    [0] * len(gens) + [OTHER_SEEDS])
     rows = [_row(family, "none", "baseline", base, base)]
     rows += [_row(family, method, setting, q, base) for (method, setting, _), q in zip(settings, results)]
-    return rows
+    return rows + [_row(family, "none", SEED_NOISE_SETTING, noise, base)]
 
 
 def var_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
@@ -163,12 +178,13 @@ def var_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
 
 # LazyMAR: its defaults (upstream's schedule: 5 warm-up steps, refresh every 9, layer 3, slack 15, head refresh
 # every 7 timesteps skipping blocks 1-4), the paper's two caches without the head cache, the head cache alone,
-# and a gentler schedule.
+# a gentler schedule, and the fastest setting measured within +5% FID on mar_toy (docs/BENCHMARKS.md).
 MAR_SETTINGS = [
     ("lazymar", "defaults (token + condition + head cache)", {}),
     ("lazymar", "token + condition cache (paper)", {"head_cache": False}),
     ("lazymar", "head cache only", {"token_cache": False, "condition_cache": False}),
     ("lazymar", "gentle (refresh every 4, head every 3)", {"refresh_interval": 4, "head_refresh_interval": 3}),
+    ("lazymar", "fast (refresh every 16, head every 4)", {"refresh_interval": 16, "head_refresh_interval": 4}),
 ]
 
 
@@ -217,6 +233,15 @@ def _parse_sweep(text: str) -> list[dict[str, Any]]:
     return settings
 
 
+_NOT_COUNTERS = {"family", "method", "setting", "fid", "fid_change", "class_consistency", "wall_clock_ratio",
+                 "flops_ratio", "generate_seconds", "wall_seconds", "flops_per_image"}
+
+
+def _counters(result: dict[str, Any]) -> str:
+    """A row's method counters (target forwards, accepted length, full steps, kept tokens, ...) as k=v."""
+    return ", ".join(f"{k}={v:.3g}" for k, v in result.items() if k not in _NOT_COUNTERS and isinstance(v, float))
+
+
 def run(overrides: dict[str, str]) -> None:
     import importlib
 
@@ -226,14 +251,14 @@ def run(overrides: dict[str, str]) -> None:
         seed_offset = int(overrides.pop("seed_offset", 2_000_000))
         print(f"toy option sweep of {model}: {n} samples per setting (class i mod 10, seed {seed_offset} + i), "
               f"toy FID vs {REFERENCE_SAMPLES} real ToyShapes; ratios against the first setting\n\n"
-              f"| options | toy FID | FID change | class-consistency | s/img | wall-clock ratio | FLOPs ratio |\n"
-              f"|---|---|---|---|---|---|---|")
+              f"| options | toy FID | FID change | class-consistency | s/img | wall-clock ratio | FLOPs ratio | extra |\n"
+              f"|---|---|---|---|---|---|---|---|")
         results = option_sweep(model, settings, n, batch, seed_offset)
         for options, q in zip(settings, results):
             print(f"| {options} | {q['fid']:.2f} | {100 * (q['fid'] / results[0]['fid'] - 1):+.1f}% "
                   f"| {q['class_consistency']:.3f} | {q['generate_seconds'] / n:.3f} "
                   f"| {results[0]['generate_seconds'] / q['generate_seconds']:.2f}x "
-                  f"| {results[0]['flops_per_image'] / q['flops_per_image']:.2f}x |", flush=True)
+                  f"| {results[0]['flops_per_image'] / q['flops_per_image']:.2f}x | {_counters(q)} |", flush=True)
         return
     n = int(overrides.pop("samples", REFERENCE_SAMPLES))
     families = overrides.pop("families", "var,llamagen,mar").split(",")
@@ -243,8 +268,6 @@ def run(overrides: dict[str, str]) -> None:
     print("| family | method | setting | toy FID | FID change | class-consistency | wall-clock ratio "
           "| FLOPs ratio | extra |")
     print("|---|---|---|---|---|---|---|---|---|")
-    known = {"family", "method", "setting", "fid", "fid_change", "class_consistency", "wall_clock_ratio",
-             "flops_ratio", "generate_seconds", "wall_seconds", "flops_per_image"}
     unknown = [f for f in families if f not in FAMILY_ROWS]
     if unknown:
         raise SystemExit(f"argen bench toy: families={','.join(families)}: unknown {unknown}; known: {sorted(FAMILY_ROWS)}")
@@ -256,7 +279,7 @@ def run(overrides: dict[str, str]) -> None:
             continue
         module, _, fn = FAMILY_ROWS[family].partition(":")
         for r in getattr(importlib.import_module(module), fn)(n):
-            extra = ", ".join(f"{k}={v:.3g}" for k, v in r.items() if k not in known and isinstance(v, float))
+            extra = _counters(r)
             print(f"| {r['family']} | {r['method']} | {r['setting']} | {r['fid']:.2f} | {100 * r['fid_change']:+.1f}% "
                   f"| {r['class_consistency']:.3f} | {r['wall_clock_ratio']:.2f}x | {r['flops_ratio']:.2f}x "
                   f"| {extra} |", flush=True)
