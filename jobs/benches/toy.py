@@ -7,7 +7,7 @@ reference statistics are cached on disk, keyed by the classifier's weights.
 
 `argen bench toy` (run()) prints the quality-vs-speed table: for each acceleration and a few settings,
 toy FID, class-consistency, wall-clock ratio and FLOPs ratio against its baseline, in one run with the
-same seeds. `argen bench toy model=... sweep=...` compares sampling options of one toy model instead.
+same seeds, and last the baseline on other seeds (the seed noise of those changes). `argen bench toy model=... sweep=...` compares sampling options of one toy model instead.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ and reports, against plain AR:
   target_forwards_per_image, target_forward_ratio (plain / method), accepted_length (tokens per
   verification step), acceptance_rate, drafter_forwards_per_image, fid_change (fid / plain fid - 1)
 
+The last row is plain AR again on other seeds: the seed noise of fid_change and of the wall-clock ratio.
+
 The sampling settings are the model's defaults (accel.models.llamagen CONFIGS["llamagen_toy"]) for every
 method, so exact speculative decoding samples the same distribution as plain AR.
 
