@@ -28,7 +28,7 @@ from accel.api import ACCEL_NAMES, ArgenError
 from pipeline.plan import Plan, ShardTask, build_plan, diff_settings
 from pipeline.report import write_pictures
 from pipeline.sinks import LocalSink, S3Sink, open_sink, redact_url
-from pipeline.stats import (check_stats, manifest_parquet, shard_of_stats_key, shard_stats_key, summarize, utc_now)
+from pipeline.stats import check_stats, manifest_parquet, shard_of_stats_key, summarize, utc_now
 from pipeline.worker import ShardWorker, WorkerSpec
 
 log = logging.getLogger("argen.pipeline")
@@ -37,13 +37,6 @@ SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(
 
 
 # -- checks -----------------------------------------------------------------------------------
-
-def model_info(name: str) -> tuple[int | None, bool]:
-    """(number of classes, takes prompts) of a model from its family's config, without building it."""
-    from accel.models import conditions_of
-
-    return conditions_of(name)  # ArgenError naming the known models for an unknown name
-
 
 def _int_at_least(value: Any, name: str, low: int, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -313,8 +306,10 @@ class Run:
 
 def prepare(cfg: Any) -> Run:
     """All checks and the output's set-up, before Ray starts; errors here cost seconds."""
+    from accel.models import conditions_of  # imports torch: only when a run is prepared
+
     check_config(cfg)
-    num_classes, takes_prompts = model_info(str(cfg.model.name))
+    num_classes, takes_prompts = conditions_of(str(cfg.model.name))  # ArgenError naming the known models
     plan = build_plan(cfg, num_classes, takes_prompts)
     sink = open_sink(str(cfg.output.uri), cfg.get("storage"))
     sink.preflight()

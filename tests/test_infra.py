@@ -26,7 +26,8 @@ import yaml
 
 from jobs.cli import JOBS
 from jobs.submit import compose
-from pipeline.driver import SECRET_KEY, check_config, model_info
+from accel.models import conditions_of
+from pipeline.driver import SECRET_KEY, check_config
 from pipeline.plan import build_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def check_generate(overrides: list[str]):
     """The overrides compose (every key exists), pass argen's checks and give a plan."""
     cfg = compose("generate", overrides)
     check_config(cfg)
-    build_plan(cfg, *model_info(str(cfg.model.name)))
+    build_plan(cfg, *conditions_of(str(cfg.model.name)))
     return cfg
 
 

@@ -155,15 +155,15 @@ def test_every_class_conditional_model_knows_its_classes():
     import importlib
 
     from accel.api import load_generator
-    from pipeline.driver import model_info
+    from accel.models import conditions_of
 
     for family in ("var", "llamagen", "mar"):
         for name in importlib.import_module(f"accel.models.{family}").CONFIGS:
-            n, takes_prompts = model_info(name)
+            n, takes_prompts = conditions_of(name)
             assert (n is None) == takes_prompts, (name, n, takes_prompts)
             if not takes_prompts:
                 assert n == (10 if name.endswith(("_toy", "_toy_draft")) else 1000), (name, n)
     for name in ("var_toy", "llamagen_toy", "mar_toy"):
-        assert load_generator(name, device="cpu").num_classes == model_info(name)[0] == 10
-    plan = build_plan(cfg(**{"model.name": "mar_base", "data.per_class": 50}), *model_info("mar_base"))
+        assert load_generator(name, device="cpu").num_classes == conditions_of(name)[0] == 10
+    plan = build_plan(cfg(**{"model.name": "mar_base", "data.per_class": 50}), *conditions_of("mar_base"))
     assert plan.num_samples == 50_000 and set(plan.conditions) == set(range(1000))

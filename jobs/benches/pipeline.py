@@ -39,7 +39,7 @@ def bare_generator(cfg: Any, images: int) -> dict[str, float]:
     import torch
 
     from accel.api import load_generator
-    from pipeline.driver import model_info
+    from accel.models import conditions_of
     from pipeline.plan import build_plan
 
     if float(cfg.ray.gpus_per_worker) == 0:
@@ -48,7 +48,7 @@ def bare_generator(cfg: Any, images: int) -> dict[str, float]:
     gen = load_generator(cfg.model.name, accel=cfg.accel.name, device=cfg.device, checkpoint=cfg.model.checkpoint,
                          tokenizer_checkpoint=cfg.model.tokenizer_checkpoint, random_init=cfg.model.random_init,
                          **opts)
-    plan = build_plan(cfg, *model_info(str(cfg.model.name)))
+    plan = build_plan(cfg, *conditions_of(str(cfg.model.name)))
     bs = int(cfg.batch_size)
     gen.generate(list(plan.conditions[:1]), [0])  # warm-up, as the workers' first batch is not special either
     t0 = time.perf_counter()

@@ -7,7 +7,8 @@ reference statistics are cached on disk, keyed by the classifier's weights.
 
 `argen bench toy` (run()) prints the quality-vs-speed table: for each acceleration and a few settings,
 toy FID, class-consistency, wall-clock ratio and FLOPs ratio against its baseline, in one run with the
-same seeds, and last the baseline on other seeds (the seed noise of those changes). `argen bench toy model=... sweep=...` compares sampling options of one toy model instead.
+same seeds, and last the baseline on other seeds (the seed noise of those changes). `argen bench toy
+model=... sweep=...` compares sampling options of one toy model instead.
 """
 from __future__ import annotations
 
@@ -145,27 +146,33 @@ def warm_generators(model: str, settings: list[dict[str, Any]], device: str = "c
     return gens
 
 
+# Seeds of the sweeps (so sampling defaults are not chosen on the table's or the guards' seeds), and seeds
+# nothing else uses: the baseline on OTHER_SEEDS + i is the tables' seed-noise row.
+SWEEP_SEEDS = 2_000_000
+OTHER_SEEDS = 10_000_000
+SEED_NOISE_SETTING = f"baseline on other seeds ({OTHER_SEEDS:,} + i): seed noise"
+
+
 def option_sweep(model: str, settings: list[dict[str, Any]], n: int, batch_size: int = 50,
-                 seed_offset: int = 2_000_000) -> list[dict[str, Any]]:
+                 seed_offset: int = SWEEP_SEEDS) -> list[dict[str, Any]]:
     """Toy quality and speed of `model` under each set of generator options, on the same samples and seeds
     (by default seeds that the table and the guards do not use): how toy sampling defaults and acceleration
     settings are chosen."""
     return toy_quality_interleaved(warm_generators(model, settings), n, batch_size, seed_offset)
 
 
-# Seeds no table, sweep or guard uses: the baseline on OTHER_SEEDS + i is the table's seed-noise row.
-OTHER_SEEDS = 10_000_000
-SEED_NOISE_SETTING = f"baseline on other seeds ({OTHER_SEEDS:,} + i): seed noise"
+def toy_quality_with_seed_noise(gens: list[Any], n: int, batch_size: int) -> list[dict[str, Any]]:
+    """toy_quality_interleaved of `gens` on seeds i, then gens[0] (the baseline) again on OTHER_SEEDS + i: its
+    FID change is what a change of seeds alone does to the FID, its wall-clock ratio the timing noise."""
+    return toy_quality_interleaved(gens + gens[:1], n, batch_size, [0] * len(gens) + [OTHER_SEEDS])
 
 
 def settings_rows(family: str, model: str, settings: list[tuple[str, str, dict[str, Any]]], n: int,
                   batch_size: int = 250) -> list[dict[str, Any]]:
     """`model` with accel=none (the baseline) and each (method, setting, options), measured on the same n
-    samples and seeds (i), batch by batch in turn; last, the baseline again on other seeds, whose FID change
-    is what a change of seeds alone does to the FID (and whose wall-clock ratio, the timing noise)."""
+    samples and seeds (i), batch by batch in turn; last, the seed-noise row (toy_quality_with_seed_noise)."""
     gens = warm_generators(model, [{}] + [{"accel": method, **opts} for method, _, opts in settings])
-    base, *results, noise = toy_quality_interleaved(gens + gens[:1], n, batch_size,
-                                                    [0] * len(gens) + [OTHER_SEEDS])
+    base, *results, noise = toy_quality_with_seed_noise(gens, n, batch_size)
     rows = [_row(family, "none", "baseline", base, base)]
     rows += [_row(family, method, setting, q, base) for (method, setting, _), q in zip(settings, results)]
     return rows + [_row(family, "none", SEED_NOISE_SETTING, noise, base)]
@@ -248,7 +255,7 @@ def run(overrides: dict[str, str]) -> None:
     if "sweep" in overrides:  # argen bench toy model=mar_toy sweep="temperature=0.8,cfg=3.0;..." samples=250
         model, settings = overrides.pop("model", "mar_toy"), _parse_sweep(overrides.pop("sweep"))
         n, batch = int(overrides.pop("samples", 250)), int(overrides.pop("batch", 50))
-        seed_offset = int(overrides.pop("seed_offset", 2_000_000))
+        seed_offset = int(overrides.pop("seed_offset", SWEEP_SEEDS))
         print(f"toy option sweep of {model}: {n} samples per setting (class i mod 10, seed {seed_offset} + i), "
               f"toy FID vs {REFERENCE_SAMPLES} real ToyShapes; ratios against the first setting\n\n"
               f"| options | toy FID | FID change | class-consistency | s/img | wall-clock ratio | FLOPs ratio | extra |\n"

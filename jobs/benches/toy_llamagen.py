@@ -54,7 +54,7 @@ def table_rows(n: int, batch_size: int = 100, methods: list[tuple[str, str, str,
                device: str = "cpu") -> list[dict]:
     """One dict per method (keys: family, method, setting, fid, class_consistency, wall_clock_ratio,
     flops_ratio, plus counters); the first is plain AR, the baseline of the ratios."""
-    from jobs.benches.toy import OTHER_SEEDS, SEED_NOISE_SETTING, toy_quality_interleaved, warm_generators
+    from jobs.benches.toy import SEED_NOISE_SETTING, toy_quality_with_seed_noise, warm_generators
 
     methods = list(METHODS if methods is None else methods)
     if not methods or methods[0][2] != "none":
@@ -62,8 +62,7 @@ def table_rows(n: int, batch_size: int = 100, methods: list[tuple[str, str, str,
     if n < 10:
         raise ValueError(f"n={n}: pass at least 10 samples (one per class)")
     gens = warm_generators(MODEL, [{"accel": a, **o} for _, _, a, o in methods], device)
-    # last, plain AR again on other seeds: the seed noise of the FID change and of the timing
-    results = toy_quality_interleaved(gens + gens[:1], n, batch_size, [0] * len(gens) + [OTHER_SEEDS])
+    results = toy_quality_with_seed_noise(gens, n, batch_size)  # last: plain AR on other seeds
     methods.append(("none", SEED_NOISE_SETTING, "none", {}))
     base = results[0]
     load = os.getloadavg()[0]
