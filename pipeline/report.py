@@ -49,13 +49,25 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], cell: int = 64, pad: int
     return buf.getvalue()
 
 
+def rows_are_full(samples: Sequence[dict[str, Any]], per_row: int, max_rows: int) -> bool:
+    """Whether pick_samples would fill max_rows rows of per_row images from these samples."""
+    if any("cls" not in s for s in samples):
+        return len(samples) >= per_row * max_rows
+    counts: dict[Any, int] = {}
+    for s in samples:
+        counts[s["cls"]] = counts.get(s["cls"], 0) + 1
+    first = sorted(counts)[:max_rows]  # the classes pick_samples shows
+    return len(first) == max_rows and all(counts[k] >= per_row for k in first)
+
+
 def write_pictures(sink: Any, committed_shards: Sequence[int], report: dict[str, Any], per_row: int = 8,
-                   max_rows: int = 10, max_shards: int = 3) -> None:
-    """contact_sheet.png from the first committed shards, then report.html."""
+                   max_rows: int = 10, max_shards: int = 16) -> None:
+    """contact_sheet.png from the first committed shards (as many as fill the rows, at most max_shards: small
+    shards hold only a few samples of each class), then report.html."""
     samples: list[dict[str, Any]] = []
     for shard in sorted(committed_shards)[:max_shards]:
         samples.extend(read_shard(sink.read(shard_tar_key(shard))))
-        if len({s.get("cls") for s in samples}) >= max_rows and len(samples) >= per_row * max_rows:
+        if rows_are_full(samples, per_row, max_rows):
             break
     rows = pick_samples(samples, per_row, max_rows)
     if rows:

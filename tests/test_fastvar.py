@@ -121,3 +121,39 @@ def test_512_schedule_defaults():
 def test_bad_fastvar_options(options, match):
     with pytest.raises(ArgenError, match=match):
         load_generator("var_tiny", accel="fastvar", device="cpu", random_init=True, **options)
+
+
+def test_cache_bench_restores_what_fastvar_computes_at_its_first_pruned_sublayer(monkeypatch):
+    """jobs/benches/fastvar_cache restores dropped tokens from the baseline's records; at the first pruned
+    sub-layer (block 0's attention at scale 13) FastVAR's input is still the baseline's, so the two must
+    agree on the dropped tokens (the kept ones differ: FastVAR's attend to the kept tokens of the scale only)."""
+    from accel.methods import fastvar
+    from jobs.benches.fastvar_cache import BranchRecorder, restoration_errors, restore_dropped
+
+    seen = {}
+    real_branch = fastvar.BlockTokens.branch
+
+    def spy(self, name, x, fn):
+        out = real_branch(self, name, x, fn)
+        if self.scale.keep is not None:
+            seen.setdefault((self.scale.pn, self.block_idx, name), out)
+        return out
+
+    monkeypatch.setattr(fastvar.BlockTokens, "branch", spy)
+    labels, gens = torch.tensor([4, 9]), lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]
+    fast = load_generator("var_tiny", accel="fastvar", device="cpu", random_init=True, cache_scale=8)
+    fast.model.autoregressive_infer_cfg(fast.vae.quantize, labels, gens(), token_hooks=fast.method.start(4))
+    base = load_generator("var_tiny", device="cpu", random_init=True)
+    rec = BranchRecorder()
+    base.model.autoregressive_infer_cfg(base.vae.quantize, labels, gens(), token_hooks=rec.start(4))
+    x, full = rec.records[(13, 0, "attn")]
+    restored, dropped = restore_dropped(full, x, 169 - 84, rec.records[(8, 0, "attn")][1], 8, 13)
+    assert dropped.sum(1).tolist() == [84] * 4
+    torch.testing.assert_close(restored[dropped], seen[(13, 0, "attn")][dropped])
+    torch.testing.assert_close(restored[~dropped], full[~dropped])
+    assert not torch.allclose(restored[dropped], full[dropped], atol=1e-3)  # restoring is not the full computation
+    errors = restoration_errors(rec.records, {13: 0.5}, [8, 10])
+    assert set(errors) == {(13, c, i, b) for c in (8, 10) for i in range(4) for b in ("attn", "ffn")}
+    err, energy, stream = errors[(13, 8, 0, "attn")]
+    assert err == pytest.approx((restored - full).square().sum().item(), rel=1e-5)
+    assert 0 < err and 0 < energy and 0 < stream

@@ -40,3 +40,22 @@ def test_report_html_escapes_and_links_the_sheet():
     page = report_html({"images": 40, "model": "<b>x</b>", "eval": {"fid": 1.5}}, has_sheet=True)
     assert "contact_sheet.png" in page and "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
     assert "contact_sheet.png" not in report_html({"images": 1}, has_sheet=False)
+
+
+def test_sheet_reads_small_shards_until_every_row_is_full(tmp_path):
+    """Shards of 10 samples (one per class) fill 8 per row only after 8 shards; the sheet reads them."""
+    from pipeline.report import SHEET_KEY, write_pictures
+    from pipeline.shards import ShardTarWriter
+    from pipeline.sinks import LocalSink
+    from pipeline.stats import shard_tar_key
+
+    sink = LocalSink(str(tmp_path))
+    for shard in range(12):
+        writer = ShardTarWriter()
+        for c in range(10):
+            writer.add(f"{shard:05d}{c:02d}", np.full((8, 8, 3), 20 * c + shard, np.uint8), {"condition": c})
+        sink.write(shard_tar_key(shard), writer.finish())
+    write_pictures(sink, list(range(12)), {"images": 120}, per_row=8, max_rows=10)
+    sheet = np.asarray(Image.open(io.BytesIO(sink.read(SHEET_KEY))))
+    assert sheet.shape[:2] == (10 * 66 + 2, 8 * 66 + 2)  # 10 full rows of 8 cells of 64 + 2 px padding
+    assert sheet[2 + 9 * 66, 2 + 7 * 66, 0] == 20 * 9 + 7  # class 9's eighth image comes from shard 7

@@ -237,3 +237,27 @@ def test_table_rows_end_with_the_seed_noise_row():
     assert noise["fid"] != base["fid"]  # other seeds, other samples
     with pytest.raises(ValueError, match="2 seed offsets for 1 generators"):
         toy_quality_interleaved([object()], 10, 10, seed_offset=[0, 1])
+
+
+def test_interrupted_toy_bench_goes_on_from_its_state(tmp_path):
+    """state=DIR keeps finished batches; a second run generates only the missing ones and scores the same
+    images, and a state written by another run is refused."""
+    from accel.api import ArgenError
+    from jobs.benches.toy import toy_quality_interleaved, warm_generators
+
+    settings = [{}, {"accel": "fastvar"}]
+    gens = warm_generators("var_toy", settings)
+    first = toy_quality_interleaved(gens, 20, 10, state_dir=tmp_path, settings=settings)
+    assert sorted(p.name for p in tmp_path.glob("batch_*.npz")) == ["batch_00000000.npz", "batch_00000010.npz"]
+    (tmp_path / "batch_00000010.npz").unlink()  # as if the run had stopped after its first batch
+    calls = []
+    for g in gens:
+        real = g.generate
+        g.generate = lambda conds, seeds, real=real: calls.append(list(seeds)) or real(conds, seeds=seeds)
+    again = toy_quality_interleaved(gens, 20, 10, state_dir=tmp_path, settings=settings)
+    assert calls == [list(range(10, 20))] * 2  # only the missing batch, once per generator
+    assert [r["fid"] for r in again] == [r["fid"] for r in first]
+    assert [r["class_consistency"] for r in again] == [r["class_consistency"] for r in first]
+    assert [r["flops_per_image"] for r in again] == [r["flops_per_image"] for r in first]
+    with pytest.raises(ArgenError, match="n, settings"):
+        toy_quality_interleaved(gens, 30, 10, state_dir=tmp_path, settings=[{}, {"accel": "fastvar", "cache_scale": 8}])

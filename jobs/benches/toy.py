@@ -8,17 +8,22 @@ reference statistics are cached on disk, keyed by the classifier's weights.
 `argen bench toy` (run()) prints the quality-vs-speed table: for each acceleration and a few settings,
 toy FID, class-consistency, wall-clock ratio and FLOPs ratio against its baseline, in one run with the
 same seeds, and last the baseline on other seeds (the seed noise of those changes). `argen bench toy
-model=... sweep=...` compares sampling options of one toy model instead.
+model=... sweep=...` compares sampling options of one toy model instead. With `state=DIR` either keeps
+its finished batches in DIR and, run again after a stop, goes on from them (MAR's rows at 10,000 samples
+take longer than one sitting on a 2-core CPU).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from accel.api import ArgenError
 from accel.checkpoints import CACHE_DIR, load_strict, read_checkpoint
 from pipeline.metrics import FeatureStats, fid_from_stats
 
@@ -78,26 +83,41 @@ def toy_quality(gen: Any, n: int, batch_size: int = 100, seed_offset: int = 0) -
 
 
 def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
-                            seed_offset: int | list[int] = 0) -> list[dict[str, Any]]:
+                            seed_offset: int | list[int] = 0, state_dir: str | Path | None = None,
+                            settings: list[Any] | None = None) -> list[dict[str, Any]]:
     """toy_quality for several generators on the same conditions and seeds, batch by batch in turn, so that
     load from other processes on the machine falls on every generator alike. A list of seed offsets gives
-    each generator its own seeds (the same generator on other seeds measures the seed noise)."""
+    each generator its own seeds (the same generator on other seeds measures the seed noise).
+
+    state_dir: keep every finished batch there (its images, seconds, FLOPs and counters per generator), and
+    take the batches already there instead of generating them again, so a run of hours that stops goes on
+    where it stopped when run again. `settings` (JSON-able, one per generator: their options) is recorded
+    with n, the batch size, the seeds and the models, and a state written for other ones is refused."""
     offsets = [seed_offset] * len(gens) if isinstance(seed_offset, int) else list(seed_offset)
     if len(offsets) != len(gens):
         raise ValueError(f"{len(offsets)} seed offsets for {len(gens)} generators; give one per generator")
+    state = _BatchState(state_dir, {"n": n, "batch_size": batch_size, "seed_offsets": offsets, "settings": settings,
+                                    "generators": [[g.name, g.accel] for g in gens]}) if state_dir else None
     images: list[list[np.ndarray]] = [[] for _ in gens]
     seconds, flops = [0.0] * len(gens), [0.0] * len(gens)
     counters: list[dict[str, float]] = [{} for _ in gens]
     t0 = time.perf_counter()
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        for g, gen in enumerate(gens):
-            out = gen.generate([i % gen.num_classes for i in idx], seeds=[i + offsets[g] for i in idx])
-            images[g].append(out.images)
-            seconds[g] += out.stats["seconds"]
-            flops[g] += out.stats["flops"] * len(idx)
-            for k, v in out.stats.items():
-                if isinstance(v, (int, float)) and k not in ("seconds", "images") and not k.startswith("flops"):
+        done = state.load(start) if state else None
+        if done is None:
+            done = []
+            for g, gen in enumerate(gens):
+                out = gen.generate([i % gen.num_classes for i in idx], seeds=[i + offsets[g] for i in idx])
+                done.append((out.images, {k: v for k, v in out.stats.items() if isinstance(v, (int, float))}))
+            if state:
+                state.save(start, done)
+        for g, (batch_images, stats) in enumerate(done):
+            images[g].append(batch_images)
+            seconds[g] += stats["seconds"]
+            flops[g] += stats["flops"] * len(idx)
+            for k, v in stats.items():
+                if k not in ("seconds", "images") and not k.startswith("flops"):
                     counters[g][k] = counters[g].get(k, 0.0) + float(v) * len(idx)
     wall = time.perf_counter() - t0
     results = []
@@ -111,6 +131,44 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
             "flops_per_image": flops[g] / n, **{k: v / n for k, v in counters[g].items()},
         })
     return results
+
+
+class _BatchState:
+    """Finished batches of toy_quality_interleaved on disk: meta.json (what the run is) and one
+    batch_<start>.npz per batch (images_<g> uint8 and stats_<g> as JSON, per generator)."""
+
+    def __init__(self, state_dir: str | Path, meta: dict[str, Any]):
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = json.loads(json.dumps(meta))  # as it reads back (tuples -> lists, int keys -> str)
+        path = self.dir / "meta.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != meta:
+                changed = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
+                raise ArgenError(f"state={self.dir} holds batches of another run ({', '.join(changed)} differ); "
+                                 f"pass a new state folder, or delete this one to start over")
+        else:
+            path.write_text(json.dumps(meta, indent=1))
+
+    def _path(self, start: int) -> Path:
+        return self.dir / f"batch_{start:08d}.npz"
+
+    def load(self, start: int) -> list[tuple[np.ndarray, dict[str, Any]]] | None:
+        if not self._path(start).exists():
+            return None
+        with np.load(self._path(start)) as f:
+            count = sum(1 for k in f.files if k.startswith("images_"))
+            return [(f[f"images_{g}"], json.loads(str(f[f"stats_{g}"]))) for g in range(count)]
+
+    def save(self, start: int, done: list[tuple[np.ndarray, dict[str, Any]]]) -> None:
+        tmp = self.dir / f".batch_{start:08d}.tmp.npz"
+        arrays = {}
+        for g, (batch_images, stats) in enumerate(done):
+            arrays[f"images_{g}"] = batch_images
+            arrays[f"stats_{g}"] = np.array(json.dumps(stats))
+        np.savez(tmp, **arrays)
+        tmp.replace(self._path(start))  # a batch file is there whole or not at all
 
 
 # -- the quality-vs-speed table ------------------------------------------------------------------------
@@ -154,33 +212,37 @@ SEED_NOISE_SETTING = f"baseline on other seeds ({OTHER_SEEDS:,} + i): seed noise
 
 
 def option_sweep(model: str, settings: list[dict[str, Any]], n: int, batch_size: int = 50,
-                 seed_offset: int = SWEEP_SEEDS) -> list[dict[str, Any]]:
+                 seed_offset: int = SWEEP_SEEDS, state_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Toy quality and speed of `model` under each set of generator options, on the same samples and seeds
     (by default seeds that the table and the guards do not use): how toy sampling defaults and acceleration
     settings are chosen."""
-    return toy_quality_interleaved(warm_generators(model, settings), n, batch_size, seed_offset)
+    return toy_quality_interleaved(warm_generators(model, settings), n, batch_size, seed_offset, state_dir, settings)
 
 
-def toy_quality_with_seed_noise(gens: list[Any], n: int, batch_size: int) -> list[dict[str, Any]]:
+def toy_quality_with_seed_noise(gens: list[Any], n: int, batch_size: int, state_dir: str | Path | None = None,
+                                settings: list[Any] | None = None) -> list[dict[str, Any]]:
     """toy_quality_interleaved of `gens` on seeds i, then gens[0] (the baseline) again on OTHER_SEEDS + i: its
-    FID change is what a change of seeds alone does to the FID, its wall-clock ratio the timing noise."""
-    return toy_quality_interleaved(gens + gens[:1], n, batch_size, [0] * len(gens) + [OTHER_SEEDS])
+    FID change is what a change of seeds alone does to the FID, its wall-clock ratio the timing noise.
+    state_dir, settings (one per generator): as toy_quality_interleaved."""
+    return toy_quality_interleaved(gens + gens[:1], n, batch_size, [0] * len(gens) + [OTHER_SEEDS], state_dir,
+                                   None if settings is None else settings + settings[:1])
 
 
 def settings_rows(family: str, model: str, settings: list[tuple[str, str, dict[str, Any]]], n: int,
-                  batch_size: int = 250) -> list[dict[str, Any]]:
+                  batch_size: int = 250, state_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """`model` with accel=none (the baseline) and each (method, setting, options), measured on the same n
     samples and seeds (i), batch by batch in turn; last, the seed-noise row (toy_quality_with_seed_noise)."""
-    gens = warm_generators(model, [{}] + [{"accel": method, **opts} for method, _, opts in settings])
-    base, *results, noise = toy_quality_with_seed_noise(gens, n, batch_size)
+    options = [{}] + [{"accel": method, **opts} for method, _, opts in settings]
+    base, *results, noise = toy_quality_with_seed_noise(warm_generators(model, options), n, batch_size, state_dir,
+                                                        options)
     rows = [_row(family, "none", "baseline", base, base)]
     rows += [_row(family, method, setting, q, base) for (method, setting, _), q in zip(settings, results)]
     return rows + [_row(family, "none", SEED_NOISE_SETTING, noise, base)]
 
 
-def var_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
+def var_rows(n: int, batch_size: int = 250, state_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """var_toy: accel=none and the FastVAR settings."""
-    return settings_rows("VAR", "var_toy", VAR_SETTINGS, n, batch_size)
+    return settings_rows("VAR", "var_toy", VAR_SETTINGS, n, batch_size, state_dir)
 
 
 # LazyMAR: its defaults (upstream's schedule: 5 warm-up steps, refresh every 9, layer 3, slack 15, head refresh
@@ -195,9 +257,9 @@ MAR_SETTINGS = [
 ]
 
 
-def mar_rows(n: int, batch_size: int = 250) -> list[dict[str, Any]]:
+def mar_rows(n: int, batch_size: int = 250, state_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """mar_toy: accel=none and the LazyMAR settings."""
-    return settings_rows("MAR", "mar_toy", MAR_SETTINGS, n, batch_size)
+    return settings_rows("MAR", "mar_toy", MAR_SETTINGS, n, batch_size, state_dir)
 
 
 FAMILY_ROWS = {"var": "jobs.benches.toy:var_rows", "llamagen": "jobs.benches.toy_llamagen:table_rows",
@@ -256,11 +318,12 @@ def run(overrides: dict[str, str]) -> None:
         model, settings = overrides.pop("model", "mar_toy"), _parse_sweep(overrides.pop("sweep"))
         n, batch = int(overrides.pop("samples", 250)), int(overrides.pop("batch", 50))
         seed_offset = int(overrides.pop("seed_offset", SWEEP_SEEDS))
+        state = overrides.pop("state", None)
         print(f"toy option sweep of {model}: {n} samples per setting (class i mod 10, seed {seed_offset} + i), "
               f"toy FID vs {REFERENCE_SAMPLES} real ToyShapes; ratios against the first setting\n\n"
               f"| options | toy FID | FID change | class-consistency | s/img | wall-clock ratio | FLOPs ratio | extra |\n"
               f"|---|---|---|---|---|---|---|---|")
-        results = option_sweep(model, settings, n, batch, seed_offset)
+        results = option_sweep(model, settings, n, batch, seed_offset, state)
         for options, q in zip(settings, results):
             print(f"| {options} | {q['fid']:.2f} | {100 * (q['fid'] / results[0]['fid'] - 1):+.1f}% "
                   f"| {q['class_consistency']:.3f} | {q['generate_seconds'] / n:.3f} "
@@ -269,6 +332,7 @@ def run(overrides: dict[str, str]) -> None:
         return
     n = int(overrides.pop("samples", REFERENCE_SAMPLES))
     families = overrides.pop("families", "var,llamagen,mar").split(",")
+    state = overrides.pop("state", None)
     print(f"toy FID: {n} samples per row (class i mod 10, seed i) vs {REFERENCE_SAMPLES} real ToyShapes "
           f"(seed {REFERENCE_SEED}), toy-classifier features; ratios against each family's accel=none row, "
           f"same samples and seeds; CPU, torch threads {torch.get_num_threads()}\n")
@@ -285,7 +349,8 @@ def run(overrides: dict[str, str]) -> None:
                   f"| | | | | | |", flush=True)
             continue
         module, _, fn = FAMILY_ROWS[family].partition(":")
-        for r in getattr(importlib.import_module(module), fn)(n):
+        rows = getattr(importlib.import_module(module), fn)(n, state_dir=Path(state) / family if state else None)
+        for r in rows:
             extra = _counters(r)
             print(f"| {r['family']} | {r['method']} | {r['setting']} | {r['fid']:.2f} | {100 * r['fid_change']:+.1f}% "
                   f"| {r['class_consistency']:.3f} | {r['wall_clock_ratio']:.2f}x | {r['flops_ratio']:.2f}x "
