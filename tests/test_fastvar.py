@@ -157,3 +157,16 @@ def test_cache_bench_restores_what_fastvar_computes_at_its_first_pruned_sublayer
     err, energy, stream = errors[(13, 8, 0, "attn")]
     assert err == pytest.approx((restored - full).square().sum().item(), rel=1e-5)
     assert 0 < err and 0 < energy and 0 < stream
+
+
+def test_cache_bench_prints_one_row_per_pruned_and_cache_scale(capsys):
+    from jobs.benches.fastvar_cache import run
+
+    run({"model": "var_toy", "samples": "4", "batch": "4", "cache_scales": "8,10,13"})
+    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.splitlines() if r.startswith("| 1")]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(13, 8), (13, 10), (16, 8), (16, 10), (16, 13)]
+    for r in rows:
+        rel, kl, same = float(r[2]), float(r[6]), float(r[7])
+        assert rel > 0 and kl > 0 and 0 < same < 1  # pruning changes the distribution, not every token
+    with pytest.raises(ArgenError, match=r"scales \[12\] are not in"):
+        run({"model": "var_toy", "samples": "2", "cache_scales": "12"})

@@ -42,23 +42,19 @@ from accel.methods.fastvar import DEFAULTS, pivotal_token_indices
 
 
 class BranchRecorder:
-    """Stands in for a generator's acceleration: computes every sub-layer in full and keeps, per scale
+    """Token hooks for VAR.autoregressive_infer_cfg that compute every sub-layer in full and keep, per scale
     side, block and branch, the sub-layer input x and the branch output (detached, on the CPU)."""
 
     def __init__(self) -> None:
-        self.num_scales: int | None = None
         self.records: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    # the generator calls start(batch_rows) -> run; run.begin_scale(si, pn).block(i).branch(name, x, fn)
     def start(self, batch_rows: int) -> "BranchRecorder":
+        """Forget the previous call's records (the same interface as FastVAR.start)."""
         self.records = {}
         return self
 
     def begin_scale(self, si: int, pn: int) -> "_ScaleRecorder":
         return _ScaleRecorder(self, pn)
-
-    def stats(self) -> dict[str, Any]:
-        return {}
 
 
 class _ScaleRecorder:
