@@ -19,19 +19,62 @@ from pipeline.stats import shard_tar_key
 SHEET_KEY, HTML_KEY = "contact_sheet.png", "report.html"
 
 
+def thumbnail(img: np.ndarray, cell: int) -> np.ndarray:
+    """An image resized to cell x cell (nearest when enlarging, so small images stay sharp)."""
+    tile = Image.fromarray(img)
+    if tile.size != (cell, cell):
+        tile = tile.resize((cell, cell), Image.NEAREST if tile.size[0] < cell else Image.LANCZOS)
+    return np.asarray(tile)
+
+
+class SheetRows:
+    """The sheet's images, picked one sample at a time: per_row of each of the max_rows smallest class ids seen
+    (for prompts: the first per_row x max_rows), decoded and shrunk to cell x cell as they come, so memory
+    stays at one sheet whatever the number and size of the shards read."""
+
+    def __init__(self, per_row: int, max_rows: int, cell: int | None = 64):
+        self.per_row, self.max_rows, self.cell = per_row, max_rows, cell
+        self.by_class: dict[int, list[np.ndarray]] = {}
+        self.in_order: list[np.ndarray] = []
+
+    def _image(self, png: bytes) -> np.ndarray:
+        img = decode_png(png)
+        return img if self.cell is None else thumbnail(img, self.cell)
+
+    def add(self, sample: dict[str, Any]) -> None:
+        label = sample.get("cls")
+        if label is None:  # prompts: plan order
+            if len(self.in_order) < self.per_row * self.max_rows:
+                self.in_order.append(self._image(sample["png"]))
+            return
+        row = self.by_class.get(label)
+        if row is None:
+            if len(self.by_class) >= self.max_rows:
+                largest = max(self.by_class)
+                if label > largest:
+                    return
+                del self.by_class[largest]
+            row = self.by_class[label] = []
+        if len(row) < self.per_row:
+            row.append(self._image(sample["png"]))
+
+    def full(self) -> bool:
+        if self.in_order:
+            return len(self.in_order) >= self.per_row * self.max_rows
+        return len(self.by_class) >= self.max_rows and all(len(r) >= self.per_row for r in self.by_class.values())
+
+    def rows(self) -> list[list[np.ndarray]]:
+        if self.in_order:
+            return [self.in_order[i:i + self.per_row] for i in range(0, len(self.in_order), self.per_row)]
+        return [self.by_class[k] for k in sorted(self.by_class)]
+
+
 def pick_samples(samples: Sequence[dict[str, Any]], per_row: int, max_rows: int) -> list[list[np.ndarray]]:
-    """Rows of decoded images: by class when samples carry a class id, else in order."""
-    rows: dict[Any, list[np.ndarray]] = {}
+    """Rows of decoded images (SheetRows, unresized): by class when samples carry a class id, else in order."""
+    picker = SheetRows(per_row, max_rows, cell=None)
     for s in samples:
-        label = s.get("cls", "all")
-        row = rows.setdefault(label, [])
-        if len(row) < (per_row if label != "all" else per_row * max_rows):
-            row.append(decode_png(s["png"]))
-    ordered = [rows[k] for k in sorted(rows, key=lambda k: (isinstance(k, str), k))][:max_rows]
-    if ordered and ordered[0] is rows.get("all"):  # prompts: cut the one long row into rows
-        flat = ordered[0]
-        ordered = [flat[i:i + per_row] for i in range(0, len(flat), per_row)][:max_rows]
-    return ordered
+        picker.add(s)
+    return picker.rows()
 
 
 def contact_sheet(rows: Sequence[Sequence[np.ndarray]], cell: int = 64, pad: int = 2) -> bytes:
@@ -40,36 +83,23 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], cell: int = 64, pad: int
     sheet = Image.new("RGB", (n_cols * (cell + pad) + pad, len(rows) * (cell + pad) + pad), (255, 255, 255))
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
-            tile = Image.fromarray(img)
-            if tile.size != (cell, cell):
-                tile = tile.resize((cell, cell), Image.NEAREST if tile.size[0] < cell else Image.LANCZOS)
-            sheet.paste(tile, (pad + c * (cell + pad), pad + r * (cell + pad)))
+            sheet.paste(Image.fromarray(thumbnail(img, cell)), (pad + c * (cell + pad), pad + r * (cell + pad)))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def rows_are_full(samples: Sequence[dict[str, Any]], per_row: int, max_rows: int) -> bool:
-    """Whether pick_samples would fill max_rows rows of per_row images from these samples."""
-    if any("cls" not in s for s in samples):
-        return len(samples) >= per_row * max_rows
-    counts: dict[Any, int] = {}
-    for s in samples:
-        counts[s["cls"]] = counts.get(s["cls"], 0) + 1
-    first = sorted(counts)[:max_rows]  # the classes pick_samples shows
-    return len(first) == max_rows and all(counts[k] >= per_row for k in first)
-
-
 def write_pictures(sink: Any, committed_shards: Sequence[int], report: dict[str, Any], per_row: int = 8,
                    max_rows: int = 10, max_shards: int = 16) -> None:
-    """contact_sheet.png from the first committed shards (as many as fill the rows, at most max_shards: small
-    shards hold only a few samples of each class), then report.html."""
-    samples: list[dict[str, Any]] = []
+    """contact_sheet.png from the first committed shards (read one at a time until the rows are full, at most
+    max_shards: small shards hold only a few samples of each class), then report.html."""
+    picker = SheetRows(per_row, max_rows)
     for shard in sorted(committed_shards)[:max_shards]:
-        samples.extend(read_shard(sink.read(shard_tar_key(shard))))
-        if rows_are_full(samples, per_row, max_rows):
+        for sample in read_shard(sink.read(shard_tar_key(shard))):
+            picker.add(sample)
+        if picker.full():
             break
-    rows = pick_samples(samples, per_row, max_rows)
+    rows = picker.rows()
     if rows:
         sink.write(SHEET_KEY, contact_sheet(rows))
     sink.write(HTML_KEY, report_html(report, has_sheet=bool(rows)).encode("utf-8"))

@@ -1,5 +1,4 @@
 """LlamaGen model, VQ-16 tokenizer and the plain (official) sampling loop, on CPU in fp32."""
-import math
 
 import pytest
 import torch
