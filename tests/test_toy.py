@@ -261,3 +261,7 @@ def test_interrupted_toy_bench_goes_on_from_its_state(tmp_path):
     assert [r["flops_per_image"] for r in again] == [r["flops_per_image"] for r in first]
     with pytest.raises(ArgenError, match="n, settings"):
         toy_quality_interleaved(gens, 30, 10, state_dir=tmp_path, settings=[{}, {"accel": "fastvar", "cache_scale": 8}])
+    with torch.no_grad():
+        gens[1].model.head.bias.add_(0.01)  # as if the model had been retrained between the two sittings
+    with pytest.raises(ArgenError, match=r"\(generators differ\)"):
+        toy_quality_interleaved(gens, 20, 10, state_dir=tmp_path, settings=settings)

@@ -97,7 +97,7 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
     if len(offsets) != len(gens):
         raise ValueError(f"{len(offsets)} seed offsets for {len(gens)} generators; give one per generator")
     state = _BatchState(state_dir, {"n": n, "batch_size": batch_size, "seed_offsets": offsets, "settings": settings,
-                                    "generators": [[g.name, g.accel] for g in gens]}) if state_dir else None
+                                    "generators": [[g.name, g.accel, weights_digest(g)] for g in gens]}) if state_dir else None
     images: list[list[np.ndarray]] = [[] for _ in gens]
     seconds, flops = [0.0] * len(gens), [0.0] * len(gens)
     counters: list[dict[str, float]] = [{} for _ in gens]
@@ -131,6 +131,18 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
             "flops_per_image": flops[g] / n, **{k: v / n for k, v in counters[g].items()},
         })
     return results
+
+
+def weights_digest(gen: Any) -> str:
+    """sha256 (16 hex digits) of a generator's model and tokenizer weights: a state of batches made with other
+    weights (a retrained toy model) is not taken for this run's. A drafter is named in the settings only."""
+    h = hashlib.sha256()
+    for module in (gen.model, getattr(gen, "tokenizer", None)):
+        if module is not None:
+            for key, tensor in module.state_dict().items():
+                h.update(key.encode())
+                h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class _BatchState:
