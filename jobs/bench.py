@@ -14,8 +14,8 @@ SUITES = {
     "mar": "jobs.benches.mar",            # accel=none vs lazymar
     "pipeline": "jobs.benches.pipeline",  # bare generator vs the whole pipeline
     "toy": "jobs.benches.toy",            # quality vs speed of every acceleration on the trained toy models
-    "load": "jobs.benches.load",
-    "fastvar_cache": "jobs.benches.fastvar_cache",  # error of FastVAR's restored tokens per cache scale (var_toy)          # 2,000 small shards: shards/s, driver CPU and memory per shard
+    "load": "jobs.benches.load",          # 2,000 small shards: shards/s, driver CPU and memory per shard
+    "fastvar_cache": "jobs.benches.fastvar_cache",  # error of FastVAR's restored tokens per cache scale (var_toy)
 }
 
 

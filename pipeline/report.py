@@ -1,7 +1,8 @@
 """The run's pictures: a contact sheet of generated samples and report.html (totals, quality, the sheet).
 
-The sheet is built from the first committed shards only (classes are interleaved across shards, so
-shard 0 already mixes them): one row per class for class-conditional runs, in plan order for prompts.
+The sheet is built from the first committed shards, read one at a time until its rows are full (classes
+are interleaved across shards, so large shards fill it from shard 0): one row per class (the smallest
+class ids) for class-conditional runs, in plan order for prompts.
 """
 from __future__ import annotations
 
@@ -67,14 +68,6 @@ class SheetRows:
         if self.in_order:
             return [self.in_order[i:i + self.per_row] for i in range(0, len(self.in_order), self.per_row)]
         return [self.by_class[k] for k in sorted(self.by_class)]
-
-
-def pick_samples(samples: Sequence[dict[str, Any]], per_row: int, max_rows: int) -> list[list[np.ndarray]]:
-    """Rows of decoded images (SheetRows, unresized): by class when samples carry a class id, else in order."""
-    picker = SheetRows(per_row, max_rows, cell=None)
-    for s in samples:
-        picker.add(s)
-    return picker.rows()
 
 
 def contact_sheet(rows: Sequence[Sequence[np.ndarray]], cell: int = 64, pad: int = 2) -> bytes:

@@ -6,7 +6,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.report import contact_sheet, pick_samples, report_html
+from pipeline.report import SheetRows, contact_sheet, report_html
 from pipeline.shards import encode_png
 
 
@@ -20,9 +20,16 @@ def _sample(label, value, text=None):
     return s
 
 
+def _rows(samples, per_row, max_rows):
+    picker = SheetRows(per_row, max_rows, cell=None)  # unresized, as decoded
+    for s in samples:
+        picker.add(s)
+    return picker.rows()
+
+
 def test_rows_are_classes_in_order_and_capped():
     samples = [_sample(c, 10 * c + i) for i in range(5) for c in (3, 1, 2)]
-    rows = pick_samples(samples, per_row=4, max_rows=2)
+    rows = _rows(samples, per_row=4, max_rows=2)
     assert len(rows) == 2 and all(len(r) == 4 for r in rows)
     assert [int(r[0][0, 0, 0]) for r in rows] == [10, 20]  # classes 1 then 2; class 3 cut by max_rows
     sheet = Image.open(io.BytesIO(contact_sheet(rows, cell=16, pad=2)))
@@ -31,7 +38,7 @@ def test_rows_are_classes_in_order_and_capped():
 
 
 def test_prompt_samples_fill_rows_in_plan_order():
-    rows = pick_samples([_sample(None, v, text=f"p{v}") for v in range(10)], per_row=4, max_rows=5)
+    rows = _rows([_sample(None, v, text=f"p{v}") for v in range(10)], per_row=4, max_rows=5)
     assert [len(r) for r in rows] == [4, 4, 2]
     assert [int(img[0, 0, 0]) for r in rows for img in r] == list(range(10))
 

@@ -56,6 +56,11 @@ def pivotal_token_indices(x: torch.Tensor, keep: int, shared_cfg_halves: bool) -
     return idx.sort(dim=1).values
 
 
+def kept_count(n: int, ratio: float) -> int:
+    """Tokens a sub-layer computes out of n when the fraction `ratio` is dropped (upstream: n - int(n * ratio))."""
+    return n - int(n * ratio)
+
+
 def restore_from_cache(kept_out: torch.Tensor, idx: torch.Tensor, cached: torch.Tensor, cached_side: int,
                        side: int) -> torch.Tensor:
     """Area-interpolate a cached branch output [rows, s*s, C] to side x side, write the kept outputs over it."""
@@ -154,7 +159,7 @@ class FastVARRun:
         ratio = self.cfg.ratios[si]
         if ratio == 0 and si != self.cfg.cache_si:
             return None
-        keep = pn * pn - int(pn * pn * ratio) if ratio > 0 else None
+        keep = kept_count(pn * pn, ratio) if ratio > 0 else None
         return ScaleTokens(self, si, pn, keep)
 
     def stats(self) -> dict[str, Any]:

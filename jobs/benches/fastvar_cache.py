@@ -35,10 +35,9 @@ import ast
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from accel.api import ArgenError
-from accel.methods.fastvar import DEFAULTS, pivotal_token_indices
+from accel.methods.fastvar import DEFAULTS, kept_count, pivotal_token_indices, restore_from_cache
 
 
 class BranchRecorder:
@@ -79,13 +78,12 @@ def restore_dropped(full_out: torch.Tensor, x: torch.Tensor, keep: int, cached_o
                     cached_side: int, side: int, shared_cfg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """What FastVAR would output for one sub-layer, given the full computation's input x and output
     full_out [rows, side*side, C] and the cache scale's output cached_out [rows, cached_side^2, C]: the kept
-    tokens exact, the rest area-interpolated from the cache. Returns (restored, dropped mask [rows, side^2])."""
-    rows, _, C = cached_out.shape
-    grid = cached_out.view(rows, cached_side, cached_side, C).permute(0, 3, 1, 2)
-    restored = F.interpolate(grid, size=(side, side), mode="area").permute(0, 2, 3, 1).reshape(rows, side * side, C)
+    tokens exact, the rest area-interpolated from the cache (FastVAR's own restore_from_cache). Returns
+    (restored, dropped mask [rows, side^2])."""
     idx = pivotal_token_indices(x, keep, shared_cfg)
-    restored = restored.scatter(1, idx.unsqueeze(-1).expand(-1, -1, C), torch.gather(full_out, 1, idx.unsqueeze(-1).expand(-1, -1, C)))
-    dropped = torch.ones(rows, side * side, dtype=torch.bool).scatter_(1, idx, False)
+    kept_out = torch.gather(full_out, 1, idx.unsqueeze(-1).expand(-1, -1, full_out.shape[-1]))
+    restored = restore_from_cache(kept_out, idx, cached_out, cached_side, side)
+    dropped = torch.ones(idx.shape[0], side * side, dtype=torch.bool).scatter_(1, idx, False)
     return restored, dropped
 
 
@@ -98,7 +96,7 @@ def restoration_errors(records: dict, prune_ratios: dict[int, float], cache_scal
         ratio = prune_ratios.get(pn, 0.0)
         if ratio <= 0:
             continue
-        keep = pn * pn - int(pn * pn * ratio)
+        keep = kept_count(pn * pn, ratio)
         for c in cache_scales:
             if c >= pn or (c, i, name) not in records:
                 continue
