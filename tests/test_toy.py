@@ -265,3 +265,15 @@ def test_interrupted_toy_bench_goes_on_from_its_state(tmp_path):
         gens[1].model.head.bias.add_(0.01)  # as if the model had been retrained between the two sittings
     with pytest.raises(ArgenError, match=r"\(generators differ\)"):
         toy_quality_interleaved(gens, 20, 10, state_dir=tmp_path, settings=settings)
+
+
+def test_toy_bench_weights_digest_covers_the_drafter():
+    """A speculative row's state names its drafter's weights too: a retrained drafter makes other samples."""
+    from jobs.benches.toy import weights_digest, warm_generators
+
+    plain, spec = warm_generators("llamagen_toy", [{}, {"accel": "speculative", "drafter": "llamagen_toy_draft"}])
+    before = weights_digest(spec)
+    assert weights_digest(plain) != before  # same target and tokenizer, plus the drafter
+    with torch.no_grad():
+        next(spec.decoder.drafter.model.parameters()).add_(0.01)
+    assert weights_digest(spec) != before

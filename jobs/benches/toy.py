@@ -134,10 +134,11 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
 
 
 def weights_digest(gen: Any) -> str:
-    """sha256 (16 hex digits) of a generator's model and tokenizer weights: a state of batches made with other
-    weights (a retrained toy model) is not taken for this run's. A drafter is named in the settings only."""
+    """sha256 (16 hex digits) of a generator's model, tokenizer and drafter-model weights: a state of batches
+    made with other weights (a retrained toy model or drafter) is not taken for this run's."""
     h = hashlib.sha256()
-    for module in (gen.model, getattr(gen, "tokenizer", None)):
+    drafter = getattr(getattr(gen, "decoder", None), "drafter", None)  # speculative decoding's ModelDrafter
+    for module in (gen.model, getattr(gen, "tokenizer", None), getattr(drafter, "model", None)):
         if module is not None:
             for key, tensor in module.state_dict().items():
                 h.update(key.encode())
