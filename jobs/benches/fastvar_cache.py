@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from accel.api import ArgenError
-from accel.methods.fastvar import DEFAULTS, kept_count, pivotal_token_indices, restore_from_cache
+from accel.methods.fastvar import DEFAULTS, FastVAR, kept_count, pivotal_token_indices, restore_from_cache
 
 
 class BranchRecorder:
@@ -131,8 +131,9 @@ def measure(model: str, samples: int, batch: int, cache_scales: Sequence[int],
     if bad:
         raise ArgenError(f"scales {bad} are not in {model}'s schedule {patch_nums}; name scales by their side")
     pairs = [(pn, c) for pn in sorted(prune_ratios) if prune_ratios[pn] > 0 for c in cache_scales if c < pn]
-    fast = {(pn, c): load_generator(model, accel="fastvar", device=device, prune_ratios={pn: prune_ratios[pn]},
-                                    cache_scale=c, **sampling) for pn, c in pairs}
+    # one set of weights: each pair is a FastVAR method run on the baseline's model (its hooks are per run)
+    fast = {(pn, c): FastVAR(patch_nums, base.cfg.depth, prune_ratios={pn: prune_ratios[pn]}, cache_scale=c)
+            for pn, c in pairs}
     recorder = BranchRecorder()
     first_order: dict[tuple[int, int, int, str], list[float]] = {}
     end_to_end = {pair: [0.0, 0.0, 0.0] for pair in pairs}
@@ -149,12 +150,12 @@ def measure(model: str, samples: int, batch: int, cache_scales: Sequence[int],
             acc = first_order.setdefault(key, [0.0, 0.0, 0.0])
             for j, v in enumerate(vals):
                 acc[j] += v
-        for (pn, c), gen in fast.items():
+        for (pn, c), method in fast.items():
             record: dict[str, list] = {}
             with torch.no_grad():
-                gen.model.autoregressive_infer_cfg(gen.vae.quantize, labels, seeded_generators(seeds, gen.device),
-                                                   **gen.sampling, token_hooks=gen.method.start(2 * len(seeds)),
-                                                   record=record)
+                base.model.autoregressive_infer_cfg(base.vae.quantize, labels, seeded_generators(seeds, base.device),
+                                                    **base.sampling, token_hooks=method.start(2 * len(seeds)),
+                                                    record=record)
             si = patch_nums.index(pn)
             logp = base_record["logits"][si].float().log_softmax(-1)
             logq = record["logits"][si].float().log_softmax(-1)
