@@ -72,6 +72,29 @@ def seeded_generators(seeds: Sequence[int], device: torch.device) -> list[torch.
     return gens
 
 
+def option_number(name: str, value: Any, kind: type, example: str) -> int | float:
+    """int(value) or float(value) for an option, or an ArgenError naming the option, its value and an example
+    (a string like "0.5" from the command line converts; "x", a list or a bool does not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, np.integer, np.floating)):
+        raise ArgenError(f"{name}={value!r} is not a number; pass e.g. {name}={example}")
+    try:
+        number = kind(float(value)) if kind is int and not isinstance(value, (int, np.integer)) else kind(value)
+    except (TypeError, ValueError):
+        raise ArgenError(f"{name}={value!r} is not a number; pass e.g. {name}={example}") from None
+    if kind is int and float(value) != number:
+        raise ArgenError(f"{name}={value!r} is not a whole number; pass e.g. {name}={example}")
+    return number
+
+
+def option_flag(name: str, value: Any) -> bool:
+    """A true/false option: a bool, or the strings true/false (any case) from a command line."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ArgenError(f"{name}={value!r} is not true or false; pass {name}=true or {name}=false")
+
+
 def check_option_names(options: dict[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:

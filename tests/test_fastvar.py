@@ -117,6 +117,13 @@ def test_512_schedule_defaults():
     ({"skip_last_scales": 10}, "skip_last_scales=10"),
     ({"cfg_selection": "random"}, "cfg_selection='random'"),
     ({"prune_ratio": 0.5}, "unknown option"),
+    ({"prune_ratios": 0.5}, r"prune_ratios=0.5: expected a mapping \{side: fraction dropped\}, e.g. prune_ratios=\{13: 0.5, 16: 0.75\}"),
+    ({"prune_ratios": {13: "x"}}, r"prune_ratios\[13\]='x' is not a number"),
+    ({"prune_ratios": {"thirteen": 0.5}}, r"a prune_ratios key='thirteen' is not a number"),
+    ({"layers": [1, 2, 3]}, r"layers=\[1, 2, 3\] is not a block range; pass \[start, end\)"),
+    ({"layers": 4}, r"layers=4 is not a block range"),
+    ({"layers": [0, 1.5]}, r"layers=1.5 is not a whole number"),
+    ({"skip_last_scales": "a"}, "skip_last_scales='a' is not a number; pass e.g. skip_last_scales=2"),
 ])
 def test_bad_fastvar_options(options, match):
     with pytest.raises(ArgenError, match=match):

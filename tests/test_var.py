@@ -110,6 +110,19 @@ def test_kv_cached_generation_matches_full_forward_with_block_causal_mask(tiny):
     assert [kv[0] for kv in record["kv_len"]] == list(cum)
 
 
+def test_more_smooth_mixes_only_the_tokens_that_survive_top_k(tiny):
+    """more_smooth's Gumbel mixture is over the filtered logits (upstream filters in place first): with top-k 1
+    the only surviving token gets all the weight, so f_hat is the greedy one exactly."""
+    model, quant = tiny.model, tiny.vae.quantize
+    labels = torch.tensor([3, 77])
+    with torch.no_grad():
+        greedy = model.autoregressive_infer_cfg(quant, labels, [torch.Generator().manual_seed(s) for s in (0, 1)],
+                                                cfg=1.5, top_k=1)
+        smooth = model.autoregressive_infer_cfg(quant, labels, [torch.Generator().manual_seed(s) for s in (0, 1)],
+                                                cfg=1.5, top_k=1, more_smooth=True)
+    torch.testing.assert_close(smooth, greedy, rtol=1e-5, atol=1e-5)
+
+
 def test_same_seed_same_image_and_batch_independence():
     gen = load_generator("var_tiny", device="cpu", random_init=True)
     a = gen.generate([5, 9, 5], seeds=[11, 12, 13])
@@ -195,6 +208,9 @@ def test_pickled_code_is_refused(tmp_path):
     ({"top_p": 0.0}, r"top_p=0.0 is outside \(0, 1\]"),
     ({"top_p": 1.5}, r"top_p=1.5"),
     ({"top_k": 5000}, r"top_k=5000 .*this model's default: 900"),
+    ({"top_k": "many"}, r"top_k='many' is not a number; pass e.g. top_k=900"),
+    ({"cfg": [1.5]}, r"cfg=\[1.5\] is not a number"),
+    ({"more_smooth": "yes"}, r"more_smooth='yes' is not true or false"),
     ({"name": "var_toy", "top_k": 600}, r"top_k=600 is outside \[0, 512\].*this model's default: 0"),
     ({"random_init": False}, "no checkpoint"),
     ({"accel": "lazymar"}, "does not apply to var_tiny"),

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from accel.api import ArgenError
+from accel.api import ArgenError, option_number
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512
 
 OPTION_NAMES = ("prune_ratios", "cache_scale", "layers", "skip_last_scales", "cfg_selection")
@@ -104,11 +104,14 @@ class FastVAR:
         if layers is None:
             self.layers = range(depth)
         else:
-            start, end = (int(v) for v in layers)
+            if isinstance(layers, (str, Mapping)) or not isinstance(layers, Sequence) or len(layers) != 2:
+                raise ArgenError(f"layers={layers!r} is not a block range; pass [start, end), e.g. layers=[0,{depth}] "
+                                 f"for every block")
+            start, end = (option_number("layers", v, int, f"[0,{depth}]") for v in layers)
             if not 0 <= start < end <= depth:
                 raise ArgenError(f"layers={list(layers)} is not a block range [start, end) within [0, {depth}]")
             self.layers = range(start, end)
-        self.skip_last_scales = int(skip_last_scales)
+        self.skip_last_scales = option_number("skip_last_scales", skip_last_scales, int, "2")
         if not 0 <= self.skip_last_scales < S:
             raise ArgenError(f"skip_last_scales={skip_last_scales} must be in [0, {S - 1}] for {S} scales")
         if cfg_selection not in ("shared", "independent"):
@@ -119,18 +122,23 @@ class FastVAR:
 
     def _ratios_per_scale(self, prune_ratios: Mapping | Sequence) -> list[float]:
         S = len(self.patch_nums)
+        example = f"{{{self.patch_nums[-2]}: 0.5, {self.patch_nums[-1]}: 0.75}}"
         if isinstance(prune_ratios, Mapping):
             ratios = [0.0] * S
             for side, r in prune_ratios.items():
-                if int(side) not in self.patch_nums:
+                side = option_number("a prune_ratios key", side, int, example)
+                if side not in self.patch_nums:
                     raise ArgenError(f"prune_ratios names scale {side}, which is not in the schedule {self.patch_nums}; "
                                      f"key the ratios by a scale's side")
-                ratios[self.patch_nums.index(int(side))] = float(r)
+                ratios[self.patch_nums.index(side)] = option_number(f"prune_ratios[{side}]", r, float, "0.5")
+        elif isinstance(prune_ratios, Sequence) and not isinstance(prune_ratios, str):
+            ratios = [option_number("prune_ratios", r, float, example) for r in prune_ratios]
         else:
-            ratios = [float(r) for r in prune_ratios]
-            if len(ratios) != S:
-                raise ArgenError(f"prune_ratios has {len(ratios)} entries; give one per scale ({S}) or a mapping "
-                                 f"{{side: fraction}}")
+            raise ArgenError(f"prune_ratios={prune_ratios!r}: expected a mapping {{side: fraction dropped}}, e.g. "
+                             f"prune_ratios={example}, or one fraction per scale ({S})")
+        if len(ratios) != S:
+            raise ArgenError(f"prune_ratios has {len(ratios)} entries; give one per scale ({S}) or a mapping "
+                             f"{{side: fraction}}")
         for side, r in zip(self.patch_nums, ratios):
             if not 0 <= r < 1:
                 raise ArgenError(f"prune ratio {r} at scale {side} is outside [0, 1); it is the fraction of tokens dropped")

@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel import flops as F_
-from accel.api import ArgenError, BaseGenerator, check_option_names, require_weights, seeded_init
+from accel.api import (ArgenError, BaseGenerator, check_option_names, option_flag, option_number, require_weights,
+                       seeded_init)
 from accel.checkpoints import check_keys, read_checkpoint, unwrap_state_dict
 from accel.sampling import categorical_rows
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, VQVAE, build_tokenizer
@@ -334,16 +335,18 @@ class VAR(nn.Module):
             logits = self.get_logits(x, cond_BD, flops)
             t = cfg * ratio  # guidance ramps from 0 at the first scale to cfg at the last
             logits = (1 + t) * logits[:B] - t * logits[B:]
-            idx_Bl = sample_top_k_top_p(logits, generators, top_k=top_k, top_p=top_p)
+            filtered = filter_top_k_top_p(logits, top_k=top_k, top_p=top_p)
+            idx_Bl = categorical_rows(filtered.softmax(dim=-1), generators)
             if record is not None:
                 record.setdefault("idx_Bl", []).append(idx_Bl)
                 record.setdefault("logits", []).append(logits)
                 record.setdefault("kv_len", []).append([c.k.shape[2] for c in caches])
             if not more_smooth:
                 h = quant.embedding(idx_Bl)  # [B, l, Cvae]
-            else:  # visualisation only (never for FID): a Gumbel-softmax mixture of codebook rows
+            else:  # visualisation only (never for FID): a Gumbel-softmax mixture of the codebook rows that
+                # survived top-k / top-p (upstream filters its logits in place before mixing)
                 tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-                h = gumbel_softmax_rows(logits.mul(1 + ratio), tau, generators) @ quant.embedding.weight.unsqueeze(0)
+                h = gumbel_softmax_rows(filtered.mul(1 + ratio), tau, generators) @ quant.embedding.weight.unsqueeze(0)
             h = h.transpose(1, 2).reshape(B, self.Cvae, pn, pn)
             f_hat, next_in = quant.next_autoregressive_input(si, f_hat, h)
             if si != S - 1:
@@ -358,10 +361,9 @@ class VAR(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # sampling
 
-def sample_top_k_top_p(logits: torch.Tensor, generators: list[torch.Generator], top_k: int = 0,
-                       top_p: float = 0.0) -> torch.Tensor:
-    """VAR's filter (top-k, then top-p over the ascending sort, always keeping the best token), then one
-    categorical draw per token from each row's own generator. logits [B, l, V] -> indices [B, l]."""
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """VAR's filter: top-k, then top-p over the ascending sort, always keeping the best token; the dropped
+    logits become -inf (a copy: the caller's logits stay as they were)."""
     logits = logits.clone()
     V = logits.shape[-1]
     if 0 < top_k < V:
@@ -372,7 +374,7 @@ def sample_top_k_top_p(logits: torch.Tensor, generators: list[torch.Generator], 
         drop_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
         drop_sorted[..., -1:] = False
         logits.masked_fill_(drop_sorted.scatter(-1, sorted_idx, drop_sorted), -torch.inf)
-    return categorical_rows(logits.softmax(dim=-1), generators)
+    return logits
 
 
 def gumbel_softmax_rows(logits: torch.Tensor, tau: float, generators: list[torch.Generator]) -> torch.Tensor:
@@ -448,7 +450,8 @@ class VARGenerator(BaseGenerator):
 def check_sampling(options: dict[str, Any], vocab_size: int, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     model_defaults = {**SAMPLING_DEFAULTS, **(defaults or {})}
     s = {**model_defaults, **options}
-    cfg, top_k, top_p = float(s["cfg"]), int(s["top_k"]), float(s["top_p"])
+    cfg, top_k = option_number("cfg", s["cfg"], float, "1.5"), option_number("top_k", s["top_k"], int, "900")
+    top_p = option_number("top_p", s["top_p"], float, "0.96")
     if cfg < 0:
         raise ArgenError(f"cfg={cfg} is negative; the guidance scale must be >= 0 (0 = no guidance; VAR's FID setting is 1.5)")
     if not 0 <= top_k <= vocab_size:
@@ -456,7 +459,7 @@ def check_sampling(options: dict[str, Any], vocab_size: int, defaults: dict[str,
                          f"(this model's default: {model_defaults['top_k']})")
     if not 0 < top_p <= 1:
         raise ArgenError(f"top_p={top_p} is outside (0, 1]; use 1.0 to switch top-p off (default 0.96)")
-    return {"cfg": cfg, "top_k": top_k, "top_p": top_p, "more_smooth": bool(s["more_smooth"])}
+    return {"cfg": cfg, "top_k": top_k, "top_p": top_p, "more_smooth": option_flag("more_smooth", s["more_smooth"])}
 
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
