@@ -63,7 +63,8 @@ def unwrap_state_dict(obj: Any, prefer: Iterable[str] = ("model_ema", "model", "
                       ) -> dict[str, torch.Tensor]:
     """The weights inside a training checkpoint: the first of `prefer` present, else the dict itself."""
     if not isinstance(obj, Mapping):
-        raise ArgenError(f"checkpoint holds a {type(obj).__name__}, expected a dict of tensors")
+        raise ArgenError(f"the checkpoint file holds a {type(obj).__name__}, expected a dict of tensors (a state_dict, "
+                         f"or a training checkpoint with one under {list(prefer)}); pass the released weights file")
     for key in prefer:
         if key in obj and isinstance(obj[key], Mapping):
             return dict(obj[key])

@@ -167,6 +167,7 @@ def test_no_weights_is_an_error():
     (dict(num_sampling_steps=2000), r"num_sampling_steps=2000"),
     (dict(top_k=5), r"unknown option\(s\) \['top_k'\]"),
     (dict(refresh_interval=3), r"unknown option\(s\) \['refresh_interval'\]"),  # a lazymar option with accel=none
+    (dict(seed_init="abc"), r"seed_init='abc' is not a number; pass e.g. seed_init=0"),
 ])
 def test_bad_sampling_options(opts, match):
     with pytest.raises(ArgenError, match=match):
@@ -303,6 +304,9 @@ def test_respacing_and_schedule():
     assert space_timesteps(1000, 100)[:3] == [0, 10, 20] and space_timesteps(1000, 100)[-1] == 999
     assert space_timesteps(1000, "ddim25") == list(range(0, 1000, 40))
     assert len(space_timesteps(1000, "10,20")) == 30
+    # upstream walks a running sum of the stride (999 / 20 per step here), which lands just under 499.5 at step
+    # 10: it keeps 499, where rounding 10 * 49.95 (exactly 499.5, to even) would keep 500
+    assert space_timesteps(1000, 21)[9:12] == [450, 499, 549]
     betas = cosine_betas()
     assert betas.shape == (1000,) and betas.max() == pytest.approx(0.999) and betas[0] == pytest.approx(4.1e-5, rel=0.05)
     full = RespacedDDPM("1000")  # no respacing: the original chain

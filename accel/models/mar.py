@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel import flops as fl
-from accel.api import ArgenError, BaseGenerator, check_option_names, require_weights, seeded_init
+from accel.api import ArgenError, BaseGenerator, check_option_names, option_number, require_weights, seeded_init
 from accel.models.mar_diffusion import RespacedDDPM
 from accel.sampling import randn_rows
 
@@ -605,7 +605,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
                 **config["sampling"]}  # a config's own defaults win (mar_toy)
     sampling = {k: options.pop(k, v) for k, v in defaults.items()}
     _check_sampling(name, **sampling)
-    seed = int(options.pop("seed_init", 0))
+    seed = option_number("seed_init", options.pop("seed_init", 0), int, "0")
     method = None
     if accel == "lazymar":
         from accel.methods.lazymar import LazyMAR

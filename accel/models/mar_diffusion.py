@@ -52,7 +52,10 @@ def space_timesteps(num_steps: int, section_counts: str | int | list[int]) -> li
         if count < 1 or size < count:
             raise ValueError(f"num_sampling_steps={section_counts!r}: cannot take {count} steps from a section of {size}")
         stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        kept += [start + round(k * stride) for k in range(count)]
+        position = 0.0
+        for _ in range(count):  # a running sum, as upstream: k * stride rounds differently where it ends in .5
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 
