@@ -11,10 +11,12 @@ matches. LANTERN lets a draft token x borrow the target probability of its laten
     p~(x) = p(x) + sum_{i<=m} p(b_i). Moving that mass onto x changes p by exactly that much in total
     variation, so the bound is a TVD bound: delta (LANTERN), or (lambda - 1) * p(x) (LANTERN++, so
     that p~(x) <= lambda * p(x)).
-  * rejection: when a relaxed draft is rejected, the residual is taken against p with x's first k+1
-    neighbours zeroed (as the release does), so the next token is not drawn from the mass the draft
-    already stood for; the draft itself is removed by the usual max(0, p - q) (with a one-hot q this
-    zeroes x). If nothing is left, the target itself is used.
+  * rejection: when a relaxed draft x is rejected, the next token comes from max(0, p - q) with x's
+    first k+1 neighbours zeroed, as in the release's two verifiers: where the draft was certain
+    (q(x) = 1: argmax drafts, the release's EAGLE-2 path) they are zeroed in the target p, so the
+    next token is not drawn from the mass the draft stood for; where the draft was sampled from a
+    drafter's q (the release's static-tree path, which uses q(x)) they are zeroed in q, so the
+    residual keeps the target's mass on them. If nothing is left, the target itself is used.
 
 delta = 0 (or k = 0, or lambda = 1) relaxes nothing: the rule is then exactly standard speculative
 sampling (and greedy decoding with it reproduces plain greedy decoding).
@@ -118,10 +120,15 @@ class LanternRule:
         # not be exact, unlike in the release where any qualifying prefix counts)
         return pd + extra, extra > 0
 
-    def residual_target(self, p: torch.Tensor, drafts: torch.Tensor, relaxed: torch.Tensor) -> torch.Tensor:
-        """p [R, V] at rejected positions -> p with the first k+1 neighbours of relaxed drafts zeroed."""
+    def residual(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, relaxed: torch.Tensor) -> torch.Tensor:
+        """max(0, p - q) after rejecting `drafts` ([R, V], [R, V], [R], [R]), with the first k+1 neighbours of
+        relaxed drafts zeroed in p where q(draft) = 1, in q elsewhere (see the module docstring)."""
         if self.k == 0 or not bool(relaxed.any()):
-            return p
+            return (p - q).clamp_min(0)
         nbrs = self.table.to(drafts.device)[drafts]                        # [R, k+1]
-        zeroed = p.scatter(-1, nbrs, 0.0)
-        return torch.where(relaxed[:, None], zeroed, p)
+        certain = q.gather(-1, drafts[:, None])[:, 0] == 1
+        in_p = (relaxed & certain)[:, None]
+        in_q = (relaxed & ~certain)[:, None]
+        p = torch.where(in_p, p.scatter(-1, nbrs, 0.0), p)
+        q = torch.where(in_q, q.scatter(-1, nbrs, 0.0), q)
+        return (p - q).clamp_min(0)

@@ -156,9 +156,9 @@ class ExactRule:
         pd = p.gather(-1, drafts[..., None])[..., 0]
         return pd, torch.zeros_like(pd, dtype=torch.bool)
 
-    def residual_target(self, p: torch.Tensor, drafts: torch.Tensor, relaxed: torch.Tensor) -> torch.Tensor:
-        """The target to take the residual against after rejecting `drafts` ([R, V], [R], [R])."""
-        return p
+    def residual(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, relaxed: torch.Tensor) -> torch.Tensor:
+        """max(0, p - q): what to draw the next token from after rejecting `drafts` ([R, V], [R, V], [R], [R])."""
+        return (p - q).clamp_min(0)
 
 
 def one_hot_probs(tokens: torch.Tensor, vocab: int, dtype=torch.float32) -> torch.Tensor:
@@ -360,8 +360,7 @@ class SpeculativeDecoder:
         if bool(rejected.any()):
             r = rows[rejected]
             ar = a[rejected].clamp(max=G - 1)
-            tgt = self.rule.residual_target(p_a[r], drafts[r, ar], relaxed[r, ar])
-            res = (tgt - q[r, ar]).clamp_min(0)
+            res = self.rule.residual(p_a[r], q[r, ar], drafts[r, ar], relaxed[r, ar])
             mass = res.sum(-1, keepdim=True)
             # all mass removed (only possible after a relaxed rejection): fall back to the target
             dist[r] = torch.where(mass > 0, res / mass.clamp_min(1e-30), p_a[r])
