@@ -24,13 +24,15 @@ On a machine with internet access:
 then copy the folder next to the workers and pass model.text_encoder=/path/to/flan-t5-xl.
 
 Prompt cleaning. The release cleans every caption twice with the PixArt/DeepFloyd web-caption
-cleaner (it needs ftfy and BeautifulSoup and has some forty rules for scraped captions: URLs, HTML,
-CJK characters, shop phrases, file names). argen applies the rules that act on ordinary written
-prompts (MS-COCO and PartiPrompts captions): URL-style unquoting ('+' and %xx), HTML entities,
-lower case, one kind of dash and quote, the characters #&@()[]{}|\\/*~ etc. replaced by spaces, a space
-after a comma, full stop or slash that is glued to the next word, and collapsed whitespace. Rules
-for scraped web text are not reproduced; prompts of that kind may tokenise slightly differently
-from the release. `clean=False` turns cleaning off (the tokenizer then sees the prompt as given).
+cleaner; argen applies its rules, twice, except three that need a URL grammar, an HTML parser
+(BeautifulSoup) or ftfy: URLs are not removed, HTML tags are not stripped (entities are unescaped), and
+mis-decoded text is not repaired. The rules that change ordinary prompts: URL-style unquoting ('+' and
+%xx), lower case, one kind of dash and quote, @handles, #12 and 6-digit numbers removed, the characters
+#&@()[]{}|\\/*~ etc. replaced by spaces, more than three '-' or '_' in a prompt all become spaces
+("red-and-white t-shirt" -> "red and white t shirt"), codes like "ab1234", "12ab34", "2x4" and sizes
+like "1920x1080" removed, a space after a comma or full stop glued to the next word, surrounding quotes
+and a leading or trailing ',', '-', ':' etc. stripped. `clean=False` turns cleaning off (the tokenizer
+then sees the prompt as given).
 """
 from __future__ import annotations
 
@@ -64,20 +66,68 @@ _SINGLE_QUOTES = re.compile("[\u2018\u2019]")
 _SYMBOLS = re.compile(r"[#®•©™&@·º½¾¿¡§~()\[\]{}|\\/*]+")
 _GLUED = re.compile(r"(\D[,./])(?=\w)")
 _SPACES = re.compile(r"\s+")
+_IMAGE_EXT = "png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4"
+# removed before the symbols become spaces: (pattern, replacement)
+_EARLY = [
+    (re.compile(r"<person>"), "person"),
+    (re.compile(r"@\w+\b"), ""),                                    # @handles
+    (re.compile("[\u31c0-\u9fff]+"), ""),                           # CJK strokes .. unified ideographs
+    (re.compile(r"&quot;?|&amp"), ""),
+    (re.compile(r"\d{1,3}(?:\.\d{1,3}){3}"), " "),                   # IP addresses
+    (re.compile(r"\d:\d\d\s+$"), ""),                                # a trailing id like 3:45
+    (re.compile(r"\\n"), " "),                                      # a literal backslash-n
+    (re.compile(r"#(?:\d{1,3}|\d{5,})\b"), ""),                      # #12, #123456
+    (re.compile(r"\b\d{6,}\b"), ""),
+    (re.compile(rf"\S+\.(?:{_IMAGE_EXT})"), ""),                     # file names
+    (re.compile(r"[\"']{2,}"), '"'),
+    (re.compile(r"\.{2,}"), " "),
+]
+# after HTML unescaping: codes, shop phrases, sizes
+_LATE = [
+    (re.compile(r"\b[a-zA-Z]{1,3}\d{3,15}\b"), ""),                 # ab1234
+    (re.compile(r"\b[a-zA-Z]+\d+[a-zA-Z]+\b"), ""),                 # ab12cd
+    (re.compile(r"\b\d+[a-zA-Z]+\d+\b"), ""),                       # 12ab34, 2x4
+    (re.compile(r"(worldwide\s+)?(free\s+)?shipping"), ""),
+    (re.compile(r"(free\s)?download(\sfree)?"), ""),
+    (re.compile(r"\bclick\b\s(?:for|on)\s\w+"), ""),
+    (re.compile(rf"\b(?:{_IMAGE_EXT})(\simage[s]?)?"), ""),
+    (re.compile(r"\bpage\s+\d+\b"), ""),
+    (re.compile(r"\b\d*[a-zA-Z]+\d+[a-zA-Z]+\d+[a-zA-Z\d]*\b"), " "),
+    (re.compile(r"\b\d+\.?\d*[x\u0445\u00d7]\d+\.?\d*\b"), ""),     # 1920x1080 (latin x, cyrillic x, times)
+    (re.compile(r"\b\s+:\s+"), ": "),
+]
 
 
-def clean_prompt(text: str) -> str:
-    """The cleaning described in the module docstring; the result is what the tokenizer sees."""
-    t = urllib.parse.unquote_plus(str(text))
-    t = html.unescape(html.unescape(t)).strip().lower()
+def _clean_once(text: str) -> str:
+    t = urllib.parse.unquote_plus(str(text)).strip().lower()
+    t = html.unescape(html.unescape(t))  # the release parses HTML here; entities are what ordinary prompts have
+    for pattern, replacement in _EARLY[:4]:
+        t = pattern.sub(replacement, t)
     t = _DASHES.sub("-", t)
     t = _DOUBLE_QUOTES.sub('"', t)
     t = _SINGLE_QUOTES.sub("'", t)
-    t = re.sub(r"\.{2,}", " ", t)
+    for pattern, replacement in _EARLY[4:]:
+        t = pattern.sub(replacement, t)
     t = _SYMBOLS.sub(" ", t)
     t = re.sub(r"\s+\.\s+", " ", t)
+    if len(re.findall(r"[-_]", t)) > 3:  # this-is-a-slug / words_joined_by_underscores
+        t = re.sub(r"[-_]", " ", t)
+    t = html.unescape(html.unescape(t)).strip()
+    for pattern, replacement in _LATE:
+        t = pattern.sub(replacement, t)
     t = _GLUED.sub(r"\1 ", t)
-    return _SPACES.sub(" ", t).strip()
+    t = _SPACES.sub(" ", t)
+    t = re.sub(r"^[\"']([\w\W]+)[\"']$", r"\1", t)  # surrounding quotes
+    t = re.sub(r"^['_,\-:;]", "", t)
+    t = re.sub(r"['_,\-:+]$", "", t)
+    t = re.sub(r"^\.\S+$", "", t)
+    return t.strip()
+
+
+def clean_prompt(text: str) -> str:
+    """The cleaning described in the module docstring, applied twice as the release does; the result is what
+    the tokenizer sees."""
+    return _clean_once(_clean_once(text))
 
 
 def left_pad(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -277,3 +277,13 @@ def test_relaxed_probability_matches_brute_force(k, delta, lam):
         else:
             assert torch.equal(certain[b, nb], p[b, 0, nb])
             assert torch.equal(sampled[b, nb], (p[b, 0, nb] - q[b, nb]).clamp_min(0))
+
+
+def test_greedy_verification_relaxes_the_unfiltered_softmax():
+    """Greedy LANTERN (the release's temperature-0 verifier) relaxes softmax(logits): a neighbour outside
+    top-k keeps its mass; the argmax, all greedy decoding uses, is the same as with the filter."""
+    logits = torch.tensor([[4.0, 3.0, 2.5, 0.0, -1.0]])
+    opts = lg.SamplingOptions(top_k=2, temperature=0.5, greedy=True)
+    p = lg.logits_to_probs(logits, opts)
+    torch.testing.assert_close(p, logits.softmax(-1))
+    assert p[0, 2] > 0 and int(p.argmax()) == int(lg.logits_to_probs(logits, lg.SamplingOptions(top_k=2)).argmax())

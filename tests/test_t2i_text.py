@@ -81,6 +81,13 @@ def test_prompt_cleaning():
     assert clean_prompt("cats&amp;dogs \u2014 \u201cquoted\u201d") == "cats dogs - \"quoted\""
     assert clean_prompt("a,b.c red+fox %20 (big)") == "a, b. c red fox big"
     assert clean_prompt("1984") == "1984"
+    # the release's rules that ordinary prompts meet (its cleaner runs twice)
+    assert clean_prompt("A red-and-white striped t-shirt on a well-lit table") == \
+        "a red and white striped t shirt on a well lit table"                   # more than three dashes
+    assert clean_prompt("a well-lit room") == "a well-lit room"                 # three or fewer stay
+    assert clean_prompt('"A photo of a cat"') == "a photo of a cat"
+    assert clean_prompt("a dog, ") == "a dog"
+    assert clean_prompt("a 2x4 board by @john #12 at 1920x1080") == "a board by at"
 
 
 @pytest.mark.parametrize("path,match", [

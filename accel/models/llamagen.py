@@ -576,6 +576,8 @@ def top_k_top_p_filtering(logits: torch.Tensor, top_k: int = 0, top_p: float = 1
 
 
 def logits_to_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    if opts.greedy:  # the argmax is the same either way; LANTERN's greedy verifier (as released) relaxes the
+        return logits.softmax(-1)  # plain softmax, so neighbours outside top-k keep their mass
     logits = logits / max(opts.temperature, 1e-5)
     if opts.top_k > 0 or opts.top_p < 1.0:
         logits = top_k_top_p_filtering(logits, int(opts.top_k), opts.top_p)
@@ -706,7 +708,8 @@ class LlamaGenGenerator(BaseGenerator):
                         "target_forward_calls": float(N), "drafter_forwards_per_image": 0.0}
         else:
             tokens, counters = self.decoder.generate(cond, generators, flops)
-        images = decode_tokens(self.tokenizer, tokens, self.config.grid, flops)
+        with torch.autocast(self.device.type, enabled=False):  # the release decodes in fp32, outside autocast
+            images = decode_tokens(self.tokenizer, tokens, self.config.grid, flops)
         return images.float().clamp(-1, 1), {**flops.per_image(B), **counters, **text_counters}
 
 
