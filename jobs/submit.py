@@ -35,9 +35,12 @@ from accel.api import ArgenError
 SUBMITTABLE = ("generate", "evaluate", "verify")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("accel", "pipeline", "jobs")
-# never shipped: environments, outputs, caches (ray also honours the project's .gitignore)
+# never shipped: environments, outputs, caches, weights (ray also honours the project's .gitignore); but the
+# committed toy weights are (the default model, and eval.features=toy), seen from the checkout (working_dir)
+# or from the accel package (py_modules)
 EXCLUDES = [".venv", "venv", ".git", "**/__pycache__", "*.egg-info", "build", "outputs", "multirun", "argen_output",
-            "demo_output", "bench_output", ".pytest_cache", "*.tar", "*.parquet", "*.pth", "*.safetensors", "*.ckpt"]
+            "demo_output", "bench_output", ".pytest_cache", "*.tar", "*.parquet", "*.pth", "*.safetensors", "*.ckpt",
+            "!accel/toy/weights/*.safetensors", "!toy/weights/*.safetensors"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 USAGE = ("usage: argen submit <job> [key=value ...] [--no-wait]\n"
          f"  job: one of {', '.join(SUBMITTABLE)}; ray.address=http://HEAD:8265 (the head's Jobs API) is required\n"
@@ -96,12 +99,46 @@ def new_submission_id(job: str) -> str:
     return f"argen-{job}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
 
 
-def runtime_env(root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """Ship the project: its source checkout as working_dir, or the three packages when installed elsewhere."""
+def ships_checkout(root: Path = PROJECT_ROOT) -> bool:
+    """Whether the job gets the source checkout as its working directory (else the installed packages)."""
+    return (root / "pyproject.toml").is_file() and all((root / p).is_dir() for p in PACKAGES)
+
+
+def conditions_file_for_cluster(cfg: Any, root: Path = PROJECT_ROOT) -> str | None:
+    """data.conditions_file as the job on the cluster will open it: a file inside the checkout travels with it
+    (its path relative to the checkout, where the job runs); any other file must be on a filesystem every
+    node shares, at its absolute path. None when no file is named."""
+    name = cfg.get("data", {}).get("conditions_file")
+    if not name:
+        return None
+    path = Path(str(name)).expanduser().resolve()
+    if not path.is_file():
+        raise ArgenError(f"data.conditions_file={str(name)!r} is not a file here ({path}); the job on the cluster "
+                         f"reads it from the checkout argen submit ships, or from a shared filesystem")
+    if ships_checkout(root) and path.is_relative_to(root.resolve()):
+        relative = path.relative_to(root.resolve()).as_posix()
+        from ray._private.thirdparty.pathspec import PathSpec  # the matcher Ray's packaging applies to EXCLUDES
+
+        spec = PathSpec.from_lines("gitwildmatch", EXCLUDES)
+        folders = [p.as_posix() for p in Path(relative).parents if p != Path(".")]
+        if any(spec.match_file(f) or spec.match_file(f + "/") for f in folders):
+            raise ArgenError(f"data.conditions_file={str(name)!r} is in a folder argen submit does not ship "
+                             f"(outputs, environments, caches); move it elsewhere in the checkout, e.g. data/")
+        return relative
+    print(f"argen submit: data.conditions_file={path} is outside the shipped checkout; every node of the cluster "
+          f"must see it at that path", file=sys.stderr, flush=True)
+    return str(path)
+
+
+def runtime_env(root: Path = PROJECT_ROOT, conditions_file: str | None = None) -> dict[str, Any]:
+    """Ship the project: its source checkout as working_dir, or the three packages when installed elsewhere.
+    conditions_file: a path inside the checkout (from conditions_file_for_cluster) that must travel with it."""
     env: dict[str, Any] = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}}
-    if (root / "pyproject.toml").is_file() and all((root / p).is_dir() for p in PACKAGES):
+    if ships_checkout(root):
         env["working_dir"] = str(root)
         env["excludes"] = list(EXCLUDES)
+        if conditions_file and not Path(conditions_file).is_absolute():
+            env["excludes"].append("!/" + conditions_file)  # even a .parquet, which is otherwise not shipped
     else:
         import importlib
 
@@ -110,15 +147,20 @@ def runtime_env(root: Path = PROJECT_ROOT) -> dict[str, Any]:
     return env
 
 
-def entrypoint(job: str, overrides: list[str], submission_id: str, address: str) -> str:
+def entrypoint(job: str, overrides: list[str], submission_id: str, address: str,
+               conditions_file: str | None = None) -> str:
     """The shell command the cluster runs: this module's in-job mode, quoted for a shell."""
     args = ["python", "-m", "jobs.submit", "--in-job", submission_id, address, job]
-    return shlex.join(args + job_overrides(overrides))
+    return shlex.join(args + job_overrides(overrides, conditions_file))
 
 
-def job_overrides(overrides: list[str]) -> list[str]:
-    """The user's overrides for the job on the cluster: the job joins its own cluster (ray.address cleared)."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "ray.address"]
+def job_overrides(overrides: list[str], conditions_file: str | None = None) -> list[str]:
+    """The user's overrides for the job on the cluster: the job joins its own cluster (ray.address cleared), and
+    reads data.conditions_file where it is there (conditions_file_for_cluster)."""
+    replaced = {"ray.address"} | ({"data.conditions_file"} if conditions_file else set())
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in replaced]
+    if conditions_file:
+        kept.append(f"data.conditions_file={json.dumps(conditions_file)}")  # quoted: any character survives Hydra
     return kept + ["ray.address=null"]
 
 
@@ -180,11 +222,12 @@ def submit(argv: list[str]) -> int:
         from pipeline.driver import check_config
 
         check_config(cfg)  # names and sizes, before anything reaches the cluster
+    conditions_file = conditions_file_for_cluster(cfg)
     submission_id = new_submission_id(job)
     client = _client(address)
-    command = entrypoint(job, overrides, submission_id, address)
-    client.submit_job(entrypoint=command, submission_id=submission_id, runtime_env=runtime_env(),
-                      metadata={"argen_job": job})
+    command = entrypoint(job, overrides, submission_id, address, conditions_file)
+    client.submit_job(entrypoint=command, submission_id=submission_id,
+                      runtime_env=runtime_env(conditions_file=conditions_file), metadata={"argen_job": job})
     print(f"argen submit: submitted job {submission_id} to {address}", flush=True)
     print(f"argen submit: the job saves its resolved config to {uri.rstrip('/')}/submits/{submission_id}.json",
           flush=True)

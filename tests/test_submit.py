@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from accel.api import ArgenError
 from jobs import submit
 from jobs.verify import verify_output
 from pipeline.sinks import LocalSink
@@ -81,8 +82,50 @@ def test_runtime_env_ships_the_project_and_no_secrets(monkeypatch):
     for path in (".venv/bin/python", ".git/HEAD", "argen_output/shards/000000.tar", "argen.egg-info/PKG-INFO",
                  "pipeline/__pycache__/driver.cpython-311.pyc", "weights/var_d16.pth", "outputs/x/run.json"):
         assert spec.match_file(path), path
-    for path in ("jobs/submit.py", "pipeline/driver.py", "accel/api.py", "jobs/conf/config.yaml", "pyproject.toml"):
+    for path in ("jobs/submit.py", "pipeline/driver.py", "accel/api.py", "jobs/conf/config.yaml", "pyproject.toml",
+                 "accel/toy/weights/var_toy.safetensors"):  # the default model's committed weights travel too
         assert not spec.match_file(path), path
+    for path in ("weights/mar_base.safetensors", "data/prompts.parquet"):
+        assert spec.match_file(path), path
+
+
+def test_a_conditions_file_in_the_checkout_travels_with_it(tmp_path, monkeypatch, capsys):
+    """A conditions file inside the checkout is shipped (even a .parquet) and named relative to it, where the job
+    runs; one elsewhere keeps its absolute path (a shared filesystem); a missing one fails before submitting."""
+    from omegaconf import OmegaConf
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    root = tmp_path / "checkout"
+    for package in submit.PACKAGES:
+        (root / package).mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    (root / "data").mkdir()
+    (root / "data" / "prompts list.parquet").write_bytes(b"x")
+    monkeypatch.chdir(root / "data")
+    cfg = OmegaConf.create({"data": {"conditions_file": "prompts list.parquet"}})
+    relative = submit.conditions_file_for_cluster(cfg, root)
+    assert relative == "data/prompts list.parquet"
+    env = submit.runtime_env(root, relative)
+    assert not PathSpec.from_lines("gitwildmatch", env["excludes"]).match_file(relative)
+    overrides = submit.job_overrides(["data.conditions_file=prompts list.parquet", "model=var_toy"], relative)
+    assert overrides == ["model=var_toy", 'data.conditions_file="data/prompts list.parquet"', "ray.address=null"]
+    from jobs.submit import compose
+
+    assert compose("generate", overrides).data.conditions_file == "data/prompts list.parquet"
+
+    elsewhere = tmp_path / "shared" / "classes.txt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("1\n")
+    cfg = OmegaConf.create({"data": {"conditions_file": str(elsewhere)}})
+    assert submit.conditions_file_for_cluster(cfg, root) == str(elsewhere)
+    assert "every node of the cluster must see it" in capsys.readouterr().err
+    (root / "outputs").mkdir()
+    (root / "outputs" / "c.txt").write_text("1\n")
+    with pytest.raises(ArgenError, match="in a folder argen submit does not ship"):
+        submit.conditions_file_for_cluster(OmegaConf.create({"data": {"conditions_file": str(root / "outputs" / "c.txt")}}), root)
+    with pytest.raises(ArgenError, match=r"data.conditions_file='nope.txt' is not a file here"):
+        submit.conditions_file_for_cluster(OmegaConf.create({"data": {"conditions_file": "nope.txt"}}), root)
+    assert submit.conditions_file_for_cluster(OmegaConf.create({"data": {"conditions_file": None}}), root) is None
 
 
 def test_entrypoint_quotes_overrides_and_clears_the_address():
