@@ -117,6 +117,14 @@ def check_run(scan: RunScan, allow_partial: bool, what: str = "output.uri") -> N
                          f"generated without eval.features (or these files were deleted). Generate with "
                          f"eval.features=inception (or toy) into a new output.uri, or delete these shards' "
                          f"stats.json files and run the same generate command with eval.features set")
+    planned = ((scan.run_json or {}).get("plan") or {}).get("num_shards")
+    not_done = [i for i in range(int(planned)) if i not in scan.stats] if isinstance(planned, int) else []
+    if not_done and not allow_partial:
+        raise ArgenError(f"{what}={scan.uri!r}: {len(not_done)} of its {planned} planned shards are not committed "
+                         f"(shards {listing([f'{i:06d}' for i in not_done])}), so its FID would be of "
+                         f"{scan.total} samples, not the planned {scan.run_json['plan'].get('num_samples')}; finish "
+                         f"the run (run the same generate command again) or pass eval.allow_partial=true to "
+                         f"evaluate only the committed shards")
     if scan.uncommitted and not allow_partial:
         raise ArgenError(f"{what}={scan.uri!r}: feature files of uncommitted shards (no stats.json; still running "
                          f"or failed): {listing(scan.uncommitted)}; finish the run (run the same generate command "

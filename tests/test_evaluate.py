@@ -320,6 +320,22 @@ def test_missing_and_uncommitted_feature_files_are_listed(tmp_path, cache_dir):
     assert out["eval"]["uncommitted_skipped"] == ["shards/000007.features.npy", "shards/000009.features.npy"]
 
 
+def test_a_run_with_planned_shards_not_committed_is_refused(tmp_path, cache_dir):
+    """A run stopped before its last shards started leaves no file for them: run.json's plan says how many there
+    are, and the FID of the shards committed so far is not the run's FID unless eval.allow_partial says so."""
+    npz = save_npz(tmp_path / "ref.npz", features(26, 80))
+    run = LocalSink(tmp_path / "run")
+    write_run(run, [features(27, 20), features(28, 20)])
+    run.write("run.json", json.dumps({"plan": {"num_shards": 5, "num_samples": 100}}).encode())
+    with pytest.raises(ArgenError, match=r"3 of its 5 planned shards are not committed \(shards 000002, 000003, "
+                                         r"000004\), so its FID would be of 40 samples, not the planned 100"):
+        ev.evaluate(compose(**{"output.uri": run.uri, "eval.reference": npz}))
+    out = ev.evaluate(compose(**{"output.uri": run.uri, "eval.reference": npz, "eval.allow_partial": "true"}))
+    assert out["eval"]["samples"] == 40
+    write_run(run, [features(27, 20), features(28, 20), features(29, 20), features(30, 20), features(31, 20)])
+    assert ev.evaluate(compose(**{"output.uri": run.uri, "eval.reference": npz}))["eval"]["samples"] == 100
+
+
 def test_too_few_samples_no_shards_and_mixed_extractors(tmp_path, cache_dir):
     npz = save_npz(tmp_path / "ref.npz", features(32, 60))
     one = LocalSink(tmp_path / "one")
