@@ -124,7 +124,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         "uncommitted_skipped": scan.uncommitted, "notes": notes,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    results = {
+    results = {  # the keys of EVAL_REPORT_KEYS
         "fid": fid,
         "inception_score": None if rf.inception_score is None else rf.inception_score[0],
         "inception_score_std": None if rf.inception_score is None else rf.inception_score[1],

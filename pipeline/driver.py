@@ -426,6 +426,11 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
             report = {}
         for key in RUN_ONLY_KEYS:
             report.pop(key, None)
+        if new:  # an evaluation of fewer samples than the run now holds is no longer the run's
+            from pipeline.evaluation import EVAL_REPORT_KEYS
+
+            for key in EVAL_REPORT_KEYS:
+                report.pop(key, None)
     report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
     sink.write("report.json", json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
     if records:

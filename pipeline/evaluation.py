@@ -46,6 +46,11 @@ def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+# what `argen evaluate` merges into report.json: results of the samples committed when it ran
+EVAL_REPORT_KEYS = ("fid", "inception_score", "inception_score_std", "precision", "recall", "class_consistency",
+                    "extractor", "eval")
+
+
 def listing(items: list[str], n: int = 20) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 

@@ -200,3 +200,17 @@ def test_s3_output(clean_run, s3_bucket, capsys):
     out = capsys.readouterr().out
     assert e.value.code == 1 and "shard 000001: not committed" in out
     assert "note: incomplete write v/shards/000009.tar" in out
+
+
+def test_a_resumed_generate_drops_an_evaluation_of_fewer_samples(run_copy):
+    """report.json keeps what `argen evaluate` wrote while the run is unchanged, and drops it once a generate
+    commits more shards (its FID was of the samples committed then)."""
+    sink = LocalSink(run_copy)
+    job = prepare(compose("generate", [*OVERRIDES, f"output.uri={run_copy}"]))
+    records = [json.loads(sink.read(f"shards/{s:06d}.stats.json")) for s in range(job.plan.num_shards)]
+    report = json.loads(sink.read("report.json"))
+    sink.write("report.json", json.dumps({**report, "fid": 12.5, "precision": 0.5, "eval": {"samples": 4}}).encode())
+    assert write_outputs(sink, records, [], 1.0, job.plan, {})["fid"] == 12.5  # nothing new: still the run's
+    after = write_outputs(sink, records, records[-1:], 1.0, job.plan, {})
+    assert not {"fid", "precision", "eval"} & set(after)
+    assert not {"fid", "precision", "eval"} & set(json.loads(sink.read("report.json")))
