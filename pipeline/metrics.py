@@ -202,15 +202,22 @@ def _log_softmax64(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-class InceptionScoreAccumulator:
-    """Inception Score streamed over batches of logits given in sample order.
+# torch-fidelity shuffles the samples with this seed before cutting them into splits
+ISC_SHUFFLE_SEED = 2020
 
-    Samples [s*N//splits, (s+1)*N//splits) form split s (torch-fidelity's chunking, no shuffle); per
-    split IS_s = exp(mean_i KL(p_i || q_s)) = exp(mean_i sum p_i log p_i - sum q_s log q_s), q_s the
-    split's mean prediction. Result: mean and (population) std of IS_s over splits.
+
+class InceptionScoreAccumulator:
+    """Inception Score streamed over batches of logits given in sample order, as torch-fidelity computes it.
+
+    torch-fidelity shuffles the N samples (numpy RandomState(2020).permutation(N)) and cuts the shuffled
+    order into splits [s*N//splits, (s+1)*N//splits); without the shuffle a run whose samples are grouped
+    by class (a conditions file sorted by class) would have splits of few classes and a far lower score.
+    Per split IS_s = exp(mean_i KL(p_i || q_s)) = exp(mean_i sum p_i log p_i - sum q_s log q_s), q_s the
+    split's mean prediction. Result: mean and (population) std of IS_s over splits. shuffle=False cuts the
+    samples in the order given.
     """
 
-    def __init__(self, total: int, splits: int = 10):
+    def __init__(self, total: int, splits: int = 10, shuffle: bool = True):
         if int(splits) < 1:
             raise ArgenError(f"eval.is_splits={splits} must be at least 1")
         if int(total) < int(splits):
@@ -218,6 +225,9 @@ class InceptionScoreAccumulator:
                              f"generate more images or lower eval.is_splits")
         self.total, self.splits = int(total), int(splits)
         self.bounds = np.array([s * self.total // self.splits for s in range(self.splits + 1)])
+        self.position = np.arange(self.total)  # each sample's place in the order the splits are cut from
+        if shuffle:
+            self.position[np.random.RandomState(ISC_SHUFFLE_SEED).permutation(self.total)] = np.arange(self.total)
         self.seen = 0
         self.num_classes: int | None = None
         self.count = np.zeros(self.splits, np.int64)
@@ -242,8 +252,7 @@ class InceptionScoreAccumulator:
             raise ArgenError("logits contain NaN or inf; the extractor's output is broken for some images")
         p = np.exp(lp)
         plogp = (p * lp).sum(axis=1)
-        idx = np.arange(self.seen, self.seen + n)
-        split = np.searchsorted(self.bounds, idx, side="right") - 1
+        split = np.searchsorted(self.bounds, self.position[self.seen:self.seen + n], side="right") - 1
         np.add.at(self.count, split, 1)
         np.add.at(self.sum_p, split, p)
         np.add.at(self.sum_plogp, split, plogp)
@@ -260,12 +269,12 @@ class InceptionScoreAccumulator:
         return float(np.mean(scores)), float(np.std(scores))
 
 
-def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) of the Inception Score of [n, classes] logits, split in order."""
+def inception_score(logits: np.ndarray, splits: int = 10, shuffle: bool = True) -> tuple[float, float]:
+    """(mean, std) of the Inception Score of [n, classes] logits (InceptionScoreAccumulator)."""
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ArgenError(f"logits have shape {tuple(logits.shape)}; expected [samples, classes]")
-    acc = InceptionScoreAccumulator(logits.shape[0], splits)
+    acc = InceptionScoreAccumulator(logits.shape[0], splits, shuffle)
     acc.update(logits)
     return acc.result()
 

@@ -163,7 +163,7 @@ def test_inception_score_on_known_logits():
     k, splits = 7, 5
     labels = np.tile(np.arange(k), splits * 3)          # every split holds every class equally often
     confident = np.where(np.eye(k)[labels] > 0, 60.0, 0.0)
-    mean, std = inception_score(confident, splits=splits)
+    mean, std = inception_score(confident, splits=splits, shuffle=False)
     assert mean == pytest.approx(k, rel=1e-9) and std < 1e-9
     same = np.tile(np.random.default_rng(5).standard_normal(k), (40, 1))  # identical predictions: no information
     mean, std = inception_score(same, splits=4)
@@ -174,10 +174,15 @@ def test_inception_score_matches_torch_fidelity_and_streams():
     from torch_fidelity.metric_isc import isc_features_to_metric
 
     logits = np.random.default_rng(6).standard_normal((503, 1008)).astype(np.float32) * 3
-    expected = isc_features_to_metric(torch.from_numpy(logits), splits=10, shuffle=False)
+    logits[np.arange(503), np.arange(503) // 51] += 20  # samples grouped by class: the order matters
+    expected = isc_features_to_metric(torch.from_numpy(logits), splits=10)  # torch-fidelity's defaults: shuffled
     mean, std = inception_score(logits, splits=10)
     assert mean == pytest.approx(expected["inception_score_mean"], rel=1e-10)
     assert std == pytest.approx(expected["inception_score_std"], rel=1e-8, abs=1e-12)
+    in_order = isc_features_to_metric(torch.from_numpy(logits), splits=10, shuffle=False)
+    assert inception_score(logits, splits=10, shuffle=False) == pytest.approx(
+        (in_order["inception_score_mean"], in_order["inception_score_std"]), rel=1e-8)
+    assert in_order["inception_score_mean"] < 0.5 * mean  # splits of one or two classes score far lower
     acc = InceptionScoreAccumulator(503, 10)
     for a, b in [(0, 1), (1, 77), (77, 300), (300, 503)]:  # batches that straddle split borders
         acc.update(logits[a:b])
