@@ -95,7 +95,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
     ref: Reference | None = None
     notes: list[str] = list(rf.notes)
     if reference is not None:
-        ref = load_reference(reference, cfg, do_prc, get_extractor, name)
+        ref = load_reference(reference, cfg, do_prc, get_extractor, name, info["weights"])
         notes += ref.notes
         fid = frechet_distance(rf.stats.mean, rf.stats.covariance(), ref.mu, ref.sigma,
                                names=("the run's features", f"eval.reference={reference!r}"),

@@ -438,7 +438,7 @@ def check_reference(uri: str, cfg: Any, run_dim: int, run_extractor: str | None)
 
 
 def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Callable[[], quality.FeatureExtractor],
-                   run_extractor: str | None) -> Reference:
+                   run_extractor: str | None, run_weights: str | None = None) -> Reference:
     kind = reference_kind(uri)
     batch = int(cfg_get(cfg, "eval.batch_size", 64))
     if kind == "run":
@@ -447,10 +447,15 @@ def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Calla
         sink = open_sink(uri, cfg_get(cfg, "storage"))
         scan = scan_run(sink, "eval.reference")
         check_run(scan, bool(cfg_get(cfg, "eval.allow_partial", False)), "eval.reference")
-        ref_ex = run_extractor_info(scan)["name"]
+        ref_info = run_extractor_info(scan)
+        ref_ex = ref_info["name"]
         if ref_ex and run_extractor and ref_ex != run_extractor:
             raise ArgenError(f"eval.reference={uri!r} has features from the {ref_ex!r} extractor but the run's come "
                              f"from {run_extractor!r}; compare runs made with the same eval.features")
+        if ref_info["weights"] and run_weights and ref_info["weights"] != run_weights:
+            raise ArgenError(f"eval.reference={uri!r} has {ref_ex} features made with weights {ref_info['weights']} "
+                             f"but the run's were made with {run_weights}: two feature spaces, no FID between them; "
+                             f"compare runs whose eval.features used the same weights")
         rf = read_run_features(sink, scan, need_features, None, None, "eval.reference")
         return Reference(kind, uri, rf.stats.mean, rf.stats.covariance(), rf.stats.n, rf.kept)
     if kind == "npz":

@@ -297,6 +297,10 @@ def test_bad_references(tmp_path, cache_dir):
     write_run(other, [features(25, 30, d=16)], extractor="inception")
     with pytest.raises(ArgenError, match="features from the 'inception' extractor but the run's come from 'toy'"):
         ev.evaluate(cfg(other.uri))
+    retrained = LocalSink(tmp_path / "retrained")
+    write_run(retrained, [features(25, 30)], weights="sha256:def")
+    with pytest.raises(ArgenError, match="made with weights sha256:def but the run's were made with sha256:abc"):
+        ev.evaluate(cfg(retrained.uri))
     assert not (tmp_path / "run" / "report.json").exists()  # nothing written on bad input
 
 
