@@ -268,15 +268,6 @@ def check_manifest(sink: Any, records: dict[int, dict[str, Any]], present: set[s
     return problems
 
 
-def incomplete_writes(sink: Any) -> list[str]:
-    """Temporary files / open multipart uploads left by writers that died (invisible to readers)."""
-    from pipeline.sinks import LocalSink
-
-    if isinstance(sink, LocalSink):
-        return sorted(p.relative_to(sink.root).as_posix() for p in sink.root.rglob(".*.tmp") if p.is_file())
-    return sorted(sink.incomplete_uploads())
-
-
 def verify_output(sink: Any, threads: int = 8) -> Verdict:
     """Check every planned shard of the run at `sink`, then its manifest. Reads only."""
     from pipeline.stats import shard_of_stats_key
@@ -306,7 +297,7 @@ def verify_output(sink: Any, threads: int = 8) -> Verdict:
             verdict.problems.append(f"{key}: a stats file for shard {s}, but the plan has {info.num_shards} shards")
     verdict.problems += check_manifest(sink, records, present)
     verdict.notes += [f"incomplete write {k} (a writer died; invisible to readers; the next argen generate "
-                      f"removes it)" for k in incomplete_writes(sink)]
+                      f"removes it)" for k in sink.incomplete_writes()]
     return verdict
 
 

@@ -34,7 +34,18 @@ class Sink(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def preflight(self) -> None: ...
+    def incomplete_writes(self) -> list[str]: ...
     def clean_incomplete(self) -> int: ...
+
+
+# what a run writes under output.uri (which may be a bucket's root, shared with other data): the clean-up of
+# writes that died half-way touches only these
+RUN_FOLDERS = ("shards/", "submits/")
+RUN_FILES = ("run.json", "manifest.parquet", "report.json", "report.html", "contact_sheet.png")
+
+
+def is_run_object(key: str) -> bool:
+    return key.startswith(RUN_FOLDERS) or key in RUN_FILES
 
 
 def _check_key(key: str) -> str:
@@ -108,15 +119,27 @@ class LocalSink:
         except FileNotFoundError:
             pass
 
+    def _dead_writes(self) -> list[Path]:
+        """Temporary files (".<name>.<random>.tmp" beside <name>) of this run's objects (is_run_object): a
+        writer that finishes renames its file, so these were left by writers that died."""
+        out = []
+        for folder in [self.root] + [self.root / f for f in RUN_FOLDERS]:
+            for p in folder.glob(".*.tmp") if folder.is_dir() else []:
+                name = p.name[1:].rsplit(".", 2)[0]  # .manifest.parquet.k3j2.tmp -> manifest.parquet
+                if p.is_file() and is_run_object((p.parent / name).relative_to(self.root).as_posix()):
+                    out.append(p)
+        return out
+
+    def incomplete_writes(self) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in self._dead_writes())
+
     def clean_incomplete(self) -> int:
-        """Delete temporary files left by writers that died mid-write; returns how many."""
-        n = 0
-        if self.root.is_dir():
-            for p in self.root.rglob(".*.tmp"):
-                if p.is_file():
-                    p.unlink(missing_ok=True)
-                    n += 1
-        return n
+        """Delete the temporary files that writers of this run's objects left when they died; returns how many.
+        Other files under the folder are not touched."""
+        dead = self._dead_writes()
+        for p in dead:
+            p.unlink(missing_ok=True)
+        return len(dead)
 
     def preflight(self) -> None:
         """Make the folder and write, read back and delete a probe file."""
@@ -304,12 +327,21 @@ class S3Sink:
         """Keys with multipart uploads in progress under this prefix (for checks and clean-up)."""
         return [u["Key"] for u in self._uploads()]
 
+    def _dead_uploads(self) -> list[dict]:
+        """Open multipart uploads of this run's objects (is_run_object); not those of other keys under the prefix
+        (a bucket's root, say)."""
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return [u for u in self._uploads() if is_run_object(u["Key"][cut:])]
+
+    def incomplete_writes(self) -> list[str]:
+        return sorted(u["Key"] for u in self._dead_uploads())
+
     def clean_incomplete(self) -> int:
-        """Abort multipart uploads left by writers that died mid-upload; returns how many."""
-        uploads = self._uploads()
-        for u in uploads:
+        """Abort the multipart uploads that writers of this run's objects left when they died; returns how many."""
+        dead = self._dead_uploads()
+        for u in dead:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
-        return len(uploads)
+        return len(dead)
 
     def preflight(self) -> None:
         """Write, read back and delete a probe object: a wrong bucket or missing credentials fail here."""

@@ -26,8 +26,11 @@ def test_local_sink_roundtrip(tmp_path):
     assert sorted(os.listdir(tmp_path / "out" / "shards")) == ["000001.tar"]
     (tmp_path / "out" / "shards" / ".000002.tar.x1y2.tmp").write_bytes(b"half")
     assert sink.list() == ["run.json", "shards/000001.tar"]
-    assert sink.clean_incomplete() == 1
+    (tmp_path / "out" / ".manifest.parquet.k3j2.tmp").write_bytes(b"half")
+    (tmp_path / "out" / ".notes.txt.a1b2.tmp").write_bytes(b"someone else's")  # not the run's: kept
+    assert sink.clean_incomplete() == 2
     assert sorted(os.listdir(tmp_path / "out" / "shards")) == ["000001.tar"]
+    assert (tmp_path / "out" / ".notes.txt.a1b2.tmp").exists() and sink.incomplete_writes() == []
     sink.delete("run.json")
     sink.delete("run.json")
     assert not sink.exists("run.json")
@@ -103,6 +106,11 @@ def test_s3_multipart_failure_aborts(s3_bucket, monkeypatch):
     client.create_multipart_upload(Bucket=bucket, Key="run/a/shards/000003.tar")
     assert sink.incomplete_uploads() == ["run/a/shards/000003.tar"]
     assert sink.clean_incomplete() == 1 and sink.incomplete_uploads() == []
+    # other uploads, under the prefix or beside it, are not the run's to abort
+    client.create_multipart_upload(Bucket=bucket, Key="run/a/backup/big.bin")
+    client.create_multipart_upload(Bucket=bucket, Key="elsewhere/shards/000003.tar")
+    assert sink.incomplete_writes() == [] and sink.clean_incomplete() == 0
+    assert sink.incomplete_uploads() == ["run/a/backup/big.bin"]
 
 
 @pytest.mark.slow
