@@ -35,6 +35,14 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: argen bench [suite ...] [key=value ...]\n\nsuites:")
+        for name, module in SUITES.items():
+            doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
+            print(f"  {name:14s} {doc[0] if doc else ''}")
+        print(f"\nwith no suite: {', '.join(DEFAULT_SUITES)}. Each suite's options: its module's docstring "
+              f"(jobs/benches/<suite>.py); figures and commands: docs/BENCHMARKS.md")
+        return 0
     suites = []
     while argv and "=" not in argv[0]:
         suites.append(argv.pop(0))

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: argen <job> [hydra overrides]\n\njobs:")
         for name in JOBS:
             print(f"  {name}")
-        print("\nexample: argen generate model=var_tiny model.random_init=true output.uri=/tmp/run")
+        print("\nexamples:\n  argen generate                                   # the demo: var_toy, 40 images, ./argen_output"
+              "\n  argen generate model=var_toy data.per_class=100 output.uri=/tmp/run"
+              "\n  argen <job> --help                               # the job's options")
         return 0 if argv else 2
     job = argv.pop(0)
     if job not in JOBS:

@@ -1,6 +1,6 @@
 """`argen generate [overrides]`: a config's plan -> WebDataset shards under output.uri (resumable).
 
-    argen generate                                   # the demo: var_tiny, 32 images, ./argen_output
+    argen generate                                   # the demo: var_toy, 40 images, ./argen_output
     argen generate model=var_d16 accel=fastvar output.uri=s3://bucket/run data.classes=null data.per_class=50
 """
 from __future__ import annotations

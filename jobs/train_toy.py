@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from accel.api import ArgenError
 from accel.checkpoints import CACHE_DIR, read_checkpoint, save_safetensors
 from accel.toy.data import ToyShapes
 
@@ -332,13 +333,45 @@ ENTRY_POINTS: dict[str, Callable[[dict[str, str]], None]] = {
 }
 
 
+# the key=value options each entry point reads (a misspelt one would otherwise be ignored after a long run)
+_GENERATOR = ("seed", "train", "steps", "batch", "lr", "out_dir", "threads")
+OPTION_KEYS = {
+    "classifier": ("seed", "train", "test", "epochs", "batch", "lr", "out_dir"),
+    "var-tokenizer": ("seed", "train", "steps", "batch", "lr", "out_dir"),
+    "var": (*_GENERATOR, "bf16", "init"),
+    "llamagen-tokenizer": (*_GENERATOR, "test", "beta", "restart_every"),
+    "llamagen": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay"),
+    "llamagen-draft": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay"),
+    "mar-tokenizer": (*_GENERATOR, "bf16", "kl_weight"),
+    "mar": (*_GENERATOR, "bf16", "init", "warmup", "ema", "diffusion_batch_mul", "held_out", "head_steps",
+            "head_batch", "head_images", "head_lr"),
+}
+
+
+def parse_options(what: str, args: list[str]) -> dict[str, str]:
+    """key=value arguments of `argen train-toy <what>`, checked against OPTION_KEYS[what]."""
+    opts = {}
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not eq or not key:
+            raise ArgenError(f"argen train-toy {what}: {arg!r} is not key=value; pass e.g. steps=1500")
+        if key not in OPTION_KEYS[what]:
+            raise ArgenError(f"argen train-toy {what}: unknown option {key!r}; known: {', '.join(sorted(OPTION_KEYS[what]))}")
+        opts[key] = value
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ENTRY_POINTS:
         print(f"usage: argen train-toy <{'|'.join(ENTRY_POINTS)}> [key=value ...]", file=sys.stderr)
         return 2
     what = argv.pop(0)
-    opts = dict(a.split("=", 1) for a in argv)
+    try:
+        opts = parse_options(what, argv)
+    except ArgenError as e:
+        print(f"argen train-toy: error: {e}", file=sys.stderr)
+        return 2
     ENTRY_POINTS[what](opts)
     return 0
 

@@ -93,6 +93,49 @@ def test_unknown_entry_point_is_a_usage_error(capsys):
     assert "usage: argen train-toy" in capsys.readouterr().err
 
 
+def test_misspelt_or_malformed_options_are_refused_before_training(capsys):
+    assert train_toy(["var", "step=10"]) == 2
+    assert "unknown option 'step'; known: batch, bf16, init, lr, out_dir, seed, steps, threads, train" in \
+        capsys.readouterr().err
+    assert train_toy(["mar", "steps"]) == 2
+    assert "'steps' is not key=value; pass e.g. steps=1500" in capsys.readouterr().err
+
+
+def test_option_keys_are_the_keys_each_entry_point_reads():
+    """OPTION_KEYS (checked before a run starts) lists exactly the opts.get(...) keys of each entry point and
+    the helpers it passes opts to."""
+    import ast
+    import inspect
+
+    import jobs.toy_llamagen
+    import jobs.toy_mar
+    from jobs import train_toy as tt
+
+    def keys_of(fn) -> set[str]:
+        tree = ast.parse(inspect.getsource(inspect.getmodule(fn)))
+        defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        found, todo, seen = set(), [fn.__name__], set()
+        while todo:
+            name = todo.pop()
+            seen.add(name)
+            for n in ast.walk(defs[name]):
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "get" \
+                        and getattr(n.func.value, "id", None) == "opts":
+                    found.add(n.args[0].value)
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in defs \
+                        and n.func.id not in seen and any(getattr(a, "id", None) == "opts" for a in n.args):
+                    todo.append(n.func.id)
+        return found
+
+    entry = {"classifier": tt.train_classifier, "var-tokenizer": tt.train_var_tokenizer, "var": tt.train_var,
+             "llamagen-tokenizer": jobs.toy_llamagen.train_tokenizer, "llamagen": jobs.toy_llamagen.train_llamagen,
+             "llamagen-draft": jobs.toy_llamagen.train_llamagen_draft,
+             "mar-tokenizer": jobs.toy_mar.train_mar_tokenizer, "mar": jobs.toy_mar.train_mar}
+    assert set(entry) == set(tt.OPTION_KEYS)
+    for what, fn in entry.items():
+        assert keys_of(fn) == set(tt.OPTION_KEYS[what]), what
+
+
 def test_generators_need_their_tokenizer_first(tmp_path):
     with pytest.raises(SystemExit, match="run `argen train-toy var-tokenizer` first"):
         train_toy(["var", f"out_dir={tmp_path}", "threads=1"])
@@ -142,3 +185,13 @@ def test_head_refinement_sharpens_the_head_near_T():
     before, near = refined(0.5)
     _, uniform = refined(0.0)
     assert near < before / 10 and near < 0.6 * uniform, (before, near, uniform)  # measured 3.2, 0.092, 0.22
+
+
+def test_help_of_argen_and_its_bench(capsys):
+    from jobs import bench, cli
+
+    assert cli.main(["--help"]) == 0
+    assert "argen generate                                   # the demo: var_toy" in capsys.readouterr().out
+    assert bench.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {suite} " in out for suite in bench.SUITES)
