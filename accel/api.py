@@ -120,6 +120,10 @@ class BaseGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.device, self.image_size, self.num_classes = device, image_size, num_classes
 
+    # the side the release computes FID at, when not the generated one (LlamaGen's 384-px models: 256, bicubic);
+    # argen's pipeline resizes the images it extracts features from (pipeline.quality.resize_for_eval)
+    eval_image_size: int | None = None
+
     # -- conditions ---------------------------------------------------------------------------
     conditions_are_prompts: bool = False
 

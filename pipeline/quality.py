@@ -310,6 +310,27 @@ def class_consistency(logits: np.ndarray, conditions: Sequence[int | str]) -> fl
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
+def resize_for_eval(images_uint8: np.ndarray, side: int) -> np.ndarray:
+    """uint8 [B, H, W, 3] -> uint8 [B, side, side, 3] as LlamaGen's samplers do for --image-size-eval: bicubic
+    interpolation (torch, no antialiasing) of the [-1, 1] images, then argen's one quantisation rule. The
+    release resizes before its quantisation; here the input is already uint8 (at most half a level apart)."""
+    from accel.api import to_uint8
+
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_uint8(F.interpolate(x, size=(side, side), mode="bicubic"))
+
+
+def eval_image_size(eval_cfg: Mapping[str, Any] | None, generator: Any) -> int | None:
+    """The side features are computed at: eval.image_size, else the model's (generator.eval_image_size); None
+    when that is the generated side."""
+    side = (eval_cfg or {}).get("image_size") or getattr(generator, "eval_image_size", None)
+    if side is None:
+        return None
+    if isinstance(side, bool) or not isinstance(side, int) or side < 8:
+        raise ArgenError(f"eval.image_size={side!r}; expected a side in pixels (e.g. 256) or null for the model's")
+    return None if side == int(generator.image_size) else side
+
+
 def shard_quality(features: np.ndarray | None, logits: np.ndarray | None, conditions: Sequence[int | str],
                   images_uint8: np.ndarray, extractor: FeatureExtractor | None = None,
                   class_aligned: bool | None = None) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class ShardWorker:
         self.spec = spec
         self.generator = None
         self.extractor = None
+        self.eval_side: int | None = None  # side the extractor sees, when not the generated one
         self.clip = None  # CLIP scorer of prompt runs (eval.clip_model); None = not configured
         self._load_lock = threading.Lock()
         self._gen_lock = threading.Lock()
@@ -83,8 +84,11 @@ class ShardWorker:
                                                 tokenizer_checkpoint=s.tokenizer_checkpoint,
                                                 random_init=s.random_init, **s.options)
                 if s.features and s.features != "none":
+                    from pipeline import quality
+
                     self.extractor = _make_extractor(s.features, s.eval_cfg,
                                                      str(getattr(self.generator, "device", s.device)))
+                    self.eval_side = quality.eval_image_size(s.eval_cfg, self.generator)
                 if self.prompts():
                     from pipeline import quality
 
@@ -92,10 +96,18 @@ class ShardWorker:
                 if s.warmup_condition is not None:  # first-call costs (allocations, kernels) not in shard timings
                     out = self.generator.generate([s.warmup_condition], [0])
                     if self.extractor is not None:
-                        self.extractor(out.images)
+                        self.extractor(self._for_features(out.images))
         g = self.generator
         return {"worker": self.worker_name(), "device": self.device_name(), "image_size": int(g.image_size),
                 "num_classes": int(g.num_classes), "pid": os.getpid()}
+
+    def _for_features(self, images: np.ndarray) -> np.ndarray:
+        """The images the extractor sees: at eval_side when the model is evaluated at another size."""
+        if self.eval_side is None:
+            return images
+        from pipeline import quality
+
+        return quality.resize_for_eval(images, self.eval_side)
 
     def prompts(self) -> bool:
         """Whether the generator takes text prompts (then shards get a CLIP record)."""
@@ -159,7 +171,7 @@ class ShardWorker:
                 counters.add(out.stats)
                 if self.extractor is not None:
                     tf = time.perf_counter()
-                    f, lg = self.extractor(images)
+                    f, lg = self.extractor(self._for_features(images))
                     feature_seconds += time.perf_counter() - tf
                     features.append(np.asarray(f, dtype=np.float32))
                     if lg is not None:
@@ -195,6 +207,7 @@ class ShardWorker:
                 s.sink.write(quality.logits_key(task.shard), quality.encode_npy(all_logits))
             quality_record = quality.shard_quality(feats, all_logits, list(task.conditions),
                                                    np.concatenate(kept_images), extractor=self.extractor)
+            quality_record["feature_image_size"] = self.eval_side or int(self.generator.image_size)
         else:
             mean, std = moments_to_mean_std(*moments)
             quality_record = {"feature_count": 0, "class_consistency": None, "image_mean": mean, "image_std": std}

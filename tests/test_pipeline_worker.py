@@ -97,3 +97,35 @@ def test_memory_stays_flat_over_many_shards(tmp_path, worker_factory):
     finally:
         tracemalloc.stop()
     assert growth < one_shard_pixels / 4, growth
+
+
+def test_features_at_the_models_evaluation_size(tmp_path, worker_factory):
+    """eval.image_size (or the model's, e.g. 256 for LlamaGen's 384-px models) resizes the images the extractor
+    sees, bicubically on [-1, 1] as the release does before saving its FID samples; the tar keeps them whole."""
+    import torch
+    import torch.nn.functional as F
+
+    from accel.api import to_uint8
+    from accel.models.llamagen import CONFIGS
+    from pipeline import quality
+
+    assert CONFIGS["llamagen_xl_384"].eval_image_size == 256 and CONFIGS["llamagen_xl"].eval_image_size is None
+    full = worker_factory(LocalSink(tmp_path / "full"), features="toy", eval_cfg={"batch_size": 4})
+    full.load()
+    small = worker_factory(LocalSink(tmp_path / "small"), features="toy", eval_cfg={"batch_size": 4, "image_size": 64})
+    small.load()
+    a, b = full.run_shard(task(1)), small.run_shard(task(1))
+    assert a["sha256"] == b["sha256"]  # the same images are stored
+    assert (a["quality"]["feature_image_size"], b["quality"]["feature_image_size"]) == (256, 64)
+    fa, fb = (quality.decode_npy(w.spec.sink.read(quality.features_key(1)), "features") for w in (full, small))
+    images = np.stack([decode_png(s["png"]) for s in read_shard(small.spec.sink.read("shards/000001.tar"))])
+    np.testing.assert_allclose(fb, small.extractor(quality.resize_for_eval(images, 64))[0], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(fa, fb)
+    # uint8 in, as the release's float-first resize, to within one level
+    x = torch.rand(2, 3, 96, 96) * 2 - 1
+    release = to_uint8(F.interpolate(x, size=(64, 64), mode="bicubic")).astype(int)
+    ours = quality.resize_for_eval(to_uint8(x), 64).astype(int)
+    assert np.abs(release - ours).max() <= 1
+    with pytest.raises(Exception, match="eval.image_size='big'"):
+        quality.eval_image_size({"image_size": "big"}, small.generator)
+    assert quality.eval_image_size({"image_size": 256}, small.generator) is None  # the generated side: no resize

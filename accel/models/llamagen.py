@@ -98,6 +98,7 @@ class LlamaGenConfig:
     default_drafter: str = "sjd"
     random_init_only: bool = False
     sampling: dict = field(default_factory=dict)    # other sampling defaults (t2i: top_k 1000)
+    eval_image_size: int | None = None              # the release's --image-size-eval (384-px c2i: 256)
 
     @property
     def grid(self) -> int:
@@ -124,7 +125,7 @@ for _size, (_layers, _heads, _dim, _cfg) in _SIZES.items():
         _name = f"llamagen_{_size}" + ("" if _px == 256 else "_384")
         CONFIGS[_name] = LlamaGenConfig(
             ModelArgs(n_layer=_layers, n_head=_heads, dim=_dim, block_size=(_px // 16) ** 2),
-            image_size=_px, cfg=_cfg,
+            image_size=_px, cfg=_cfg, eval_image_size=None if _px == 256 else 256,  # FID of 384-px samples at 256
             default_drafter="sjd" if _size == "b" else ("llamagen_b" if _px == 256 else "llamagen_b_384"))
 CONFIGS["llamagen_tiny"] = LlamaGenConfig(
     ModelArgs(n_layer=2, n_head=4, dim=64, multiple_of=32, block_size=256),
@@ -684,6 +685,7 @@ class LlamaGenGenerator(BaseGenerator):
                          num_classes=0 if config.takes_prompts else config.args.num_classes)
         self.config, self.opts, self.decoder, self.text_encoder = config, opts, decoder, text_encoder
         self.conditions_are_prompts = config.takes_prompts
+        self.eval_image_size = config.eval_image_size
 
     def encode_prompts(self, prompts: list[str], flops: F_.FlopCounter | None = None) -> tuple[TextCondition, dict]:
         """Prompts -> the t2i condition (T5 features, left-padded, in one batch) and its counters."""
