@@ -54,6 +54,10 @@ def check_config(cfg: Any) -> None:
         raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(ACCEL_NAMES)}")
     _int_at_least(cfg.ray.num_workers, "ray.num_workers", 1, "actors generating in parallel")
     _int_at_least(cfg.ray.max_attempts, "ray.max_attempts", 1, "tries per shard before the run fails")
+    timeout = cfg.ray.get("start_timeout_s", 900)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ArgenError(f"ray.start_timeout_s={timeout!r}; expected seconds > 0 to wait for a worker to be placed "
+                         f"and load the generator (900 by default)")
     if not isinstance(cfg.ray.cpus_per_worker, (int, float)) or cfg.ray.cpus_per_worker <= 0:
         raise ArgenError(f"ray.cpus_per_worker={cfg.ray.cpus_per_worker!r}; expected a number > 0")
     if not isinstance(cfg.ray.gpus_per_worker, (int, float)) or cfg.ray.gpus_per_worker < 0:
@@ -172,17 +176,23 @@ class ShardFailed(RuntimeError):
 class ShardScheduler:
     """Keeps `depth` shards in flight on each actor, retries failures on another actor, replaces dead actors.
 
-    `make_actor(index)` returns a Ray actor handle with `load()` and `run_shard(task, attempt)`.
+    `make_actor(index)` returns a Ray actor handle with `load()` and `run_shard(task, attempt)`. Shards go only
+    to actors whose load() has returned: an actor Ray cannot place (a cluster short of GPUs, a replacement for
+    a lost node) never holds shards; it joins when it is placed. No actor ready for start_timeout_s ends the
+    run with an error instead of waiting for ever.
     """
 
     def __init__(self, make_actor: Callable[[int], Any], num_workers: int, max_attempts: int = 3, depth: int = 2,
                  on_commit: Callable[[dict[str, Any]], None] = lambda r: None,
-                 on_tick: Callable[[], None] = lambda: None, poll_s: float = 1.0):
+                 on_tick: Callable[[], None] = lambda: None, poll_s: float = 1.0, start_timeout_s: float = 900.0):
         self.make_actor, self.num_workers = make_actor, num_workers
         self.max_attempts, self.depth = max_attempts, depth
         self.on_commit, self.on_tick, self.poll_s = on_commit, on_tick, poll_s
+        self.start_timeout_s = start_timeout_s
         self.actors: dict[int, Any] = {}
         self.load: dict[int, int] = {}
+        self.ready: set[int] = set()           # actors whose load() returned: the ones given shards
+        self.loading: dict[Any, int] = {}      # load() refs of actors not ready yet -> their index
         self.next_index = 0
         self.replaced = 0
         self.failures: list[str] = []
@@ -193,6 +203,7 @@ class ShardScheduler:
         self.next_index += 1
         self.actors[index] = self.make_actor(index)
         self.load[index] = 0
+        self.loading[self.actors[index].load.remote()] = index
         return index
 
     def _retire(self, index: int) -> None:
@@ -200,34 +211,65 @@ class ShardScheduler:
 
         handle = self.actors.pop(index, None)
         self.load.pop(index, None)
+        self.ready.discard(index)
+        for ref in [r for r, i in self.loading.items() if i == index]:
+            del self.loading[ref]
         if handle is not None:
             try:
                 ray.kill(handle, no_restart=True)
             except Exception:
                 pass
 
-    def start(self) -> list[dict[str, Any]]:
-        """Start the pool and wait until every actor has loaded its generator (errors surface here)."""
+    def _loaded(self, ref: Any) -> None:
+        """An actor's load() returned: it is ready, or it failed (a bad config fails the run; a crash retires it)."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        for _ in range(self.num_workers):
-            self._spawn()
+        index = self.loading.pop(ref)
         try:
-            self.worker_infos = ray.get([h.load.remote() for h in self.actors.values()])
+            self.worker_infos.append(ray.get(ref))
+            self.ready.add(index)
         except RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, ArgenError):
                 raise ArgenError(str(cause)) from None
             raise ShardFailed(f"a worker could not load the generator: {cause or e}") from None
         except RayActorError as e:
-            raise ShardFailed(f"a worker died while loading the generator: {e}") from None
+            if not self.ready:
+                raise ShardFailed(f"a worker died while loading the generator: {e}") from None
+            log.warning("worker w%d died while loading the generator: %s", index, e)
+            self._retire(index)
+
+    def _no_room(self) -> ShardFailed:
+        return ShardFailed(f"no worker became ready within {self.start_timeout_s:.0f} s (ray.start_timeout_s): Ray "
+                           f"could not place the actors (ray.gpus_per_worker / ray.cpus_per_worker more than the "
+                           f"cluster has free?) or loading the generator took longer; check `ray status`, lower "
+                           f"ray.num_workers, or raise ray.start_timeout_s")
+
+    def start(self) -> list[dict[str, Any]]:
+        """Start the pool and wait until every actor has loaded its generator (errors surface here), or, after
+        start_timeout_s, go on with those that have (the others join when Ray places them)."""
+        import ray
+
+        for _ in range(self.num_workers):
+            self._spawn()
+        deadline = time.monotonic() + self.start_timeout_s
+        while self.loading and time.monotonic() < deadline:
+            done, _ = ray.wait(list(self.loading), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            for ref in done:
+                self._loaded(ref)
+        if not self.ready:
+            raise self._no_room()
+        if self.loading:
+            log.warning("%d of %d workers not ready after %.0f s (the cluster has no room for them yet?); going on "
+                        "with %d, the others join when placed", len(self.loading), self.num_workers,
+                        self.start_timeout_s, len(self.ready))
         return self.worker_infos
 
     def _pick(self, pending: deque[ShardTask], index: int, avoid: dict[int, set[int]]) -> ShardTask | None:
         for task in pending:
             bad = avoid.get(task.shard, set())
-            if index not in bad or all(a in bad for a in self.actors):
+            if index not in bad or all(a in bad for a in self.ready):
                 pending.remove(task)
                 return task
         return None
@@ -240,6 +282,7 @@ class ShardScheduler:
         attempts: dict[int, int] = {}
         avoid: dict[int, set[int]] = {}
         inflight: dict[Any, tuple[ShardTask, int]] = {}
+        idle_since: float | None = None  # when the last ready actor was lost
 
         def failed(task: ShardTask, index: int, why: str) -> None:
             n = attempts.get(task.shard, 0) + 1
@@ -254,7 +297,7 @@ class ShardScheduler:
             pending.appendleft(task)
 
         while pending or inflight:
-            for index in list(self.actors):
+            for index in sorted(self.ready):
                 while self.load.get(index, self.depth) < self.depth and pending:
                     task = self._pick(pending, index, avoid)
                     if task is None:
@@ -263,9 +306,18 @@ class ShardScheduler:
                     inflight[ref] = (task, index)
                     self.load[index] += 1
             if not inflight:
-                raise ShardFailed("no worker can take the remaining shards")  # cannot happen with live actors
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+                if not self.loading:
+                    raise ShardFailed("no worker can take the remaining shards")  # cannot happen with live actors
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > self.start_timeout_s:
+                    raise self._no_room()
+            else:
+                idle_since = None
+            ready, _ = ray.wait(list(inflight) + list(self.loading), num_returns=1, timeout=self.poll_s)
             for ref in ready:
+                if ref in self.loading:
+                    self._loaded(ref)
+                    continue
                 task, index = inflight.pop(ref)
                 if index in self.load:
                     self.load[index] -= 1
@@ -462,7 +514,8 @@ def run(cfg: Any) -> dict[str, Any]:
                             sink.uri, _nodes())
             scheduler = ShardScheduler(actor_factory(cfg, sink, warmup_condition=plan.conditions[0]),
                                        num_workers=min(int(cfg.ray.num_workers), len(todo)),
-                                       max_attempts=int(cfg.ray.max_attempts))
+                                       max_attempts=int(cfg.ray.max_attempts),
+                                       start_timeout_s=float(cfg.ray.get("start_timeout_s", 900)))
             infos = scheduler.start()
             t_ready = time.perf_counter()
             extra["startup_seconds"] = t_ready - t0  # checks, Ray, actors loading the model

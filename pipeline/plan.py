@@ -39,6 +39,9 @@ def shard_key(shard: int, index: int) -> str:
     return f"{shard:06d}_{index:06d}"
 
 
+MAX_SHARDS = 1_000_000  # shard ids and in-shard indices are written with 6 digits
+
+
 @dataclass(frozen=True)
 class ShardTask:
     """One unit of work: a shard's samples, their conditions and seeds."""
@@ -318,13 +321,25 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
             raise ArgenError(f"data.classes repeats class ids {sorted({c for c in parsed if parsed.count(c) > 1})}; "
                              f"list each class once and set data.per_class")
         per_class = _positive_int(data.per_class, "data.per_class", "samples per class, e.g. 50 for FID-50k")
+        check_shard_count(len(parsed) * per_class, shard_size)  # before listing that many conditions
         conditions = balanced_conditions(parsed, per_class)
         settings["data.classes"] = parsed
         settings["data.per_class"] = per_class
     check_conditions(conditions, num_classes, takes_prompts, model)
+    check_shard_count(len(conditions), shard_size)
     settings["num_samples"] = len(conditions)
     return Plan(conditions=tuple(conditions), seed=seed, shard_size=shard_size, settings=settings,
                 hash=settings_hash(settings))
+
+
+def check_shard_count(num_samples: int, shard_size: int) -> None:
+    """Shard ids and in-shard sample indices are written with 6 digits (shards/{shard:06d}, {shard:06d}_{i:06d})."""
+    num_shards = -(-num_samples // shard_size)
+    if num_shards > MAX_SHARDS or shard_size > MAX_SHARDS:
+        raise ArgenError(f"{num_samples} samples in shards of output.shard_size={shard_size} make {num_shards} "
+                         f"shards; shard ids and sample indices have 6 digits, so both must stay below "
+                         f"{MAX_SHARDS:,}: use a shard size between {-(-num_samples // MAX_SHARDS)} and "
+                         f"{MAX_SHARDS:,}")
 
 
 def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -81,3 +81,37 @@ def test_retry_limit_names_the_shard(ray_cluster):
 def test_bad_input_in_a_worker_is_not_retried(ray_cluster):
     with pytest.raises(ArgenError, match="bad condition in shard 0"):
         run_scheduler(ray_cluster, {0: ("argen", 99)})
+
+
+def test_an_actor_ray_cannot_place_holds_no_shards(ray_cluster):
+    """A worker asking for resources the cluster lacks (GPUs on a CPU-only cluster, a lost node's replacement)
+    is never given shards: the run goes on with the placed ones after ray.start_timeout_s; with none placed it
+    fails naming the setting instead of waiting for ever."""
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    remote = ray_cluster.remote(ScriptedWorkerDouble)
+
+    def factory(placeable: set[int]):
+        def make(i: int):
+            extra = {} if i in placeable else {"resources": {"argen_test_no_such_resource": 1}}
+            return remote.options(num_cpus=0, max_concurrency=2, **extra).remote(f"w{i}", {})
+        return make
+
+    done = []
+    sched = ShardScheduler(factory({0}), num_workers=2, on_commit=done.append, poll_s=0.2, start_timeout_s=3)
+    try:
+        infos = sched.start()
+        sched.run(tasks(5))
+    finally:
+        sched.shutdown()
+    assert [i["worker"] for i in infos] == ["w0"] and sched.ready == set()  # shut down
+    assert sorted(r["shard"] for r in done) == [0, 1, 2, 3, 4] and {r["worker"] for r in done} == {"w0"}
+    sched = ShardScheduler(factory(set()), num_workers=2, poll_s=0.2, start_timeout_s=2)
+    try:
+        with pytest.raises(ShardFailed, match=r"no worker became ready within 2 s \(ray.start_timeout_s\)"):
+            sched.start()
+    finally:
+        sched.shutdown()

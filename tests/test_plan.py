@@ -94,10 +94,18 @@ def test_diff_names_the_setting():
     ("data.classes", [], "non-empty list"),
     ("data.num_classes", 50, "data.num_classes=50"),
     ("seed", -1, "seed=-1"),
+    ("output.shard_size", 1_000_001, r"output.shard_size=1000001 make 1 shards; .* 6 digits"),
 ])
 def test_bad_settings(key, value, match):
     with pytest.raises(ArgenError, match=match):
         build_plan(cfg(**{key: value}), num_classes=10)
+
+
+def test_more_shards_than_six_digits_name_is_refused():
+    with pytest.raises(ArgenError, match=r"100000100 samples in shards of output.shard_size=100 make 1000001 shards; "
+                                         r".* use a shard size between 101 and 1,000,000"):
+        build_plan(cfg(**{"data.classes": [1], "data.per_class": 100_000_100, "output.shard_size": 100}),
+                   num_classes=10)
 
 
 def test_conditions_files(tmp_path):
