@@ -101,7 +101,7 @@ def test_an_actor_ray_cannot_place_holds_no_shards(ray_cluster):
         return make
 
     done = []
-    sched = ShardScheduler(factory({0}), num_workers=2, on_commit=done.append, poll_s=0.2, start_timeout_s=3)
+    sched = ShardScheduler(factory({0}), num_workers=2, on_commit=done.append, poll_s=0.2, start_timeout_s=15)
     try:
         infos = sched.start()
         sched.run(tasks(5))
