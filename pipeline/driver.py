@@ -529,7 +529,11 @@ def run(cfg: Any) -> dict[str, Any]:
                 new.append(record)
                 progress.shard_done(int(record["count"]))
                 if time.perf_counter() - last_manifest[0] >= interval:
-                    sink.write("manifest.parquet", manifest_parquet(committed.values()))
+                    try:  # a progress copy: the shards are committed, and the end of the run writes it again
+                        sink.write("manifest.parquet", manifest_parquet(committed.values()))
+                    except Exception as e:  # a storage hiccup here must not fail a run whose shards are safe
+                        log.warning("could not update manifest.parquet (%s: %s); the run goes on and writes it "
+                                    "at the end", type(e).__name__, e)
                     last_manifest[0] = time.perf_counter()
 
             scheduler.on_commit, scheduler.on_tick = on_commit, progress.tick
