@@ -86,8 +86,9 @@ class ShardWorker:
                 if s.features and s.features != "none":
                     from pipeline import quality
 
-                    self.extractor = _make_extractor(s.features, s.eval_cfg,
-                                                     str(getattr(self.generator, "device", s.device)))
+                    # eval.device when set (e.g. cpu, to leave the GPU to the generator), else the generator's
+                    device = (s.eval_cfg or {}).get("device") or str(getattr(self.generator, "device", s.device))
+                    self.extractor = _make_extractor(s.features, s.eval_cfg, device)
                     self.eval_side = quality.eval_image_size(s.eval_cfg, self.generator)
                 if self.prompts():
                     from pipeline import quality
