@@ -427,8 +427,9 @@ class MAR(nn.Module):
             z = self.forward_mae_decoder(x, positions, cache)  # [2B, L, D] when guided (a cache may synthesise
             z = z[torch.cat([mask_to_pred, mask_to_pred]) if guided else mask_to_pred]  # the second half)
 
-            if cfg_schedule == "linear":  # guidance grows with the number of generated tokens (as in Muse)
-                cfg_iter = 1 + (cfg - 1) * (L - torch.tensor(float(mask_len), device=device)) / L
+            if cfg_schedule == "linear":  # guidance grows with the number of generated tokens (as in Muse);
+                # a 1-element fp32 tensor as upstream's, which under autocast makes the guided eps fp32
+                cfg_iter = 1 + (cfg - 1) * (L - torch.tensor([float(mask_len)], device=device)) / L
             else:
                 cfg_iter = cfg
             n = int(mask_to_pred[0].sum())
