@@ -59,7 +59,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel import flops as F_
-from accel.api import ArgenError, BaseGenerator, check_option_names, require_weights, seeded_init
+from accel.api import (ArgenError, BaseGenerator, check_option_names, option_flag, option_number, require_weights,
+                       seeded_init)
 from accel.sampling import categorical_rows
 
 
@@ -546,6 +547,11 @@ class SamplingOptions:
     def check(self, num_vocab: int) -> None:
         if not (isinstance(self.cfg, (int, float)) and math.isfinite(self.cfg)):
             raise ArgenError(f"cfg={self.cfg!r} is not a number; pass a guidance scale such as 2.0 (<= 1 turns CFG off)")
+        self.cfg_interval = option_number("cfg_interval", self.cfg_interval, float, "-1")
+        self.temperature = option_number("temperature", self.temperature, float, "1.0")
+        self.top_k = option_number("top_k", self.top_k, int, "1000")
+        self.top_p = option_number("top_p", self.top_p, float, "1.0")
+        self.greedy = option_flag("greedy", self.greedy)
         if self.temperature < 0:
             raise ArgenError(f"temperature={self.temperature} is negative; pass a value >= 0 (1.0 is the default)")
         if not 0 <= int(self.top_k) <= num_vocab:
