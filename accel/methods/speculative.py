@@ -46,8 +46,9 @@ Options (load_generator(..., accel=..., **options)):
   drafter_checkpoint released weights of the drafter (needed unless random_init=True, or the drafter is a
                      toy model with committed weights: llamagen_toy_draft loads them by default)
   gamma              draft tokens per step for a model drafter (default 4)
-  window             SJD window length L (default 16; with accel=speculative drafter=sjd, gamma is
-                     taken as the window when window is not given)
+  window             SJD window length L, draft tokens per forward (default 15: the release's
+                     max_num_new_tokens = 16 counts the committed token fed with them; with
+                     accel=speculative drafter=sjd, gamma is taken as the window when window is not given)
   draft_mode         "sample" (default) or "argmax"
   sjd_init           "random" (default) or "repeat"
   lantern_k, lantern_delta, lantern_lambda   (accel=lantern) see accel/methods/lantern.py
@@ -65,6 +66,7 @@ from accel.api import ArgenError
 from accel.models import llamagen as lg
 from accel.sampling import categorical_rows
 
+SJD_WINDOW = 15  # the release's 16-token Jacobi forward: the last committed token and 15 drafts
 _SPEC = ("drafter", "drafter_checkpoint", "gamma", "window", "draft_mode", "sjd_init")
 OPTIONS = {
     "speculative": _SPEC,
@@ -113,7 +115,7 @@ class SpecConfig:
             if spec.drafter_checkpoint is not None:
                 raise ArgenError("drafter_checkpoint was given but drafter=sjd uses no drafter model")
             gamma = o.pop("gamma", None)  # accel=speculative drafter=sjd: gamma stands for the window
-            window = o.pop("window", 16 if gamma is None else gamma)
+            window = o.pop("window", SJD_WINDOW if gamma is None else gamma)
             spec.gamma = _int_option("window", window, 1, "the SJD window holds L >= 1 draft tokens (16 is usual)")
         else:
             if "window" in o:
