@@ -132,13 +132,15 @@ def test_var_toy_guard_has_power():
 
 
 # Measured on the committed llamagen_toy (300 samples, seeds 1,000,000 + i, cfg 4.0, CPU fp32): plain AR
-# toy FID 55.0, class-consistency 0.207; LANTERN (drafter llamagen_toy_draft, k 10, delta 0.1) 63.3 / 0.193
-# with 64.4 target forwards per image (plain AR: 256); random weights: FID ~3900, 0.100. Thresholds leave
-# about 20% on FID, 0.05 on class-consistency and 50% on the target forwards.
+# toy FID 55.0, class-consistency 0.207; LANTERN (drafter llamagen_toy_draft, k 10, delta 0.1; since the
+# rejection rule zeroes a sampled draft's neighbours in q) 59.7 / 0.163 with 64.3 target forwards per image
+# (plain AR: 256); random weights: FID ~3900, 0.100. Class-consistency of 300 samples moves by a few points
+# (LANTERN's is 0.210 at 10,000). Thresholds leave about 20% on FID, 0.03 on class-consistency and 50% on
+# the target forwards.
 LLAMAGEN_GUARD_SAMPLES = 300
 LLAMAGEN_TOY_FID_MAX = 66.0
-LLAMAGEN_TOY_LANTERN_FID_MAX = 76.0
-LLAMAGEN_TOY_CONSISTENCY_MIN = 0.14
+LLAMAGEN_TOY_LANTERN_FID_MAX = 72.0
+LLAMAGEN_TOY_CONSISTENCY_MIN = 0.13
 LLAMAGEN_TOY_LANTERN_TARGET_FORWARDS_MAX = 96.0
 
 
