@@ -279,6 +279,82 @@ def test_relaxed_probability_matches_brute_force(k, delta, lam):
             assert torch.equal(sampled[b, nb], (p[b, 0, nb] - q[b, nb]).clamp_min(0))
 
 
+def test_neighbour_table_is_l2_on_raw_rows_and_cached(tmp_path, monkeypatch):
+    from accel.methods import lantern
+
+    cb = random_codebook(40) * torch.linspace(0.1, 3, 40)[:, None]   # rows of very different norms
+    monkeypatch.setattr("accel.checkpoints.CACHE_DIR", tmp_path)
+    table = lantern.neighbour_table(cb, 7)
+    d = ((cb[:, None] - cb[None]) ** 2).sum(-1)
+    d.fill_diagonal_(float("inf"))
+    assert torch.equal(table, d.argsort(1)[:, :7])
+    assert not (table == torch.arange(40)[:, None]).any()
+    files = list((tmp_path / "lantern").glob("*.npy"))
+    assert len(files) == 1 and np.load(files[0]).dtype == np.uint16
+    def recompute(*args, **kwargs):
+        raise RuntimeError("recomputed")
+
+    monkeypatch.setattr(lantern, "compute_neighbours", recompute)
+    assert torch.equal(lantern.neighbour_table(cb, 7), table)        # read back from disk
+    other = cb.clone()
+    other[0, 0] += 1
+    with pytest.raises(RuntimeError, match="recomputed"):
+        lantern.neighbour_table(other, 7)                              # another codebook: another key
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("accel,opts,match", [
+    ("lantern", {"lantern_delta": -0.1}, r"lantern_delta=-0\.1"),
+    ("lantern", {"lantern_delta": 2.0}, "lantern_lambda instead"),
+    ("lantern", {"lantern_k": -1}, r"lantern_k=-1 is outside \[0, 16384\)"),
+    ("lantern", {"lantern_k": 16384}, r"lantern_k=16384"),
+    ("lantern", {"lantern_lambda": 0.5}, "lantern_lambda=0.5"),
+    ("sjd", {"window": 0}, "window=0"),
+    ("speculative", {"drafter": "sjd", "window": -3}, "window=-3"),
+    ("speculative", {"drafter": "sjd", "gamma": 0}, "window=0"),
+    ("speculative", {"gamma": 0}, "gamma=0"),
+    ("speculative", {"window": 4}, "window is the SJD window"),
+    ("speculative", {"draft_mode": "beam"}, "draft_mode='beam'"),
+    ("sjd", {"sjd_init": "zeros"}, "sjd_init='zeros'"),
+    ("sjd", {"drafter": "llamagen_tiny_draft"}, "accel=sjd drafts with the target"),
+    ("speculative", {"drafter": "llamagen_q"}, "drafter='llamagen_q'"),
+    ("speculative", {"drafter": "llamagen_b"}, "drafter llamagen_b uses tokenizer"),
+    ("speculative", {"drafter": "llamagen_tiny_draft", "lantern_k": 3}, "unknown option"),
+])
+def test_bad_options(accel, opts, match):
+    with pytest.raises(ArgenError, match=match):
+        load_generator("llamagen_tiny", accel=accel, device="cpu", random_init=True, **opts)
+
+
+def test_drafter_weights_and_grids_must_fit(tmp_path):
+    with pytest.raises(ArgenError, match="drafter llamagen_b has no weights"):
+        load_generator("llamagen_xl", accel="speculative", device="cpu", checkpoint=str(tmp_path / "c2i.pt"),
+                       tokenizer_checkpoint=str(tmp_path / "vq.pt"))
+    with pytest.raises(ArgenError, match="16x16 token grid but target llamagen_xl_384 a 24x24"):
+        load_generator("llamagen_xl_384", accel="speculative", drafter="llamagen_b", drafter_checkpoint="x",
+                       device="cpu", checkpoint="c", tokenizer_checkpoint="t")
+    with pytest.raises(ArgenError, match="vocabulary size 256 but target"):
+        sp.SpeculativeDecoder(small(0), sp.ModelDrafter(small(1, vocab=256), 2), sp.ExactRule(), GREEDY)
+    with pytest.raises(ArgenError, match="token grid"):
+        sp.SpeculativeDecoder(small(0), sp.ModelDrafter(small(1, grid=4), 2), sp.ExactRule(), GREEDY)
+
+
+def test_without_cfg_and_with_nucleus(pair):
+    """cfg <= 1 (no batch doubling) and top-p: greedy equality and per-row independence still hold."""
+    target, drafter = pair
+    greedy = lg.SamplingOptions(cfg=1.0, top_p=0.8, greedy=True)
+    with torch.no_grad():
+        ref = lg.generate_tokens(target, torch.tensor([2, 3]), greedy, gens([0, 1]))
+    seq, _ = run(target, sp.ModelDrafter(drafter, 2), greedy, [2, 3], [0, 1])
+    assert torch.equal(seq, ref)
+    opts = lg.SamplingOptions(cfg=1.0, top_p=0.8, temperature=0.7)
+    batch, c = run(target, sp.JacobiDrafter(4, "repeat"), opts, [2, 3], [7, 8])
+    alone, _ = run(target, sp.JacobiDrafter(4, "repeat"), opts, [3], [8])
+    assert torch.equal(batch[1], alone[0]) and c["drafter_forwards_per_image"] == 0
+
+
 def test_greedy_verification_relaxes_the_unfiltered_softmax():
     """Greedy LANTERN (the release's temperature-0 verifier) relaxes softmax(logits): a neighbour outside
     top-k keeps its mass; the argmax, all greedy decoding uses, is the same as with the filter."""
