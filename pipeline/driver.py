@@ -173,6 +173,10 @@ class ShardFailed(RuntimeError):
     pass
 
 
+def workers_record(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"worker": i["worker"], "device": i["device"]} for i in infos]
+
+
 class ShardScheduler:
     """Keeps `depth` shards in flight on each actor, retries failures on another actor, replaces dead actors.
 
@@ -247,23 +251,30 @@ class ShardScheduler:
                            f"ray.num_workers, or raise ray.start_timeout_s")
 
     def start(self) -> list[dict[str, Any]]:
-        """Start the pool and wait until every actor has loaded its generator (errors surface here), or, after
-        start_timeout_s, go on with those that have (the others join when Ray places them)."""
+        """Start the pool and wait until every actor has loaded its generator (errors surface here). Once one is
+        ready, the others get as long again as it took (at least 5 s): actors load in parallel, so a placed one
+        is done by then, and one that Ray cannot place (no free GPU) must not hold up the run; it joins when
+        placed. No actor ready within start_timeout_s fails the run."""
         import ray
 
         for _ in range(self.num_workers):
             self._spawn()
-        deadline = time.monotonic() + self.start_timeout_s
+        t0 = time.monotonic()
+        deadline = t0 + self.start_timeout_s
         while self.loading and time.monotonic() < deadline:
             done, _ = ray.wait(list(self.loading), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             for ref in done:
+                was_ready = bool(self.ready)
                 self._loaded(ref)
+                if self.ready and not was_ready:
+                    first = time.monotonic() - t0
+                    deadline = min(deadline, t0 + 2 * first + 5.0)
         if not self.ready:
             raise self._no_room()
         if self.loading:
-            log.warning("%d of %d workers not ready after %.0f s (the cluster has no room for them yet?); going on "
-                        "with %d, the others join when placed", len(self.loading), self.num_workers,
-                        self.start_timeout_s, len(self.ready))
+            log.warning("%d of %d workers not ready after %.0f s, the first after %.0f s (the cluster has no room "
+                        "for them yet?); going on with %d, the others join when placed", len(self.loading),
+                        self.num_workers, time.monotonic() - t0, first, len(self.ready))
         return self.worker_infos
 
     def _pick(self, pending: deque[ShardTask], index: int, avoid: dict[int, set[int]]) -> ShardTask | None:
@@ -519,7 +530,7 @@ def run(cfg: Any) -> dict[str, Any]:
             infos = scheduler.start()
             t_ready = time.perf_counter()
             extra["startup_seconds"] = t_ready - t0  # checks, Ray, actors loading the model
-            extra["workers"] = [{"worker": i["worker"], "device": i["device"]} for i in infos]
+            extra["workers"] = workers_record(infos)
             progress = Progress(sum(t.count for t in todo), plan.num_shards, len(committed),
                                 bool(cfg.get("progress", True)))
 
@@ -545,6 +556,7 @@ def run(cfg: Any) -> dict[str, Any]:
         if scheduler is not None:
             extra["retries"] = scheduler.failures
             extra["replaced_workers"] = scheduler.replaced
+            extra["workers"] = workers_record(scheduler.worker_infos)  # with those that joined late
             scheduler.shutdown()
         seconds = time.perf_counter() - t0
         if "startup_seconds" in extra and seconds > extra["startup_seconds"]:
