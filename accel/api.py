@@ -72,17 +72,37 @@ def seeded_generators(seeds: Sequence[int], device: torch.device) -> list[torch.
     return gens
 
 
-def option_number(name: str, value: Any, kind: type, example: str) -> int | float:
-    """int(value) or float(value) for an option, or an ArgenError naming the option, its value and an example
-    (a string like "0.5" from the command line converts; "x", a list or a bool does not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, np.integer, np.floating)):
-        raise ArgenError(f"{name}={value!r} is not a number; pass e.g. {name}={example}")
+def _as_number(value: Any, kind: type) -> int | float | None:
+    """value as an int or float, or None where it is not one (a bool, a list, "x", 1.5 for an int). Strings
+    convert: options can come from a command line."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.integer, np.floating)):
+        return None
+    if kind is int and isinstance(value, (int, np.integer)):
+        return int(value)
     try:
-        number = kind(float(value)) if kind is int and not isinstance(value, (int, np.integer)) else kind(value)
-    except (TypeError, ValueError):
-        raise ArgenError(f"{name}={value!r} is not a number; pass e.g. {name}={example}") from None
-    if kind is int and float(value) != number:
-        raise ArgenError(f"{name}={value!r} is not a whole number; pass e.g. {name}={example}")
+        number = float(value)
+    except ValueError:
+        return None
+    if kind is float:
+        return number
+    return int(number) if number.is_integer() else None
+
+
+def option_number(name: str, value: Any, kind: type, example: str) -> int | float:
+    """int(value) or float(value) for an option, or an ArgenError naming the option, its value and an example."""
+    number = _as_number(value, kind)
+    if number is None:
+        what = "a whole number" if kind is int and _as_number(value, float) is not None else "a number"
+        raise ArgenError(f"{name}={value!r} is not {what}; pass e.g. {name}={example}")
+    return number
+
+
+def option_int(name: str, value: Any, low: int, high: int | None = None, *, hint: str = "") -> int:
+    """An integer option in [low, high], or an ArgenError naming the option, its value and the range."""
+    number = _as_number(value, int)
+    if number is None or number < low or (high is not None and number > high):
+        span = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ArgenError(f"{name}={value!r}; expected an integer {span}" + (f" ({hint})" if hint else ""))
     return number
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from accel.api import ACCEL_NAMES, ArgenError
+from accel.api import ACCEL_NAMES, ArgenError, option_int
 from pipeline.plan import Plan, ShardTask, build_plan, diff_settings
 from pipeline.report import write_pictures
 from pipeline.sinks import LocalSink, S3Sink, open_sink, redact_url
@@ -38,12 +38,6 @@ SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(
 
 # -- checks -----------------------------------------------------------------------------------
 
-def _int_at_least(value: Any, name: str, low: int, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ArgenError(f"{name}={value!r}; expected an integer >= {low} ({hint})")
-    return value
-
-
 def check_config(cfg: Any) -> None:
     """Everything that can be checked without a model, storage or Ray."""
     model, accel = str(cfg.model.name), str(cfg.accel.name)
@@ -52,8 +46,8 @@ def check_config(cfg: Any) -> None:
     family_of(model)
     if accel not in ACCEL_NAMES:
         raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(ACCEL_NAMES)}")
-    _int_at_least(cfg.ray.num_workers, "ray.num_workers", 1, "actors generating in parallel")
-    _int_at_least(cfg.ray.max_attempts, "ray.max_attempts", 1, "tries per shard before the run fails")
+    option_int("ray.num_workers", cfg.ray.num_workers, 1, hint="actors generating in parallel")
+    option_int("ray.max_attempts", cfg.ray.max_attempts, 1, hint="tries per shard before the run fails")
     timeout = cfg.ray.get("start_timeout_s", 900)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ArgenError(f"ray.start_timeout_s={timeout!r}; expected seconds > 0 to wait for a worker to be placed "

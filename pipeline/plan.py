@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from accel.api import ArgenError
+from accel.api import ArgenError, option_int
 
 Condition = int | str
 log = logging.getLogger("argen.plan")
@@ -248,20 +248,14 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def _positive_int(value: Any, name: str, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ArgenError(f"{name}={value!r}; expected an integer >= 1 ({hint})")
-    return value
-
-
 def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -> Plan:
     """The run's plan from its config (`seed`, `batch_size`, `data.*`, `output.shard_size`, `model`, `accel`).
 
     `num_classes`: the model's number of classes (None if not known); class ids are checked against it.
     """
     data = cfg.data
-    shard_size = _positive_int(cfg.output.shard_size, "output.shard_size", "samples per shard, e.g. 1000")
-    batch_size = _positive_int(cfg.batch_size, "batch_size", "samples per generate() call, e.g. 32")
+    shard_size = option_int("output.shard_size", cfg.output.shard_size, 1, hint="samples per shard, e.g. 1000")
+    batch_size = option_int("batch_size", cfg.batch_size, 1, hint="samples per generate() call, e.g. 32")
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ArgenError(f"seed={seed!r}; expected a non-negative integer")
@@ -296,7 +290,7 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
     else:
         n = data.get("num_classes")
         if n is not None:
-            n = _positive_int(n, "data.num_classes", "the number of classes to draw from")
+            n = option_int("data.num_classes", n, 1, hint="the number of classes to draw from")
             if num_classes is not None and n > num_classes:
                 raise ArgenError(f"data.num_classes={n} but {model} has {num_classes} classes; "
                                  f"pass at most {num_classes} or leave it null")
@@ -320,7 +314,7 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
         if len(set(parsed)) != len(parsed):
             raise ArgenError(f"data.classes repeats class ids {sorted({c for c in parsed if parsed.count(c) > 1})}; "
                              f"list each class once and set data.per_class")
-        per_class = _positive_int(data.per_class, "data.per_class", "samples per class, e.g. 50 for FID-50k")
+        per_class = option_int("data.per_class", data.per_class, 1, hint="samples per class, e.g. 50 for FID-50k")
         check_shard_count(len(parsed) * per_class, shard_size)  # before listing that many conditions
         conditions = balanced_conditions(parsed, per_class)
         settings["data.classes"] = parsed

@@ -175,3 +175,39 @@ def test_every_class_conditional_model_knows_its_classes():
         assert load_generator(name, device="cpu").num_classes == conditions_of(name)[0] == 10
     plan = build_plan(cfg(**{"model.name": "mar_base", "data.per_class": 50}), *conditions_of("mar_base"))
     assert plan.num_samples == 50_000 and set(plan.conditions) == set(range(1000))
+
+
+@pytest.mark.parametrize("value, expected", [(3, 3), ("3", 3), (3.0, 3), ("4.0", 4), (2**62, 2**62)])
+def test_option_int_takes_whole_numbers_from_configs_and_command_lines(value, expected):
+    from accel.api import option_int
+
+    assert option_int("gamma", value, 1) == expected and isinstance(option_int("gamma", value, 1), int)
+
+
+@pytest.mark.parametrize("value, low, high, match", [
+    (0, 1, None, r"gamma=0; expected an integer >= 1 \(draft tokens\)"),
+    (1.5, 1, None, r"gamma=1.5; expected an integer >= 1"),
+    (True, 0, None, r"gamma=True; expected an integer >= 0"),
+    ("x", 1, None, r"gamma='x'; expected an integer >= 1"),
+    ([2], 1, None, r"gamma=\[2\]; expected an integer >= 1"),
+    (float("nan"), 1, None, r"gamma=nan; expected an integer >= 1"),
+    (6, 0, 5, r"gamma=6; expected an integer from 0 to 5"),
+])
+def test_option_int_names_the_value_and_the_range(value, low, high, match):
+    from accel.api import option_int
+
+    with pytest.raises(ArgenError, match=match):
+        option_int("gamma", value, low, high, hint="draft tokens")
+
+
+def test_option_number_and_flag():
+    from accel.api import option_flag, option_number
+
+    assert option_number("cfg", "1.5", float, "1.5") == 1.5 and option_number("top_k", 900.0, int, "900") == 900
+    with pytest.raises(ArgenError, match=r"top_k=900.5 is not a whole number; pass e.g. top_k=900"):
+        option_number("top_k", 900.5, int, "900")
+    with pytest.raises(ArgenError, match=r"cfg='high' is not a number; pass e.g. cfg=1.5"):
+        option_number("cfg", "high", float, "1.5")
+    assert option_flag("greedy", "TRUE") is True and option_flag("greedy", False) is False
+    with pytest.raises(ArgenError, match=r"greedy=1 is not true or false"):
+        option_flag("greedy", 1)

@@ -39,11 +39,10 @@ import dataclasses
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel.api import ArgenError
+from accel.api import ArgenError, option_flag, option_int
 from accel.models.mar import count
 
 # Upstream's 64-entry RETAIN_RATIO_SCHEDULE as (progress from which it applies, ratio): steps 0-19 keep all,
@@ -68,20 +67,6 @@ class LazyMARConfig:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(LazyMARConfig))
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ArgenError(f"lazymar option {name}={value!r}: expected true or false")
-    return bool(value)
-
-
-def _int(name: str, value: Any, lo: int, hi: int | None = None, hint: str = "") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < lo or (
-            hi is not None and value > hi):
-        span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-        raise ArgenError(f"lazymar option {name}={value!r}: expected an integer {span}{hint}")
-    return int(value)
 
 
 def _retain_schedule(value: Any) -> tuple[tuple[float, float], ...]:
@@ -112,14 +97,14 @@ def parse_options(model_config: dict, guided: bool, **options) -> LazyMARConfig:
     d.update(options)
     dec_depth, head_depth = model_config["decoder_depth"], model_config["diffloss_d"]
     for name in ("token_cache", "condition_cache", "head_cache"):
-        d[name] = _bool(name, d[name])
-    d["warmup_steps"] = _int("warmup_steps", d["warmup_steps"], 0)
-    d["refresh_interval"] = _int("refresh_interval", d["refresh_interval"], 1, hint=" (1 = every step is full)")
-    d["select_layer"] = _int("select_layer", d["select_layer"], 0, dec_depth - 1,
-                             f" (a decoder layer index; this model has {dec_depth} decoder layers)")
-    d["keep_slack"] = _int("keep_slack", d["keep_slack"], 0)
-    d["head_refresh_interval"] = _int("head_refresh_interval", d["head_refresh_interval"], 1,
-                                      hint=" (1 = every DDPM timestep is full)")
+        d[name] = option_flag(name, d[name])
+    d["warmup_steps"] = option_int("warmup_steps", d["warmup_steps"], 0, hint="full steps before caching starts")
+    d["refresh_interval"] = option_int("refresh_interval", d["refresh_interval"], 1, hint="1 = every step is full")
+    d["select_layer"] = option_int("select_layer", d["select_layer"], 0, dec_depth - 1,
+                                   hint=f"a decoder layer index; this model has {dec_depth} decoder layers")
+    d["keep_slack"] = option_int("keep_slack", d["keep_slack"], 0)
+    d["head_refresh_interval"] = option_int("head_refresh_interval", d["head_refresh_interval"], 1,
+                                            hint="1 = every DDPM timestep is full")
     hw = d["head_warmup"]
     if isinstance(hw, bool) or not isinstance(hw, (int, float)) or not 0.0 <= hw <= 1.0:
         raise ArgenError(f"lazymar option head_warmup={hw!r}: expected a fraction of the DDPM chain in [0, 1]")

@@ -57,12 +57,11 @@ accel=sjd is speculative with drafter=sjd.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from accel import flops as F_
-from accel.api import ArgenError
+from accel.api import ArgenError, option_int
 from accel.models import llamagen as lg
 from accel.sampling import categorical_rows
 
@@ -73,12 +72,6 @@ OPTIONS = {
     "lantern": _SPEC + ("lantern_k", "lantern_delta", "lantern_lambda"),
     "sjd": ("drafter", "window", "sjd_init", "draft_mode"),
 }
-
-
-def _int_option(name: str, value: Any, low: int, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
-        raise ArgenError(f"{name}={value!r} is not an integer >= {low}; {hint}")
-    return int(value)
 
 
 @dataclass
@@ -116,13 +109,13 @@ class SpecConfig:
                 raise ArgenError("drafter_checkpoint was given but drafter=sjd uses no drafter model")
             gamma = o.pop("gamma", None)  # accel=speculative drafter=sjd: gamma stands for the window
             window = o.pop("window", SJD_WINDOW if gamma is None else gamma)
-            spec.gamma = _int_option("window", window, 1, "the SJD window holds L >= 1 draft tokens (16 is usual)")
+            spec.gamma = option_int("window", window, 1, hint=f"draft tokens per Jacobi step; {SJD_WINDOW} is the default")
         else:
             if "window" in o:
                 raise ArgenError(f"window is the SJD window length; drafter={drafter} takes gamma=<draft tokens per step>")
             if "sjd_init" in o:
                 raise ArgenError(f"sjd_init applies to drafter=sjd only, not drafter={drafter}")
-            spec.gamma = _int_option("gamma", o.pop("gamma", 4), 1, "pass the number of draft tokens per step, e.g. 4")
+            spec.gamma = option_int("gamma", o.pop("gamma", 4), 1, hint="draft tokens per step, e.g. 4")
             check_drafter_config(target_name, drafter)
             if spec.drafter_checkpoint is None and not random_init:  # a toy drafter's committed weights
                 spec.drafter_checkpoint = lg.bundled_checkpoint(drafter)
