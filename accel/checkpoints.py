@@ -11,12 +11,26 @@ import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from urllib.parse import unquote, urlsplit
 
 import torch
 
 from accel.api import ArgenError
 
 CACHE_DIR = Path(os.environ.get("ARGEN_CACHE", Path.home() / ".cache" / "argen"))
+
+
+def local_path(uri: str | os.PathLike, what: str = "path") -> Path:
+    """A local path, or a file URI as RFC 8089 reads it: file:///abs/path or file://localhost/abs/path (and
+    file:/abs/path). file://name/... names a host, so it is refused rather than read as a relative folder."""
+    text = str(uri)
+    if not text.startswith("file:"):
+        return Path(text).expanduser()
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise ArgenError(f"{what}={text!r} is not an absolute file URI (file://{parts.netloc} names a host); pass "
+                         f"file:///absolute/path, or the plain path without file://")
+    return Path(unquote(parts.path))
 
 
 def _local_copy(uri: str) -> Path:
@@ -41,7 +55,7 @@ def read_checkpoint(path_or_uri: str | os.PathLike) -> Any:
     if uri.startswith("s3://"):
         path = _local_copy(uri)
     else:
-        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+        path = local_path(uri, "checkpoint")
     if not path.is_file():
         raise ArgenError(f"checkpoint file {str(path)!r} does not exist; pass the path of the released file "
                          f"(or an s3:// URI), or random_init=True for random weights")

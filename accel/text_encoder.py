@@ -47,6 +47,7 @@ from typing import Sequence
 import torch
 
 from accel.api import ArgenError
+from accel.checkpoints import local_path
 
 log = logging.getLogger("argen.text")
 
@@ -180,7 +181,7 @@ class T5TextEncoder:
         if "://" in path_str and not path_str.startswith("file://"):
             raise ArgenError(f"model.text_encoder={path_str!r}: the text encoder is read from a local folder, "
                              f"not a URI; copy it to each worker's disk. {HOW_TO_GET}")
-        folder = Path(path_str[len("file://"):] if path_str.startswith("file://") else path_str).expanduser()
+        folder = local_path(path_str, "model.text_encoder")
         if not folder.is_dir():
             raise ArgenError(f"model.text_encoder={path_str!r} is not a folder; {HOW_TO_GET}")
         if not (folder / "config.json").is_file():

@@ -272,7 +272,9 @@ class Reference:
 
 
 def _local_path(uri: str) -> Path:
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+    from accel.checkpoints import local_path
+
+    return local_path(uri, "eval.reference")
 
 
 def reference_kind(uri: str) -> str:

@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import io
 import threading
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -213,11 +212,10 @@ class InceptionExtractor(FeatureExtractor):
     def __init__(self, weights: str | None, device: torch.device, batch_size: int = 64, random_init: bool = False):
         super().__init__(device, batch_size)
         if weights:
-            from accel.checkpoints import read_checkpoint, unwrap_state_dict
+            from accel.checkpoints import local_path, read_checkpoint, unwrap_state_dict
 
             path = str(weights)
-            local = path[len("file://"):] if path.startswith("file://") else path
-            if not path.startswith("s3://") and not Path(local).expanduser().is_file():
+            if not path.startswith("s3://") and not local_path(path, "eval.inception_weights").is_file():
                 raise ArgenError(f"eval.inception_weights={path!r} does not exist; {self.how_to_get()}")
             state = unwrap_state_dict(read_checkpoint(path))
             self.weights = state_dict_sha256(state)
@@ -411,9 +409,11 @@ class ClipScorer:
     """
 
     def __init__(self, folder: str, device: torch.device, batch_size: int = 64):
-        path = Path(str(folder)[len("file://"):] if str(folder).startswith("file://") else str(folder)).expanduser()
         if "://" in str(folder) and not str(folder).startswith("file://"):
             raise ArgenError(f"eval.clip_model={folder!r}: CLIP is read from a local folder, not a URI. {CLIP_HOW_TO}")
+        from accel.checkpoints import local_path
+
+        path = local_path(folder, "eval.clip_model")
         if not path.is_dir() or not (path / "open_clip_config.json").is_file():
             raise ArgenError(f"eval.clip_model={folder!r} is not a folder with open_clip_config.json. {CLIP_HOW_TO}")
         weights = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))

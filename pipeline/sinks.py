@@ -382,7 +382,9 @@ def open_sink(uri: str, storage: Any = None) -> LocalSink | S3Sink:
     if scheme == "s3":
         return S3Sink(uri, S3Settings.from_config(storage))
     if scheme == "file":
-        return LocalSink(urlsplit(uri).path)
+        from accel.checkpoints import local_path
+
+        return LocalSink(str(local_path(uri, "output.uri")))
     if scheme in ("", ) or (len(scheme) == 1 and os.name == "nt"):
         return LocalSink(uri)
     raise ArgenError(f"output.uri={redact_url(uri)!r} has scheme {scheme!r}; expected a local folder, "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import boto3
 import pytest
@@ -35,6 +36,22 @@ def test_local_sink_roundtrip(tmp_path):
     sink.delete("run.json")
     assert not sink.exists("run.json")
     assert isinstance(open_sink(f"file://{tmp_path}/o2"), LocalSink)
+
+
+def test_file_uris_are_read_as_rfc_8089_everywhere(tmp_path):
+    """file:///abs and file://localhost/abs are the folder /abs; file://out/run names a host "out" and is
+    refused (it once became /run for output.uri and the relative out/run for checkpoints)."""
+    from accel.checkpoints import local_path, read_checkpoint
+
+    tmp_path = tmp_path.resolve()
+    assert open_sink(f"file://{tmp_path}/o2").root == tmp_path / "o2"
+    assert open_sink(f"file://localhost{tmp_path}/o%203").root == tmp_path / "o 3"
+    assert open_sink(f"file:{tmp_path}/o4").root == tmp_path / "o4"
+    assert local_path("~/x") == Path.home() / "x" and local_path("rel/x") == Path("rel/x")
+    with pytest.raises(ArgenError, match=r"output.uri='file://out/run' is not an absolute file URI .*names a host"):
+        open_sink("file://out/run")
+    with pytest.raises(ArgenError, match=r"checkpoint='file://weights/a.pt' is not an absolute file URI"):
+        read_checkpoint("file://weights/a.pt")
 
 
 def test_local_sink_rejects(tmp_path):

@@ -551,8 +551,9 @@ def _stored_latent_scale(path: str | None) -> float | None:
         return None
     from safetensors import safe_open
 
-    local = str(path)[len("file://"):] if str(path).startswith("file://") else str(path)
-    with safe_open(local, framework="pt") as f:
+    from accel.checkpoints import local_path
+
+    with safe_open(str(local_path(path, "checkpoint")), framework="pt") as f:
         value = (f.metadata() or {}).get("latent_scale")
     if value is None:
         return None
