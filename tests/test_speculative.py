@@ -363,3 +363,19 @@ def test_greedy_verification_relaxes_the_unfiltered_softmax():
     p = lg.logits_to_probs(logits, opts)
     torch.testing.assert_close(p, logits.softmax(-1))
     assert p[0, 2] > 0 and int(p.argmax()) == int(lg.logits_to_probs(logits, lg.SamplingOptions(top_k=2)).argmax())
+
+
+@pytest.mark.parametrize("accel", ["speculative", "lantern"])
+def test_job_configs_leave_gamma_to_the_drafter(accel):
+    """The job configs' accel options: a drafter model drafts 4 tokens per step; a model whose default drafter is
+    SJD (llamagen_b, the t2i models) gets the SJD window, not a window of 4 read from gamma."""
+    from omegaconf import OmegaConf
+
+    from jobs.submit import compose
+
+    options = OmegaConf.to_container(compose("generate", [f"accel={accel}"]).accel.options)
+    options.pop("drafter_checkpoint")
+    with_model = sp.SpecConfig.from_options(accel, "llamagen_l", dict(options), "llamagen_b", True)
+    with_sjd = sp.SpecConfig.from_options(accel, "llamagen_b", dict(options), "sjd", True)
+    assert (with_model.drafter, with_model.gamma) == ("llamagen_b", 4)
+    assert (with_sjd.drafter, with_sjd.gamma) == ("sjd", sp.SJD_WINDOW)

@@ -115,7 +115,8 @@ class SpecConfig:
                 raise ArgenError(f"window is the SJD window length; drafter={drafter} takes gamma=<draft tokens per step>")
             if "sjd_init" in o:
                 raise ArgenError(f"sjd_init applies to drafter=sjd only, not drafter={drafter}")
-            spec.gamma = option_int("gamma", o.pop("gamma", 4), 1, hint="draft tokens per step, e.g. 4")
+            gamma = o.pop("gamma", None)  # null in the job configs: the default
+            spec.gamma = option_int("gamma", 4 if gamma is None else gamma, 1, hint="draft tokens per step, e.g. 4")
             check_drafter_config(target_name, drafter)
             if spec.drafter_checkpoint is None and not random_init:  # a toy drafter's committed weights
                 spec.drafter_checkpoint = lg.bundled_checkpoint(drafter)
