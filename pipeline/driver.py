@@ -108,12 +108,17 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
             old_settings, old_hash = old["plan"]["settings"], old["plan"]["hash"]
         except (ValueError, KeyError, TypeError):
             raise ArgenError(f"{sink.uri}/run.json is not an argen run record; use an empty output.uri") from None
-        if old_hash != plan.hash:
-            changes = diff_settings(old_settings, plan.settings) or ["(settings equal, plan hash differs)"]
+        if old_hash == plan.hash:
+            return True
+        changes = diff_settings(old_settings, plan.settings) or ["(settings equal, plan hash differs)"]
+        if any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
             raise ArgenError(f"output.uri={sink.uri} holds a different run's plan; changed: " + "; ".join(changes)
                              + ". Resume with the same settings, or pass a new output.uri.")
-        return True
-    if any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
+        # a run that failed before committing anything (a wrong option, a missing checkpoint) holds nothing
+        # to protect: its run.json must not lock the folder against the corrected command
+        log.warning("output.uri=%s has a run.json but no committed shard; replacing its plan (changed: %s)",
+                    sink.uri, "; ".join(changes))
+    elif any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
         raise ArgenError(f"output.uri={sink.uri} holds shards but no run.json; it is not an argen run "
                          f"(or run.json was deleted); pass an empty output.uri")
     record = {"argen": code_version(), "created_at": utc_now(), "output": sink.uri,

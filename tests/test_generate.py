@@ -71,24 +71,33 @@ def test_missing_conditions_file(tmp_path, capsys):
 
 
 def test_output_holding_another_plan(tmp_path, capsys):
-    """A folder with a different run's run.json is refused, naming what changed; nothing is touched."""
+    """A folder with a different run's committed shards is refused, naming what changed; nothing is touched.
+    A run.json whose run committed nothing (it failed on a wrong option) is replaced by the corrected plan."""
     from hydra import compose, initialize_config_dir
 
     from jobs.generate import CONF_DIR
     from pipeline.driver import prepare
 
+    def prepared(*overrides):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return prepare(compose("config", overrides=[*BASE, f"output.uri={out}", *overrides]))
+
     out = tmp_path / "out"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*BASE, f"output.uri={out}"])
-    prepare(cfg)  # writes run.json for this plan, generates nothing
+    def planned_seed():
+        return json.loads((out / "run.json").read_text())["plan"]["settings"]["seed"]
+
+    assert not prepared().resumed and planned_seed() == 0  # writes run.json for this plan, generates nothing
+    assert not prepared("seed=7").resumed and planned_seed() == 7  # nothing committed: replaced
+    assert not prepared().resumed and planned_seed() == 0
     before = (out / "run.json").read_bytes()
+    (out / "shards").mkdir(exist_ok=True)
+    (out / "shards/000000.stats.json").write_text("{}")  # a committed shard
     text = fails(capsys, f"output.uri={out}", "data.per_class=2", "seed=5")
     assert "holds a different run's plan" in text
     assert "data.per_class: 1 in the output, 2 now" in text and "seed: 0 in the output, 5 now" in text
-    assert (out / "run.json").read_bytes() == before and no_shards(out)
-    # the same settings are accepted (a resume)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        assert prepare(compose("config", overrides=[*BASE, f"output.uri={out}"])).resumed
+    assert (out / "run.json").read_bytes() == before
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["000000.stats.json"]
+    assert prepared().resumed  # the same settings are accepted (a resume)
 
 
 def test_shards_without_run_json(tmp_path, capsys):
