@@ -58,7 +58,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ArgenError(f"device={device!s} was asked for but CUDA is not available here; use device=cpu or device=auto")
+        raise ArgenError(f"device={device!s} was asked for but CUDA is not available here; use device=cpu or "
+                         f"device=auto (in argen generate's Ray workers: ray.gpus_per_worker=1 gives each one a GPU)")
     return device
 
 

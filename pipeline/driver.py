@@ -56,6 +56,9 @@ def check_config(cfg: Any) -> None:
         raise ArgenError(f"ray.cpus_per_worker={cfg.ray.cpus_per_worker!r}; expected a number > 0")
     if not isinstance(cfg.ray.gpus_per_worker, (int, float)) or cfg.ray.gpus_per_worker < 0:
         raise ArgenError(f"ray.gpus_per_worker={cfg.ray.gpus_per_worker!r}; expected a number >= 0 (1 per GPU)")
+    if str(cfg.get("device", "auto")).startswith("cuda") and not cfg.ray.gpus_per_worker:
+        raise ArgenError(f"device={cfg.device} but ray.gpus_per_worker={cfg.ray.gpus_per_worker!r}: Ray hides the "
+                         f"GPUs from actors that ask for none; pass ray.gpus_per_worker=1 (one actor per GPU)")
     both = set(cfg.model.get("options") or {}) & set(cfg.accel.get("options") or {})
     if both:
         raise ArgenError(f"option(s) {sorted(both)} set in both model.options and accel.options; set each once")
@@ -425,6 +428,15 @@ def start_ray(cfg: Any) -> bool:
     return True
 
 
+def _warn_idle_gpus(cfg: Any) -> None:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus and not cfg.ray.gpus_per_worker:
+        log.warning("the Ray cluster has %g GPU(s) but ray.gpus_per_worker=0: the workers see no GPU and generate "
+                    "on CPU; pass ray.gpus_per_worker=1 to use them", gpus)
+
+
 def _nodes() -> int:
     import ray
 
@@ -518,6 +530,7 @@ def run(cfg: Any) -> dict[str, Any]:
     try:
         if todo:
             started_ray = start_ray(cfg)
+            _warn_idle_gpus(cfg)
             if isinstance(sink, LocalSink) and _nodes() > 1:
                 log.warning("output.uri=%s is a local folder but the Ray cluster has %d nodes: each node writes "
                             "to its own disk unless the folder is on a shared filesystem; use s3://... instead",
