@@ -49,16 +49,30 @@ def _local_copy(uri: str) -> Path:
     return dest
 
 
-def read_checkpoint(path_or_uri: str | os.PathLike) -> Any:
-    """The raw object stored in a checkpoint file (a state dict, or a dict wrapping one)."""
+# where each load_generator() argument is set in argen generate's config
+JOB_KEYS = {"checkpoint": "model.checkpoint", "tokenizer_checkpoint": "model.tokenizer_checkpoint",
+            "drafter_checkpoint": "accel.options.drafter_checkpoint"}
+
+
+def read_checkpoint(path_or_uri: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """The raw object stored in a checkpoint file (a state dict, or a dict wrapping one). `what` names the
+    setting it came from, for the messages."""
     uri = str(path_or_uri)
+    key = what + (f" ({JOB_KEYS[what]} in argen generate)" if what in JOB_KEYS else "")
     if uri.startswith("s3://"):
-        path = _local_copy(uri)
+        try:
+            path = _local_copy(uri)
+        except ArgenError:
+            raise
+        except Exception as e:  # botocore's errors name neither the setting nor the object
+            raise ArgenError(f"{key}={uri!r} could not be downloaded ({type(e).__name__}: {str(e)[:200]}); check "
+                             f"the bucket and key, the credentials (AWS_* or the instance role) and, for an "
+                             f"S3-compatible store, AWS_ENDPOINT_URL") from None
     else:
-        path = local_path(uri, "checkpoint")
+        path = local_path(uri, what)
     if not path.is_file():
-        raise ArgenError(f"checkpoint file {str(path)!r} does not exist; pass the path of the released file "
-                         f"(or an s3:// URI), or random_init=True for random weights")
+        raise ArgenError(f"{key}={uri!r}: the file {str(path)!r} does not exist; pass the path of the released "
+                         f"file or an s3:// URI")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -217,7 +217,7 @@ class InceptionExtractor(FeatureExtractor):
             path = str(weights)
             if not path.startswith("s3://") and not local_path(path, "eval.inception_weights").is_file():
                 raise ArgenError(f"eval.inception_weights={path!r} does not exist; {self.how_to_get()}")
-            state = unwrap_state_dict(read_checkpoint(path))
+            state = unwrap_state_dict(read_checkpoint(path, "eval.inception_weights"))
             self.weights = state_dict_sha256(state)
         elif random_init:
             state = None
@@ -259,7 +259,7 @@ class ToyExtractor(FeatureExtractor):
         if source is None:
             raise ArgenError("the toy classifier's weights (accel/toy/weights/toy_classifier.safetensors) are "
                              "missing; run `argen train-toy classifier` or pass eval.toy_checkpoint=...")
-        state = unwrap_state_dict(read_checkpoint(str(source)))
+        state = unwrap_state_dict(read_checkpoint(str(source), "eval.toy_checkpoint"))
         head = state.get("head.weight")
         if head is None or getattr(head, "ndim", 0) != 2:
             raise ArgenError(f"eval.toy_checkpoint={str(source)!r} has no 2-d 'head.weight'; expected a "

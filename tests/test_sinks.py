@@ -162,3 +162,22 @@ def test_s3_client_settings(aws_env):
     assert aws.request_checksum_calculation == "when_supported" and aws.s3["addressing_style"] == "virtual"
     forced = S3Sink("s3://b-x/p", S3Settings(endpoint_url="http://h:1", checksum="when_supported")).client.meta.config
     assert forced.request_checksum_calculation == "when_supported"
+
+
+def test_checkpoint_messages_name_the_setting(s3_bucket, tmp_path, monkeypatch):
+    """A missing local or s3:// checkpoint names the load_generator() argument and its argen generate key;
+    botocore's error (which names neither) is wrapped."""
+    from accel import checkpoints
+    from accel.api import load_generator
+
+    endpoint, bucket = s3_bucket
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", tmp_path / "cache")
+    with pytest.raises(ArgenError, match=rf"tokenizer_checkpoint \(model.tokenizer_checkpoint in argen generate\)="
+                                         rf"'s3://{bucket}/nope.pt' could not be downloaded \(ClientError"):
+        checkpoints.read_checkpoint(f"s3://{bucket}/nope.pt", "tokenizer_checkpoint")
+    missing = str(tmp_path / "none.pth")
+    with pytest.raises(ArgenError, match=r"^checkpoint \(model.checkpoint in argen generate\)='.*none.pth': the file"):
+        load_generator("var_tiny", device="cpu", checkpoint=missing, tokenizer_checkpoint=missing)
+    with pytest.raises(ArgenError, match=r"eval.inception_weights='.*none.pth': the file .* does not exist"):
+        checkpoints.read_checkpoint(missing, "eval.inception_weights")

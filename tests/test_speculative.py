@@ -329,7 +329,8 @@ def test_bad_options(accel, opts, match):
 
 
 def test_drafter_weights_and_grids_must_fit(tmp_path):
-    with pytest.raises(ArgenError, match="drafter llamagen_b has no weights"):
+    with pytest.raises(ArgenError, match=r"drafter llamagen_b has no weights: pass drafter_checkpoint=<path of "
+                                         r"c2i_B_256.pt> \(accel.options.drafter_checkpoint="):
         load_generator("llamagen_xl", accel="speculative", device="cpu", checkpoint=str(tmp_path / "c2i.pt"),
                        tokenizer_checkpoint=str(tmp_path / "vq.pt"))
     with pytest.raises(ArgenError, match="16x16 token grid but target llamagen_xl_384 a 24x24"):

@@ -121,8 +121,10 @@ class SpecConfig:
             if spec.drafter_checkpoint is None and not random_init:  # a toy drafter's committed weights
                 spec.drafter_checkpoint = lg.bundled_checkpoint(drafter)
             if spec.drafter_checkpoint is None and not (random_init or lg.get_config(drafter).random_init_only):
-                raise ArgenError(f"drafter {drafter} has no weights: pass drafter_checkpoint=<its released "
-                                 f"checkpoint file>, or random_init=True")
+                file = lg.released_file(drafter) or "its checkpoint file"
+                raise ArgenError(f"drafter {drafter} has no weights: pass drafter_checkpoint=<path of {file}> "
+                                 f"(accel.options.drafter_checkpoint=... in argen generate), or random_init=True "
+                                 f"(model.random_init=true) for random weights")
         spec.draft_mode = o.pop("draft_mode", "sample")
         if spec.draft_mode not in ("sample", "argmax"):
             raise ArgenError(f"draft_mode={spec.draft_mode!r}; expected 'sample' (drafts drawn from the drafter, "
@@ -403,8 +405,8 @@ def build_decoder(spec: SpecConfig, *, target: lg.Transformer, target_name: str,
         drafter = JacobiDrafter(spec.gamma, spec.sjd_init, spec.draft_mode)
     else:
         check_drafter_config(target_name, spec.drafter)
-        model = lg.load_model(spec.drafter, spec.drafter_checkpoint,
-                              random_init=spec.drafter_checkpoint is None, device=device)
+        model = lg.load_model(spec.drafter, spec.drafter_checkpoint, random_init=spec.drafter_checkpoint is None,
+                              device=device, what="drafter_checkpoint")
         check_compatible(target, model, target_name, spec.drafter)
         drafter = ModelDrafter(model, spec.gamma, spec.draft_mode)
     if spec.accel == "lantern":

@@ -128,6 +128,14 @@ for _size, (_layers, _heads, _dim, _cfg) in _SIZES.items():
             ModelArgs(n_layer=_layers, n_head=_heads, dim=_dim, block_size=(_px // 16) ** 2),
             image_size=_px, cfg=_cfg, eval_image_size=None if _px == 256 else 256,  # FID of 384-px samples at 256
             default_drafter="sjd" if _size == "b" else ("llamagen_b" if _px == 256 else "llamagen_b_384"))
+
+
+def released_file(name: str) -> str | None:
+    """The release's file name of an official c2i model (llamagen_b -> c2i_B_256.pt), None for the others."""
+    size, _, px = name.removeprefix("llamagen_").partition("_")
+    return f"c2i_{size.upper()}_{px or 256}.pt" if name.startswith("llamagen_") and size in _SIZES else None
+
+
 CONFIGS["llamagen_tiny"] = LlamaGenConfig(
     ModelArgs(n_layer=2, n_head=4, dim=64, multiple_of=32, block_size=256),
     image_size=256, cfg=2.0, tokenizer=TINY_TOKENIZER, default_drafter="llamagen_tiny_draft",
@@ -512,14 +520,16 @@ def bundled_checkpoint(name: str) -> str | None:
     return str(path) if path is not None else None
 
 
-def load_model(name: str, checkpoint: str | None, random_init: bool, device: torch.device, seed: int = 0) -> Transformer:
-    """Released (or committed toy) weights, strict keys, or with random_init=True only a seeded random init."""
+def load_model(name: str, checkpoint: str | None, random_init: bool, device: torch.device, seed: int = 0,
+               what: str = "checkpoint") -> Transformer:
+    """Released (or committed toy) weights, strict keys, or with random_init=True only a seeded random init.
+    `what`: the setting the checkpoint came from (checkpoint, drafter_checkpoint), for messages."""
     if checkpoint is not None:
         from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
 
         with torch.device("meta"):
             model = build_model(name)
-        state = unwrap_state_dict(read_checkpoint(checkpoint), prefer=("model", "module", "state_dict"))
+        state = unwrap_state_dict(read_checkpoint(checkpoint, what), prefer=("model", "module", "state_dict"))
         state.pop("freqs_cis", None)  # derived RoPE table, present in some training dumps; not a weight
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 toy storage
         model = model.to_empty(device="cpu")

@@ -410,7 +410,8 @@ def load_var_weights(model: VAR, checkpoint: str) -> None:
 
 
 def load_vqvae_weights(vae: VQVAE, checkpoint: str) -> None:
-    state = vae.adapt_state_dict(unwrap_state_dict(read_checkpoint(checkpoint), prefer=("model", "state_dict")))
+    state = vae.adapt_state_dict(unwrap_state_dict(read_checkpoint(checkpoint, "tokenizer_checkpoint"),
+                                                     prefer=("model", "state_dict")))
     check_keys(vae, state, f"VAR tokenizer checkpoint {checkpoint!r}")
     vae.load_state_dict(state, strict=True, assign=True)
     vae.float()

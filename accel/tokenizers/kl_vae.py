@@ -212,7 +212,7 @@ def load_kl16(vae: AutoencoderKL, path: str) -> None:
     weights of an LDM training checkpoint, if present, are dropped with a warning; every other key must match."""
     from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
 
-    state = unwrap_state_dict(read_checkpoint(path), prefer=("model", "state_dict"))
+    state = unwrap_state_dict(read_checkpoint(path, "tokenizer_checkpoint"), prefer=("model", "state_dict"))
     dropped = [k for k in state if k.startswith(TRAINING_ONLY_PREFIXES)]
     if dropped:
         warnings.warn(f"{path}: ignoring {len(dropped)} training-only keys ({', '.join(dropped[:3])}, ...)")

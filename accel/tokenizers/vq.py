@@ -267,7 +267,7 @@ def load_tokenizer(checkpoint: str | None, device: torch.device, random_init: bo
         with torch.device("meta"):
             vq = build_tokenizer(name, **kwargs)
         vq = vq.to_empty(device="cpu")
-        state = unwrap_state_dict(read_checkpoint(checkpoint), prefer=("model", "state_dict"))
+        state = unwrap_state_dict(read_checkpoint(checkpoint, "tokenizer_checkpoint"), prefer=("model", "state_dict"))
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 storage -> fp32
         load_strict(vq, state, f"tokenizer checkpoint {checkpoint!r} ({name})")
     else:
