@@ -32,8 +32,9 @@ from typing import Any
 
 from accel.api import ArgenError
 from pipeline import quality
-from pipeline.evaluation import (Reference, cfg_get, check_reference, check_run, first_feature_dim,
-                                 load_reference, read_run_features, run_extractor_info, scan_run, subsample)
+from pipeline.evaluation import (Reference, add_missing_features, cfg_get, check_features, check_reference, check_run,
+                                 first_feature_dim, load_reference, missing_features, read_run_features,
+                                 run_extractor_info, scan_run, subsample)
 from pipeline.metrics import frechet_distance, precision_recall
 from pipeline.report import HTML_KEY, SHEET_KEY, report_html
 
@@ -69,11 +70,13 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         raise ArgenError(f"eval.features={asked!r} but the run's features were made by {info['name']!r}; leave "
                          f"eval.features unset (it is read from the run) or evaluate with the same extractor")
     name = info["name"] or (asked if asked != "none" else None)
-    if reference is not None:
-        check_reference(reference, cfg, first_feature_dim(sink, scan), name)
-
-    rf = read_run_features(sink, scan, do_prc, cap, splits)
     holder: dict[str, quality.FeatureExtractor] = {}
+    run_dim: list[int] = []  # known once the run's features are read
+
+    def check_dim() -> None:
+        if "x" in holder and run_dim and holder["x"].dim != run_dim[0]:
+            raise ArgenError(f"the {name} extractor gives {holder['x'].dim}-d features but the run's are "
+                             f"{run_dim[0]}-d; pass the eval.features the run was generated with")
 
     def get_extractor() -> quality.FeatureExtractor:
         if "x" not in holder:
@@ -81,15 +84,26 @@ def evaluate(cfg: Any) -> dict[str, Any]:
                 raise ArgenError("cannot tell which extractor made the run's features (no 'extractor' in the shards' "
                                  "quality records nor eval.features in run.json); pass eval.features=inception|toy")
             ex = quality.make_extractor(name, cfg_get(cfg, "eval"), device)
-            if ex.dim != rf.stats.dim:
-                raise ArgenError(f"the {name} extractor gives {ex.dim}-d features but the run's are {rf.stats.dim}-d; "
-                                 f"pass the eval.features the run was generated with")
             if info["weights"] and ex.weights != info["weights"]:
                 which = "eval.inception_weights" if name == "inception" else "eval.toy_checkpoint"
                 raise ArgenError(f"the run's features come from {name} weights {info['weights']} but {which} gives "
                                  f"{ex.weights}; reference features must be made with the same weights")
             holder["x"] = ex
+            check_dim()
         return holder["x"]
+
+    if missing_features(scan) and name is not None:  # generated without eval.features: from the images
+        added = add_missing_features(sink, scan, get_extractor(), cfg_get(cfg, "eval"))
+        info = run_extractor_info(scan)  # every shard now names its extractor; mixtures are refused here
+    else:
+        added = []
+    check_features(scan)
+    if reference is not None:
+        check_reference(reference, cfg, first_feature_dim(sink, scan), name)
+
+    rf = read_run_features(sink, scan, do_prc, cap, splits)
+    run_dim.append(rf.stats.dim)
+    check_dim()
 
     fid = precision = recall = None
     ref: Reference | None = None
@@ -115,7 +129,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
     weights = info["weights"] or (holder["x"].weights if "x" in holder else None)
     details = {
         "extractor": name, "resize": resize, "weights": weights, "feature_dim": rf.stats.dim,
-        "samples": rf.stats.n, "shards": rf.shards,
+        "samples": rf.stats.n, "shards": rf.shards, "features_computed_here": len(added),
         "reference": None if ref is None else {
             "uri": ref.uri, "kind": ref.kind, "samples": ref.n, "cached": ref.cached,
             "prc_samples": None if ref.features is None else min(int(ref.features.shape[0]), cap or 1 << 62)},

@@ -18,6 +18,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -114,14 +115,24 @@ def scan_run(sink: Any, what: str = "output.uri") -> RunScan:
     return RunScan(sink.uri, records, feats, logits, sorted(uncommitted), run_json)
 
 
-def check_run(scan: RunScan, allow_partial: bool, what: str = "output.uri") -> None:
-    """Committed shards must all have features; feature files of uncommitted shards mean an unfinished run."""
-    missing = [f"shards/{i:06d}{FEATURES_SUFFIX}" for i in scan.nonempty() if i not in scan.features]
+def missing_features(scan: RunScan) -> list[int]:
+    """Committed non-empty shards without a features file."""
+    return [i for i in scan.nonempty() if i not in scan.features]
+
+
+def check_features(scan: RunScan, what: str = "output.uri") -> None:
+    missing = [f"shards/{i:06d}{FEATURES_SUFFIX}" for i in missing_features(scan)]
     if missing:
+        fix = ("pass eval.features=inception (with eval.inception_weights=...) or eval.features=toy, and argen "
+               "evaluate computes them from the shards' images and stores them beside the shards"
+               if what == "output.uri" else
+               "run `argen evaluate output.uri=<that run> eval.features=...` once, which computes and stores them")
         raise ArgenError(f"{what}={scan.uri!r}: committed shards without features: {listing(missing)}; the run was "
-                         f"generated without eval.features (or these files were deleted). Generate with "
-                         f"eval.features=inception (or toy) into a new output.uri, or delete these shards' "
-                         f"stats.json files and run the same generate command with eval.features set")
+                         f"generated without eval.features (or these files were deleted): {fix}")
+
+
+def check_run(scan: RunScan, allow_partial: bool, what: str = "output.uri") -> None:
+    """Feature files of uncommitted shards, or planned shards not committed, mean an unfinished run."""
     planned = ((scan.run_json or {}).get("plan") or {}).get("num_shards")
     not_done = [i for i in range(int(planned)) if i not in scan.stats] if isinstance(planned, int) else []
     if not_done and not allow_partial:
@@ -163,6 +174,73 @@ def run_extractor_info(scan: RunScan) -> dict[str, Any]:
         if isinstance(node, str) and node != "none":
             return {"name": node, "weights": None}
     return {"name": None, "weights": None}
+
+
+def add_missing_features(sink: Any, scan: RunScan, extractor: quality.FeatureExtractor, eval_cfg: Any,
+                         log: Callable[[str], None] = print) -> list[int]:
+    """Features (and logits) of committed shards that lack them, computed from their tars' images as the
+    workers would have (same extractor, same evaluation size), stored beside them for later evaluations.
+    Writes the stats record's quality first and the features file last, so a stop in between leaves the
+    shard without features, to be done again. Returns the shards done."""
+    from pipeline.shards import decode_png, read_shard, sha256_hex
+    from pipeline.stats import dumps_stats, shard_tar_key, utc_now
+
+    todo = missing_features(scan)
+    for n, i in enumerate(todo):
+        rec = scan.stats[i]
+        tar_key = shard_tar_key(i)
+        data = sink.read(tar_key)
+        if rec.get("sha256") and sha256_hex(data) != rec["sha256"]:
+            raise ArgenError(f"{scan.uri}: {tar_key} does not match the sha256 in its stats record; the shard is "
+                             f"damaged: delete shards/{i:06d}{STATS_SUFFIX} and run the same generate command")
+        samples = sorted(read_shard(data), key=lambda x: x["__key__"])
+        if len(samples) != int(rec["count"]):
+            raise ArgenError(f"{scan.uri}: {tar_key} holds {len(samples)} samples but its stats record says "
+                             f"count={rec['count']}")
+        del data
+        conditions = [x["cls"] if "cls" in x else x.get("txt", "") for x in samples]
+        generated = int(decode_png(samples[0]["png"]).shape[0])
+        side = _eval_side(eval_cfg, rec.get("model"), generated)
+        feats, logits = [], []
+        for lo in range(0, len(samples), extractor.batch_size):
+            images = np.stack([decode_png(x["png"]) for x in samples[lo:lo + extractor.batch_size]])
+            if side is not None:
+                images = quality.resize_for_eval(images, side)
+            f, lg = extractor(images)
+            feats.append(np.asarray(f, np.float32))
+            if lg is not None:
+                logits.append(np.asarray(lg))
+        feats_all = np.concatenate(feats)
+        logits_all = np.concatenate(logits) if logits else None
+        q = dict(rec.get("quality") or {})
+        q.update(feature_count=int(feats_all.shape[0]), extractor=extractor.name,
+                 extractor_weights=extractor.weights, features_from="argen evaluate, from the tar",
+                 features_at=utc_now(),
+                 feature_image_size=side or generated)
+        q["class_consistency"] = (quality.class_consistency(logits_all, conditions)
+                                  if logits_all is not None and extractor.class_aligned else None)
+        rec = {**rec, "quality": q}
+        sink.write(f"shards/{i:06d}{STATS_SUFFIX}", dumps_stats(rec))
+        if logits_all is not None:
+            sink.write(quality.logits_key(i), quality.encode_npy(logits_all))
+            scan.logits.add(i)
+        sink.write(quality.features_key(i), quality.encode_npy(feats_all))
+        scan.stats[i] = rec
+        scan.features.add(i)
+        log(f"features of shard {i:06d} computed from its images ({n + 1} of {len(todo)})")
+    return todo
+
+
+def _eval_side(eval_cfg: Any, model: str | None, generated: int) -> int | None:
+    """The side the workers would have given the extractor (None: as generated): eval.image_size, else the
+    model's evaluation size (LlamaGen's 384-px models: 256)."""
+    model_side = None
+    if isinstance(model, str) and model.startswith("llamagen_"):
+        from accel.models import llamagen
+
+        if model in llamagen.CONFIGS:
+            model_side = llamagen.CONFIGS[model].eval_image_size
+    return quality.eval_image_size(eval_cfg, SimpleNamespace(eval_image_size=model_side, image_size=generated))
 
 
 def first_feature_dim(sink: Any, scan: RunScan) -> int:
@@ -449,6 +527,7 @@ def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Calla
         sink = open_sink(uri, cfg_get(cfg, "storage"))
         scan = scan_run(sink, "eval.reference")
         check_run(scan, bool(cfg_get(cfg, "eval.allow_partial", False)), "eval.reference")
+        check_features(scan, "eval.reference")
         ref_info = run_extractor_info(scan)
         ref_ex = ref_info["name"]
         if ref_ex and run_extractor and ref_ex != run_extractor:

@@ -307,9 +307,10 @@ def test_bad_references(tmp_path, cache_dir):
 def test_missing_and_uncommitted_feature_files_are_listed(tmp_path, cache_dir):
     npz = save_npz(tmp_path / "ref.npz", features(26, 80))
     run = LocalSink(tmp_path / "run")
-    write_run(run, [features(27, 20), features(28, 20), features(29, 20)])
+    write_run(run, [features(27, 20), features(28, 20), features(29, 20)], extractor=None)
     run.delete("shards/000002.features.npy")
-    with pytest.raises(ArgenError, match=r"committed shards without features: shards/000002\.features\.npy"):
+    with pytest.raises(ArgenError, match=r"committed shards without features: shards/000002\.features\.npy; .*"
+                                         r"pass eval.features=inception .* argen evaluate computes them"):
         ev.evaluate(compose(**{"output.uri": run.uri, "eval.reference": npz}))
 
     run = LocalSink(tmp_path / "run2")
@@ -361,3 +362,44 @@ def test_too_few_samples_no_shards_and_mixed_extractors(tmp_path, cache_dir):
     write_run(two, [features(36, 10)])
     with pytest.raises(ArgenError, match="eval.features='inception' but the run's features were made by 'toy'"):
         ev.evaluate(compose(**{"output.uri": two.uri, "eval.features": "inception"}))
+
+
+def test_features_missing_from_a_run_are_computed_from_its_tars_once(tmp_path, cache_dir, capsys):
+    """A run generated without eval.features: `argen evaluate eval.features=toy` computes the features and
+    logits from the shards' PNGs, as the workers would have, stores them with the extractor in the stats
+    records, and the next evaluation reads them instead."""
+    from accel.toy.data import ToyShapes, to_uint8_images
+    from pipeline.shards import ShardTarWriter, sha256_hex
+
+    x, labels = ToyShapes(seed=5).batch(0, 30)
+    images, labels = to_uint8_images(x), labels.numpy()
+    run = LocalSink(tmp_path / "run")
+    for shard, (lo, hi) in enumerate([(0, 16), (16, 30)]):
+        tar = ShardTarWriter()
+        for i in range(lo, hi):
+            tar.add(f"{shard:06d}_{i - lo:06d}", images[i], {"condition": int(labels[i]), "image_size": 32})
+        data = tar.finish()
+        run.write(f"shards/{shard:06d}.tar", data)
+        record = {"shard": shard, "count": hi - lo, "model": "var_toy", "sha256": sha256_hex(data),
+                  "quality": {"feature_count": 0, "class_consistency": None, "image_mean": 1.0, "image_std": 2.0}}
+        run.write(f"shards/{shard:06d}.stats.json", json.dumps(record).encode())
+    with pytest.raises(ArgenError, match="committed shards without features"):
+        ev.evaluate(compose(**{"output.uri": run.uri}))
+
+    out = ev.evaluate(compose(**{"output.uri": run.uri, "eval.features": "toy"}))
+    extractor = quality.make_extractor("toy", compose().eval, "cpu")
+    expected_feats, expected_logits = extractor(images)
+    got = np.concatenate([quality.decode_npy(run.read(quality.features_key(s)), "f") for s in (0, 1)])
+    np.testing.assert_allclose(got, expected_feats, rtol=1e-5, atol=1e-5)
+    expected_cc = float(np.mean(np.argmax(expected_logits, 1) == labels))
+    assert out["class_consistency"] == pytest.approx(expected_cc) and out["eval"]["features_computed_here"] == 2
+    record = json.loads(run.read("shards/000001.stats.json"))
+    assert record["quality"]["extractor"] == "toy" and record["quality"]["extractor_weights"] == extractor.weights
+    assert record["quality"]["image_mean"] == 1.0 and record["quality"]["feature_image_size"] == 32
+    assert "features of shard 000001 computed from its images (2 of 2)" in capsys.readouterr().out
+    again = ev.evaluate(compose(**{"output.uri": run.uri}))  # read back, not computed again
+    assert again["eval"]["features_computed_here"] == 0 and again["class_consistency"] == out["class_consistency"]
+    run.write("shards/000001.tar", b"not the tar")
+    run.delete(quality.features_key(1))
+    with pytest.raises(ArgenError, match=r"shards/000001.tar does not match the sha256 in its stats record"):
+        ev.evaluate(compose(**{"output.uri": run.uri}))
