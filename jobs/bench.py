@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print("usage: argen bench [suite ...] [key=value ...]\n\nsuites:")
         for name, module in SUITES.items():
-            doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
-            print(f"  {name:14s} {doc[0] if doc else ''}")
+            doc = (importlib.import_module(module).__doc__ or "").strip().split("\n\n")[0]
+            print(f"  {name:14s} {' '.join(doc.split())}")  # the docstring's first paragraph
         print(f"\nwith no suite: {', '.join(DEFAULT_SUITES)}. Each suite's options: its module's docstring "
               f"(jobs/benches/<suite>.py); figures and commands: docs/BENCHMARKS.md")
         return 0

@@ -60,8 +60,8 @@ def compose(job: str, overrides: list[str]) -> Any:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=f"argen-{job}"):
             return hydra_compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        raise ArgenError(f"bad override for argen {job}: {str(e).splitlines()[0]}; see jobs/conf/config.yaml "
-                         f"for the keys") from None
+        said = " ".join(str(e).split("\nConfig search path:")[0].split())  # keeps Hydra's hint (+key=..., options)
+        raise ArgenError(f"bad override for argen {job}: {said}; see jobs/conf/config.yaml for the keys") from None
 
 
 def jobs_api_address(cfg: Any) -> str:

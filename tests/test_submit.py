@@ -51,6 +51,9 @@ def run_submit(argv, capsys):
     (["generate", "ray.address=ray://head:10001", "output.uri=/tmp/x"], "expected http://HEAD:8265"),
     (["generate", "ray.address=http://h:8265"], "output.uri='./argen_output' is a relative path"),
     (["generate", "ray.address=http://h:8265", "output.uri=/tmp/x", "no.such.key=1"], "bad override"),
+    (["generate", "ray.address=http://h:8265", "output.uri=/tmp/x", "accel=fastvar", "accel.options.cache_scale=8"],
+     "To append to your config use +accel.options.cache_scale=8"),  # Hydra's hint is kept
+    (["generate", "ray.address=http://h:8265", "accel=turbo"], "Available options in 'accel': fastvar lantern"),
     (["generate", "ray.address=http://h:8265", "output.uri=/tmp/x", "ray.num_workers=0"], "ray.num_workers=0"),
     (["generate", "--detach"], "unknown option(s) ['--detach']"),
 ])
