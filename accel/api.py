@@ -177,10 +177,17 @@ class BaseGenerator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @staticmethod
+    def check_seed(seed: Any, position: int) -> int:
+        """A seed is a whole number torch.Generator takes, [0, 2**64); 1.7 or "a" is refused, not truncated."""
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 1 << 64:
+            raise ArgenError(f"seeds[{position}]={seed!r}; expected an integer in [0, 2**64), one per condition")
+        return int(seed)
+
     # -- the one public call ------------------------------------------------------------------
     def generate(self, conditions: Sequence[int | str], seeds: Sequence[int] | None = None) -> GenerationOutput:
         conditions = self.check_conditions(conditions)
-        seeds = list(range(len(conditions))) if seeds is None else [int(s) for s in seeds]
+        seeds = list(range(len(conditions))) if seeds is None else [self.check_seed(s, i) for i, s in enumerate(seeds)]
         if len(seeds) != len(conditions):
             raise ArgenError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per condition")
         generators = seeded_generators(seeds, self.device)

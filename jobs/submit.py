@@ -133,7 +133,10 @@ def conditions_file_for_cluster(cfg: Any, root: Path = PROJECT_ROOT) -> str | No
 def runtime_env(root: Path = PROJECT_ROOT, conditions_file: str | None = None) -> dict[str, Any]:
     """Ship the project: its source checkout as working_dir, or the three packages when installed elsewhere.
     conditions_file: a path inside the checkout (from conditions_file_for_cluster) that must travel with it."""
-    env: dict[str, Any] = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}}
+    from pipeline.driver import code_version
+
+    env: dict[str, Any] = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+                                        "ARGEN_CODE_VERSION": code_version()}}  # the shipped copy has no .git
     if ships_checkout(root):
         env["working_dir"] = str(root)
         env["excludes"] = list(EXCLUDES)

@@ -11,6 +11,7 @@ Stages, each doing one thing:
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -83,7 +84,12 @@ def plain_config(cfg: Any) -> dict[str, Any]:
     return clean(data)
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
+    """argen's version, plus the git commit of a checkout; ARGEN_CODE_VERSION when set (argen submit sets it:
+    the checkout it ships has no .git)."""
+    if os.environ.get("ARGEN_CODE_VERSION"):
+        return os.environ["ARGEN_CODE_VERSION"]
     try:
         from importlib.metadata import version
 
@@ -112,6 +118,11 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
         except (ValueError, KeyError, TypeError):
             raise ArgenError(f"{sink.uri}/run.json is not an argen run record; use an empty output.uri") from None
         if old_hash == plan.hash:
+            if old.get("argen") != code_version():
+                log.warning("output.uri=%s was started by argen %s and is resumed by argen %s: if sampling code "
+                            "changed in between, the shards generated now differ from what the first version "
+                            "would have written (each shard's stats record and manifest row name its version)",
+                            sink.uri, old.get("argen"), code_version())
             return True
         changes = diff_settings(old_settings, plan.settings) or ["(settings equal, plan hash differs)"]
         if any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
@@ -135,7 +146,7 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
 # what the driver keeps of each committed shard: the manifest row's and the report's fields, no more, so
 # that its memory per shard stays small however many shards a run has
 KEPT_FIELDS = ("shard", "count", "bytes", "sha256", "seconds", "generate_seconds", "images_per_second", "flops",
-               "worker", "attempt", "finished_at")
+               "worker", "attempt", "finished_at", "argen")
 
 
 def kept(record: dict[str, Any]) -> dict[str, Any]:
@@ -405,7 +416,7 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
         torch_threads=None if gpus > 0 else max(1, int(cfg.ray.cpus_per_worker)),
         features=str(OmegaConf.select(cfg, "eval.features", default="none") or "none"),
         eval_cfg=plain(eval_cfg) if eval_cfg is not None else None,
-        warmup_condition=warmup_condition, kill_shard=testing.get("kill_shard"),
+        warmup_condition=warmup_condition, code_version=code_version(), kill_shard=testing.get("kill_shard"),
         kill_point=str(testing.get("kill_point") or "generate"),
     )
 

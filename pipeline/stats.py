@@ -127,6 +127,7 @@ def manifest_row(record: dict[str, Any]) -> dict[str, Any]:
         "seconds": float(record["seconds"]), "generate_seconds": float(record["generate_seconds"]),
         "images_per_second": float(record["images_per_second"]), "flops": float(record["flops"]),
         "worker": str(record["worker"]), "attempt": int(record["attempt"]), "finished_at": str(record["finished_at"]),
+        "argen": str(record.get("argen") or ""),  # the code version that wrote the shard
     }
 
 
@@ -141,6 +142,7 @@ def manifest_parquet(records: Iterable[dict[str, Any]]) -> bytes:
         ("sha256", pa.string()), ("first_key", pa.string()), ("last_key", pa.string()),
         ("seconds", pa.float64()), ("generate_seconds", pa.float64()), ("images_per_second", pa.float64()),
         ("flops", pa.float64()), ("worker", pa.string()), ("attempt", pa.int64()), ("finished_at", pa.string()),
+        ("argen", pa.string()),
     ])
     table = pa.Table.from_pylist(rows, schema=schema)
     buf = io.BytesIO()

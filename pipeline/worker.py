@@ -50,6 +50,7 @@ class WorkerSpec:
     features: str = "none"                                  # eval.features: "none" = no extractor
     eval_cfg: dict[str, Any] | None = None
     warmup_condition: int | str | None = None               # one sample generated at load, outside any shard
+    code_version: str = ""                                  # the driver's argen version, into every stats record
     kill_shard: int | None = None                           # test hook: this process dies on that shard
     kill_point: str = "generate"                            # "generate" (after batch 1) or "write" (tar written)
 
@@ -227,7 +228,7 @@ class ShardWorker:
             "feature_seconds": feature_seconds, "write_seconds": write_seconds,
             "images_per_second": task.count / seconds if seconds > 0 else 0.0,
             "flops": flops, "flops_per_image": flops / task.count, "counters": counters.result(), "bytes": len(data), "sha256": digest,
-            "first_sample": task.start, "quality": quality_record,
+            "first_sample": task.start, "quality": quality_record, "argen": s.code_version,
         }
         s.sink.write(shard_stats_key(task.shard), dumps_stats(record))  # the commit marker, last
         return record

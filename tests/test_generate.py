@@ -72,7 +72,7 @@ def test_missing_conditions_file(tmp_path, capsys):
     assert "does not exist" in text
 
 
-def test_output_holding_another_plan(tmp_path, capsys):
+def test_output_holding_another_plan(tmp_path, capsys, caplog):
     """A folder with a different run's committed shards is refused, naming what changed; nothing is touched.
     A run.json whose run committed nothing (it failed on a wrong option) is replaced by the corrected plan."""
     from hydra import compose, initialize_config_dir
@@ -91,6 +91,11 @@ def test_output_holding_another_plan(tmp_path, capsys):
     assert not prepared().resumed and planned_seed() == 0  # writes run.json for this plan, generates nothing
     assert not prepared("seed=7").resumed and planned_seed() == 7  # nothing committed: replaced
     assert not prepared().resumed and planned_seed() == 0
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "argen": "0.0.1+gdeadbee"}))
+    with caplog.at_level("WARNING", logger="argen"):  # (before fails(): Hydra's logging set-up drops caplog's)
+        assert prepared().resumed  # another code version: resumed, and said
+    assert "was started by argen 0.0.1+gdeadbee and is resumed by argen" in caplog.text
     before = (out / "run.json").read_bytes()
     (out / "shards").mkdir(exist_ok=True)
     (out / "shards/000000.stats.json").write_text("{}")  # a committed shard

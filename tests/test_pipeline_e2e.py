@@ -123,6 +123,8 @@ def check_run(store: Store, tmp_path: Path, features: bool = False) -> dict[int,
     manifest = pq.read_table(io.BytesIO(store.read("manifest.parquet"))).to_pylist()
     assert [r["shard"] for r in manifest] == list(range(NUM_SHARDS))
     assert [r["sha256"] for r in manifest] == [stats[s]["sha256"] for s in range(NUM_SHARDS)]
+    version = store.json("run.json")["argen"]  # every shard names the code version that wrote it
+    assert version and {r["argen"] for r in manifest} == {version} == {stats[s]["argen"] for s in range(NUM_SHARDS)}
 
     report = store.json("report.json")
     assert report["images"] == NUM_IMAGES and report["shards"] == NUM_SHARDS and report["complete"] is True

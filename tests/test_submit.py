@@ -77,7 +77,10 @@ def test_runtime_env_ships_the_project_and_no_secrets(monkeypatch):
     for pattern in (".venv", ".git", "outputs", "argen_output", "*.egg-info"):
         assert pattern in env["excludes"]
     assert "planted-secret-runtime-env" not in json.dumps(env)
-    assert set(env["env_vars"]) == {"RAY_USAGE_STATS_ENABLED", "PYTHONUNBUFFERED"}
+    assert set(env["env_vars"]) == {"RAY_USAGE_STATS_ENABLED", "PYTHONUNBUFFERED", "ARGEN_CODE_VERSION"}
+    from pipeline.driver import code_version
+
+    assert env["env_vars"]["ARGEN_CODE_VERSION"] == code_version()  # the shipped copy has no .git
     # the patterns as Ray's packaging reads them (gitwildmatch): environments and outputs out, code in
     from ray._private.thirdparty.pathspec import PathSpec  # the copy Ray's packaging uses
 

@@ -234,6 +234,10 @@ def test_bad_conditions(tiny):
         tiny.generate(["a cat"])
     with pytest.raises(ArgenError, match="2 conditions but 1 seeds"):
         tiny.generate([1, 2], seeds=[0])
+    for seeds, shown in (([0, 1.7], r"seeds\[1\]=1.7"), (["a"], r"seeds\[0\]='a'"), ([-1], r"seeds\[0\]=-1"),
+                         ([1 << 64], r"seeds\[0\]=18446744073709551616")):
+        with pytest.raises(ArgenError, match=shown + r"; expected an integer in \[0, 2\*\*64\)"):
+            tiny.generate([1] * len(seeds), seeds=seeds)
 
 
 def test_known_names_include_every_official_size():
