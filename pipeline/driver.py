@@ -42,7 +42,7 @@ SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(
 def check_config(cfg: Any) -> None:
     """Everything that can be checked without a model, storage or Ray."""
     model, accel = str(cfg.model.name), str(cfg.accel.name)
-    from accel.models import family_of
+    from accel.models import check_options, family_of
 
     family_of(model)
     if accel not in ACCEL_NAMES:
@@ -63,6 +63,7 @@ def check_config(cfg: Any) -> None:
     both = set(cfg.model.get("options") or {}) & set(cfg.accel.get("options") or {})
     if both:
         raise ArgenError(f"option(s) {sorted(both)} set in both model.options and accel.options; set each once")
+    check_options(model, accel, {**(cfg.model.get("options") or {}), **(cfg.accel.get("options") or {})})
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:

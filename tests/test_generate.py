@@ -42,6 +42,8 @@ def no_shards(out: Path) -> bool:
     ("ray.num_workers=0", "ray.num_workers=0; expected an integer >= 1"),
     ("batch_size=-1", "batch_size=-1; expected an integer >= 1"),
     ("output.uri=gs://bucket/x", "has scheme 'gs'"),
+    ("accel=lazymar", "accel='lazymar' does not apply to var_tiny (var); choose one of ['none', 'fastvar']"),
+    ("+accel.options.cache_scal=8", "unknown option(s) ['cache_scal'] for var_tiny with accel=none"),
     ("device=cuda", "device=cuda but ray.gpus_per_worker=0: Ray hides the GPUs from actors that ask for none"),
     ("output.uri=file://out/run", "output.uri='file://out/run' is not an absolute file URI"),
 ])

@@ -1,7 +1,8 @@
 """Generator networks, one file per family, in the official state_dict layout.
 
 Each family module exposes `CONFIGS` (model name -> config), `build_model(name)` (the network alone,
-buildable under torch.device("meta")), `conditions_of(name)` (number of classes, takes prompts) and
+buildable under torch.device("meta")), `conditions_of(name)` (number of classes, takes prompts),
+`option_names(name, accel)` (the options its generator takes with that accel) and
 `make_generator(name, accel=..., ...)`.
 """
 from __future__ import annotations
@@ -51,3 +52,11 @@ def conditions_of(name: str) -> tuple[int | None, bool]:
 def build_model(name: str) -> torch.nn.Module:
     """The generator network with the official keys and shapes (works under torch.device('meta'))."""
     return _family_module(family_of(name)).build_model(name)
+
+
+def check_options(name: str, accel: str, options: dict) -> None:
+    """The accel applies to the model and every option name is one its generator takes (values are checked
+    when it is built): what argen generate can refuse before starting Ray and loading weights."""
+    from accel.api import check_option_names
+
+    check_option_names(options, _family_module(family_of(name)).option_names(name, accel), f"{name} with accel={accel}")

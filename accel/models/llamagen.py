@@ -742,6 +742,19 @@ def decode_tokens(tokenizer, tokens: torch.Tensor, grid: int, flops: F_.FlopCoun
     return tokenizer.decode_code(tokens, (B, embed_dim, grid, grid))
 
 
+def option_names(name: str, accel: str) -> tuple[str, ...]:
+    """The options make_generator(name, accel=accel) takes; an accel LlamaGen does not support is refused."""
+    if accel not in LlamaGenGenerator.supported_accels:
+        raise ArgenError(f"accel={accel!r} does not apply to {name} (llamagen); "
+                         f"choose one of {list(LlamaGenGenerator.supported_accels)}")
+    method: tuple[str, ...] = ()
+    if accel != "none":
+        from accel.methods import speculative
+
+        method = tuple(speculative.OPTIONS[accel])
+    return SAMPLING_OPTIONS + (TEXT_OPTIONS if get_config(name).takes_prompts else ()) + method
+
+
 def make_generator(name: str, *, accel: str = "none", device: torch.device | None = None,
                    checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
                    random_init: bool = False, **options: Any) -> LlamaGenGenerator:
@@ -750,15 +763,10 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
 
     device = resolve_device(device)
     cfg = get_config(name)
-    if accel not in LlamaGenGenerator.supported_accels:
-        raise ArgenError(f"accel={accel!r} does not apply to {name} (llamagen); "
-                         f"choose one of {list(LlamaGenGenerator.supported_accels)}")
+    check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
     spec = None
     if accel != "none":
         from accel.methods import speculative as spec
-    allowed = SAMPLING_OPTIONS + (TEXT_OPTIONS if cfg.takes_prompts else ()) + (
-        spec.OPTIONS[accel] if spec is not None else ())
-    check_option_names(options, allowed, f"{name} with accel={accel}")
     if cfg.random_init_only and not random_init:
         raise ArgenError(f"{name} is a test model with no released weights; pass random_init=True "
                          f"(model.random_init=true)")

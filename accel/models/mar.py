@@ -583,6 +583,18 @@ def latent_scale_for(name: str, checkpoint: str | None, tokenizer_checkpoint: st
                      f"by `argen train-toy mar-tokenizer` / `argen train-toy mar`, or random_init=True")
 
 
+def option_names(name: str, accel: str) -> tuple[str, ...]:
+    """The options make_generator(name, accel=accel) takes; an accel MAR does not support is refused."""
+    if accel not in MARGenerator.supported_accels:
+        raise ArgenError(f"accel={accel!r} does not apply to {name} (mar); choose one of "
+                         f"{list(MARGenerator.supported_accels)}")
+    if accel == "lazymar":
+        from accel.methods.lazymar import OPTION_NAMES
+
+        return SAMPLING_OPTIONS + tuple(OPTION_NAMES)
+    return SAMPLING_OPTIONS
+
+
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, **options) -> MARGenerator:
     """Sampling options: num_iter (64), cfg (the paper's value for the size), cfg_schedule ("linear"),
@@ -595,13 +607,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
 
     if name not in CONFIGS:
         raise ArgenError(f"unknown MAR model {name!r}; known: {sorted(CONFIGS)}")
-    if accel not in MARGenerator.supported_accels:
-        raise ArgenError(f"accel={accel!r} does not apply to {name} (mar); choose one of "
-                         f"{list(MARGenerator.supported_accels)}")
-    method_names: tuple[str, ...] = ()
-    if accel == "lazymar":
-        from accel.methods.lazymar import OPTION_NAMES as method_names
-    check_option_names(options, SAMPLING_OPTIONS + tuple(method_names), f"{name} with accel={accel}")
+    check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
     config = CONFIGS[name]
     defaults = {**dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100),
                 **config["sampling"]}  # a config's own defaults win (mar_toy)

@@ -463,17 +463,24 @@ def check_sampling(options: dict[str, Any], vocab_size: int, defaults: dict[str,
     return {"cfg": cfg, "top_k": top_k, "top_p": top_p, "more_smooth": option_flag("more_smooth", s["more_smooth"])}
 
 
+def option_names(name: str, accel: str) -> tuple[str, ...]:
+    """The options make_generator(name, accel=accel) takes; an accel VAR does not support is refused."""
+    if accel not in VARGenerator.supported_accels:
+        raise ArgenError(f"accel={accel!r} does not apply to {name} (var); choose one of {list(VARGenerator.supported_accels)}")
+    from accel.methods import fastvar
+
+    return (*SAMPLING_DEFAULTS, *(fastvar.OPTION_NAMES if accel == "fastvar" else ()))
+
+
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, init_seed: int = 0,
                    config: VARConfig | None = None, **options: Any) -> VARGenerator:
     """`config` overrides the named config (benchmarks: e.g. var_d16 width on the 512-px schedule)."""
     cfg = config or _config(name)
-    if accel not in VARGenerator.supported_accels:
-        raise ArgenError(f"accel={accel!r} does not apply to {name} (var); choose one of {list(VARGenerator.supported_accels)}")
     from accel.methods import fastvar
 
     method_keys = fastvar.OPTION_NAMES if accel == "fastvar" else ()
-    check_option_names(options, (*SAMPLING_DEFAULTS, *method_keys), f"{name} with accel={accel}")
+    check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
     sampling = check_sampling({k: v for k, v in options.items() if k in SAMPLING_DEFAULTS}, cfg.vocab_size,
                               cfg.sampling)
     method = None
