@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"argen: unknown job {job!r}; known jobs: {', '.join(JOBS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(JOBS[job])
+    if job in ("generate", "evaluate", "verify") and {"-h", "--help"} & set(argv):
+        # what the job does, before Hydra's listing of the whole config (which every job shares)
+        print((module.__doc__ or "").strip().split("\n\n")[0] + "\n\n(the job's module docstring, "
+              f"{JOBS[job].replace('.', '/')}.py, says more)\n")
     sys.argv = [f"argen {job}"] + argv  # Hydra parses sys.argv
     result = module.main()
     return int(result or 0)

@@ -2,7 +2,8 @@
 
 Reads only committed shards (a shard is committed when `shards/NNNNNN.stats.json` exists) and their
 `shards/NNNNNN.features.npy` (+ `.logits.npy` for the Inception Score), from a local folder or S3,
-shard by shard: float64 statistics are merged (Chan et al.), so memory stays at one d x d matrix plus,
+shard by shard (a run generated without eval.features gets them computed from its PNGs first, with
+eval.features=inception|toy, and stored beside the shards): float64 statistics are merged (Chan et al.), so memory stays at one d x d matrix plus,
 for precision/recall, the float32 features themselves (50,000 x 2048 = 400 MB; eval.prc_max_samples
 caps it).
 
