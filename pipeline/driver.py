@@ -129,10 +129,19 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
         if any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
             raise ArgenError(f"output.uri={sink.uri} holds a different run's plan; changed: " + "; ".join(changes)
                              + ". Resume with the same settings, or pass a new output.uri.")
-        # a run that failed before committing anything (a wrong option, a missing checkpoint) holds nothing
-        # to protect: its run.json must not lock the folder against the corrected command
-        log.warning("output.uri=%s has a run.json but no committed shard; replacing its plan (changed: %s)",
-                    sink.uri, "; ".join(changes))
+        # A run that failed before committing anything (a wrong option, a missing checkpoint) holds nothing to
+        # protect, and its run.json must not lock the folder against the corrected command. It has ended when
+        # its report.json (written on every exit the driver lives through) names its plan; without one it may
+        # still be loading its model, and two plans in one folder would mix.
+        if not _ended_without_shards(sink, old_hash):
+            raise ArgenError(f"output.uri={sink.uri} holds another run's plan (changed: {'; '.join(changes)}) with "
+                             f"no shard committed yet and no report of it ending: if that run is still starting, "
+                             f"stop it or wait; if it died, delete {sink.uri}/run.json and run again")
+        stale = sink.list("shards/")  # written by the failed run, none committed: not this plan's
+        for key in stale:
+            sink.delete(key)
+        log.warning("output.uri=%s: replacing the plan of a run that ended without committing a shard (changed: "
+                    "%s; %d uncommitted file(s) removed)", sink.uri, "; ".join(changes), len(stale))
     elif any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
         raise ArgenError(f"output.uri={sink.uri} holds shards but no run.json; it is not an argen run "
                          f"(or run.json was deleted); pass an empty output.uri")
@@ -142,6 +151,14 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
               "config": config}
     sink.write("run.json", json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
     return False
+
+
+def _ended_without_shards(sink: LocalSink | S3Sink, plan_hash: str) -> bool:
+    try:
+        report = json.loads(sink.read("report.json")) if sink.exists("report.json") else None
+    except ValueError:
+        return False
+    return isinstance(report, dict) and report.get("plan_hash") == plan_hash and not report.get("shards")
 
 
 # what the driver keeps of each committed shard: the manifest row's and the report's fields, no more, so

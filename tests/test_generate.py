@@ -90,14 +90,26 @@ def test_output_holding_another_plan(tmp_path, capsys, caplog):
     def planned_seed():
         return json.loads((out / "run.json").read_text())["plan"]["settings"]["seed"]
 
-    assert not prepared().resumed and planned_seed() == 0  # writes run.json for this plan, generates nothing
-    assert not prepared("seed=7").resumed and planned_seed() == 7  # nothing committed: replaced
-    assert not prepared().resumed and planned_seed() == 0
+    def failed_run(run):  # what the driver leaves when the run's workers fail to load: a report, no shard
+        (out / "report.json").write_text(json.dumps({"plan_hash": run.plan.hash, "shards": 0, "finished_at": None}))
+        (out / "shards").mkdir(exist_ok=True)
+        (out / "shards/000003.features.npy").write_bytes(b"uncommitted, from the old plan")
+
+    first = prepared()
+    assert not first.resumed and planned_seed() == 0  # writes run.json for this plan, generates nothing
     record = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text(json.dumps({**record, "argen": "0.0.1+gdeadbee"}))
     with caplog.at_level("WARNING", logger="argen"):  # (before fails(): Hydra's logging set-up drops caplog's)
         assert prepared().resumed  # another code version: resumed, and said
     assert "was started by argen 0.0.1+gdeadbee and is resumed by argen" in caplog.text
+    text = fails(capsys, f"output.uri={out}", "seed=7")  # that run may still be loading its model
+    assert "holds another run's plan (changed: seed: 0 in the output, 7 now) with no shard committed yet" in text
+    assert "delete " + str(out) + "/run.json and run again" in text and planned_seed() == 0
+    failed_run(first)
+    second = prepared("seed=7")
+    assert not second.resumed and planned_seed() == 7 and no_shards(out)  # replaced, stale files gone
+    failed_run(second)
+    assert not prepared().resumed and planned_seed() == 0
     before = (out / "run.json").read_bytes()
     (out / "shards").mkdir(exist_ok=True)
     (out / "shards/000000.stats.json").write_text("{}")  # a committed shard
