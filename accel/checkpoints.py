@@ -24,12 +24,17 @@ def local_path(uri: str | os.PathLike, what: str = "path") -> Path:
     """A local path, or a file URI as RFC 8089 reads it: file:///abs/path or file://localhost/abs/path (and
     file:/abs/path). file://name/... names a host, so it is refused rather than read as a relative folder."""
     text = str(uri)
-    if not text.startswith("file:"):
+    if not text[:5].lower() == "file:":
         return Path(text).expanduser()
     parts = urlsplit(text)
-    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-        raise ArgenError(f"{what}={text!r} is not an absolute file URI (file://{parts.netloc} names a host); pass "
-                         f"file:///absolute/path, or the plain path without file://")
+    how = "pass file:///absolute/path, or the plain path without file:"
+    if parts.netloc.lower() not in ("", "localhost"):
+        raise ArgenError(f"{what}={text!r} is not an absolute file URI: file://{parts.netloc}/ names a host; {how}")
+    if not parts.path.startswith("/"):
+        raise ArgenError(f"{what}={text!r} is a file URI whose path is not absolute; {how}")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ArgenError(f"{what}={text!r} has a query or fragment (? or #), which a file URI cannot carry here; "
+                         f"percent-encode them (%3F, %23) or pass the plain path")
     return Path(unquote(parts.path))
 
 
@@ -47,6 +52,16 @@ def _local_copy(uri: str) -> Path:
         boto3.client("s3").download_file(bucket, key, str(tmp))
         tmp.replace(dest)
     return dest
+
+
+def existing_file(uri: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """local_path(uri), which must be a file: else an error naming the setting."""
+    path = local_path(uri, what)
+    if not path.is_file():
+        key = what + (f" ({JOB_KEYS[what]} in argen generate)" if what in JOB_KEYS else "")
+        raise ArgenError(f"{key}={str(uri)!r}: the file {str(path)!r} does not exist; pass the path of the released "
+                         f"file or an s3:// URI")
+    return path
 
 
 # where each load_generator() argument is set in argen generate's config
@@ -69,10 +84,7 @@ def read_checkpoint(path_or_uri: str | os.PathLike, what: str = "checkpoint") ->
                              f"the bucket and key, the credentials (AWS_* or the instance role) and, for an "
                              f"S3-compatible store, AWS_ENDPOINT_URL") from None
     else:
-        path = local_path(uri, what)
-    if not path.is_file():
-        raise ArgenError(f"{key}={uri!r}: the file {str(path)!r} does not exist; pass the path of the released "
-                         f"file or an s3:// URI")
+        path = existing_file(uri, what)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -381,7 +381,7 @@ def open_sink(uri: str, storage: Any = None) -> LocalSink | S3Sink:
     scheme = urlsplit(uri).scheme
     if scheme == "s3":
         return S3Sink(uri, S3Settings.from_config(storage))
-    if scheme == "file":
+    if scheme.lower() == "file":
         from accel.checkpoints import local_path
 
         return LocalSink(str(local_path(uri, "output.uri")))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import boto3
@@ -48,10 +49,15 @@ def test_file_uris_are_read_as_rfc_8089_everywhere(tmp_path):
     assert open_sink(f"file://localhost{tmp_path}/o%203").root == tmp_path / "o 3"
     assert open_sink(f"file:{tmp_path}/o4").root == tmp_path / "o4"
     assert local_path("~/x") == Path.home() / "x" and local_path("rel/x") == Path("rel/x")
-    with pytest.raises(ArgenError, match=r"output.uri='file://out/run' is not an absolute file URI .*names a host"):
+    with pytest.raises(ArgenError, match=r"output.uri='file://out/run' is not an absolute file URI.*names a host"):
         open_sink("file://out/run")
     with pytest.raises(ArgenError, match=r"checkpoint='file://weights/a.pt' is not an absolute file URI"):
         read_checkpoint("file://weights/a.pt")
+    assert local_path(f"FILE://LocalHost{tmp_path}/x") == tmp_path / "x"
+    for uri, why in ((f"file://{tmp_path}/run#3", "a query or fragment"), (f"file://{tmp_path}/x?y=1", "a query"),
+                     ("file:rel/x", "not absolute")):
+        with pytest.raises(ArgenError, match=rf"output.uri='{re.escape(uri)}' .*{why}"):
+            open_sink(uri)
 
 
 def test_local_sink_rejects(tmp_path):
@@ -181,3 +187,5 @@ def test_checkpoint_messages_name_the_setting(s3_bucket, tmp_path, monkeypatch):
         load_generator("var_tiny", device="cpu", checkpoint=missing, tokenizer_checkpoint=missing)
     with pytest.raises(ArgenError, match=r"eval.inception_weights='.*none.pth': the file .* does not exist"):
         checkpoints.read_checkpoint(missing, "eval.inception_weights")
+    with pytest.raises(ArgenError, match=r"^tokenizer_checkpoint \(model.tokenizer_checkpoint in argen generate\)="):
+        load_generator("mar_toy", device="cpu", tokenizer_checkpoint=str(tmp_path / "kl.safetensors"))  # metadata read

@@ -545,15 +545,15 @@ def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sam
                          f"such as 100 (the default), or 'ddimN' ({e})") from None
 
 
-def _stored_latent_scale(path: str | None) -> float | None:
+def _stored_latent_scale(path: str | None, what: str) -> float | None:
     """The "latent_scale" a toy checkpoint carries in its safetensors metadata (set by argen train-toy)."""
     if path is None or not str(path).endswith(".safetensors") or str(path).startswith("s3://"):
         return None
     from safetensors import safe_open
 
-    from accel.checkpoints import local_path
+    from accel.checkpoints import existing_file
 
-    with safe_open(str(local_path(path, "checkpoint")), framework="pt") as f:
+    with safe_open(str(existing_file(path, what)), framework="pt") as f:
         value = (f.metadata() or {}).get("latent_scale")
     if value is None:
         return None
@@ -570,8 +570,8 @@ def _stored_latent_scale(path: str | None) -> float | None:
 def latent_scale_for(name: str, checkpoint: str | None, tokenizer_checkpoint: str | None, random_init: bool) -> float:
     """The factor latents were multiplied by when the model was trained: the model checkpoint's metadata, else
     the tokenizer's, else the config's (0.2325 for kl16). Random toy weights without either use 1.0."""
-    for path in (checkpoint, tokenizer_checkpoint):
-        scale = _stored_latent_scale(path)
+    for path, what in ((checkpoint, "checkpoint"), (tokenizer_checkpoint, "tokenizer_checkpoint")):
+        scale = _stored_latent_scale(path, what)
         if scale is not None:
             return scale
     if CONFIGS[name]["latent_scale"] is not None:
