@@ -35,7 +35,7 @@ from accel.api import ArgenError
 from pipeline import quality
 from pipeline.evaluation import (Reference, add_missing_features, cfg_get, check_features, check_reference, check_run,
                                  first_feature_dim, load_reference, missing_features, read_run_features,
-                                 run_extractor_info, scan_run, subsample)
+                                 reference_kind, run_extractor_info, scan_run, subsample)
 from pipeline.metrics import frechet_distance, precision_recall
 from pipeline.report import HTML_KEY, SHEET_KEY, report_html
 
@@ -88,11 +88,14 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             if info["weights"] and ex.weights != info["weights"]:
                 which = "eval.inception_weights" if name == "inception" else "eval.toy_checkpoint"
                 raise ArgenError(f"the run's features come from {name} weights {info['weights']} but {which} gives "
-                                 f"{ex.weights}; reference features must be made with the same weights")
+                                 f"{ex.weights}; features merged or compared with them must come from the same "
+                                 f"weights: pass the {which} the run was generated with")
             holder["x"] = ex
             check_dim()
         return holder["x"]
 
+    if reference is not None and not reference.startswith("s3://"):
+        reference_kind(reference)  # a mistyped local reference fails now, not after computing features
     if missing_features(scan) and name is not None:  # generated without eval.features: from the images
         added = add_missing_features(sink, scan, get_extractor(), cfg_get(cfg, "eval"))
         info = run_extractor_info(scan)  # every shard now names its extractor; mixtures are refused here

@@ -162,6 +162,11 @@ def run_extractor_info(scan: RunScan) -> dict[str, Any]:
                  for (name, w), ids in seen.items()]
         raise ArgenError(f"{scan.uri!r} mixes features from different extractors: {'; '.join(parts)}; features "
                          f"of different extractors cannot be merged, regenerate the odd shards")
+    sizes = recorded_feature_sizes(scan)
+    if len(sizes) > 1:
+        raise ArgenError(f"{scan.uri!r} mixes features computed at image sides {sorted(sizes)} (the stats records' "
+                         f"feature_image_size); features of different sizes cannot be merged: delete the odd "
+                         f"shards' features.npy and logits.npy and evaluate with eval.features set to recompute them")
     if seen:
         ((name, weights),) = seen
         return {"name": name, "weights": weights}
@@ -186,24 +191,36 @@ def add_missing_features(sink: Any, scan: RunScan, extractor: quality.FeatureExt
     from pipeline.stats import dumps_stats, shard_tar_key, utc_now
 
     todo = missing_features(scan)
+    sizes = recorded_feature_sizes(scan)
     for n, i in enumerate(todo):
         rec = scan.stats[i]
         tar_key = shard_tar_key(i)
+        damaged = (f"the shard is damaged: delete shards/{i:06d}{STATS_SUFFIX} and run the same generate command "
+                   f"to make it again (`argen verify` lists every such shard)")
+        if not sink.exists(tar_key):
+            raise ArgenError(f"{scan.uri}: shard {i:06d} is committed but {tar_key} is missing; {damaged}")
         data = sink.read(tar_key)
         if rec.get("sha256") and sha256_hex(data) != rec["sha256"]:
-            raise ArgenError(f"{scan.uri}: {tar_key} does not match the sha256 in its stats record; the shard is "
-                             f"damaged: delete shards/{i:06d}{STATS_SUFFIX} and run the same generate command")
+            raise ArgenError(f"{scan.uri}: {tar_key} does not match the sha256 in its stats record; {damaged}")
         samples = sorted(read_shard(data), key=lambda x: x["__key__"])
         if len(samples) != int(rec["count"]):
             raise ArgenError(f"{scan.uri}: {tar_key} holds {len(samples)} samples but its stats record says "
-                             f"count={rec['count']}")
+                             f"count={rec['count']}; {damaged}")
         del data
         conditions = [x["cls"] if "cls" in x else x.get("txt", "") for x in samples]
-        generated = int(decode_png(samples[0]["png"]).shape[0])
-        side = _eval_side(eval_cfg, rec.get("model"), generated)
+
+        def images_of(chunk: list[dict[str, Any]]) -> np.ndarray:
+            try:
+                return np.stack([decode_png(x["png"]) for x in chunk])
+            except Exception as e:  # a PNG that does not decode, a sample without one
+                raise ArgenError(f"{scan.uri}: {tar_key} has a sample whose image cannot be read ({type(e).__name__}: "
+                                 f"{e}); {damaged}") from None
+
+        generated = int(images_of(samples[:1]).shape[1])
+        side = _eval_side(eval_cfg, rec.get("model"), generated, sizes)
         feats, logits = [], []
         for lo in range(0, len(samples), extractor.batch_size):
-            images = np.stack([decode_png(x["png"]) for x in samples[lo:lo + extractor.batch_size]])
+            images = images_of(samples[lo:lo + extractor.batch_size])
             if side is not None:
                 images = quality.resize_for_eval(images, side)
             f, lg = extractor(images)
@@ -212,13 +229,11 @@ def add_missing_features(sink: Any, scan: RunScan, extractor: quality.FeatureExt
                 logits.append(np.asarray(lg))
         feats_all = np.concatenate(feats)
         logits_all = np.concatenate(logits) if logits else None
-        q = dict(rec.get("quality") or {})
+        q = {k: v for k, v in (rec.get("quality") or {}).items() if k != "class_consistency_absent"}
         q.update(feature_count=int(feats_all.shape[0]), extractor=extractor.name,
                  extractor_weights=extractor.weights, features_from="argen evaluate, from the tar",
-                 features_at=utc_now(),
-                 feature_image_size=side or generated)
-        q["class_consistency"] = (quality.class_consistency(logits_all, conditions)
-                                  if logits_all is not None and extractor.class_aligned else None)
+                 features_at=utc_now(), feature_image_size=side or generated,
+                 **quality.classifier_quality(logits_all, conditions, extractor.class_aligned))
         rec = {**rec, "quality": q}
         sink.write(f"shards/{i:06d}{STATS_SUFFIX}", dumps_stats(rec))
         if logits_all is not None:
@@ -231,15 +246,28 @@ def add_missing_features(sink: Any, scan: RunScan, extractor: quality.FeatureExt
     return todo
 
 
-def _eval_side(eval_cfg: Any, model: str | None, generated: int) -> int | None:
-    """The side the workers would have given the extractor (None: as generated): eval.image_size, else the
-    model's evaluation size (LlamaGen's 384-px models: 256)."""
-    model_side = None
-    if isinstance(model, str) and model.startswith("llamagen_"):
-        from accel.models import llamagen
+def recorded_feature_sizes(scan: RunScan) -> set[int]:
+    """The image sides the run's existing features were computed at (stats records name them)."""
+    return {int(q["feature_image_size"]) for q in ((r.get("quality") or {}) for r in scan.stats.values())
+            if q.get("extractor") and q.get("feature_image_size")}
 
-        if model in llamagen.CONFIGS:
-            model_side = llamagen.CONFIGS[model].eval_image_size
+
+def _eval_side(eval_cfg: Any, model: str | None, generated: int, recorded: set[int]) -> int | None:
+    """The side the workers would have given the extractor (None: as generated): the one the run's other
+    features were computed at, else eval.image_size, else the model's evaluation size (LlamaGen 384 px: 256)."""
+    if len(recorded) == 1:
+        side = next(iter(recorded))
+        asked = (eval_cfg or {}).get("image_size")
+        if asked and int(asked) != side:
+            raise ArgenError(f"eval.image_size={asked} but the run's other features were computed at {side} px; "
+                             f"features of one run must share a size: leave eval.image_size unset")
+        return None if side == generated else side
+    from accel.models import eval_image_size_of
+
+    try:
+        model_side = eval_image_size_of(model) if isinstance(model, str) else None
+    except ArgenError:  # a model this argen does not know: its generated size
+        model_side = None
     return quality.eval_image_size(eval_cfg, SimpleNamespace(eval_image_size=model_side, image_size=generated))
 
 

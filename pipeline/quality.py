@@ -329,6 +329,17 @@ def eval_image_size(eval_cfg: Mapping[str, Any] | None, generator: Any) -> int |
     return None if side == int(generator.image_size) else side
 
 
+def classifier_quality(logits: np.ndarray | None, conditions: Sequence[int | str], aligned: bool) -> dict[str, Any]:
+    """class_consistency from the extractor's logits when they index the class ids (`aligned`), else None, with
+    class_consistency_absent saying why when the class ids fall outside the classifier's classes."""
+    cc = class_consistency(np.asarray(logits), conditions) if logits is not None and aligned else None
+    out: dict[str, Any] = {"class_consistency": cc}
+    if cc is None and logits is not None and aligned and not any(isinstance(c, str) for c in conditions):
+        out["class_consistency_absent"] = (f"class ids outside the classifier's {np.shape(logits)[1]} classes: "
+                                           f"it was trained on other classes than the model's")
+    return out
+
+
 def shard_quality(features: np.ndarray | None, logits: np.ndarray | None, conditions: Sequence[int | str],
                   images_uint8: np.ndarray, extractor: FeatureExtractor | None = None,
                   class_aligned: bool | None = None) -> dict[str, Any]:
@@ -354,18 +365,12 @@ def shard_quality(features: np.ndarray | None, logits: np.ndarray | None, condit
     if features is not None and extractor is not None and np.shape(features)[1] != extractor.dim:
         raise ArgenError(f"features have dimension {np.shape(features)[1]} but the {extractor.name} extractor "
                          f"gives {extractor.dim}")
-    cc = None
     aligned = class_aligned if class_aligned is not None else bool(extractor is not None and extractor.class_aligned)
-    if logits is not None and aligned:
-        cc = class_consistency(np.asarray(logits), conditions)
     out: dict[str, Any] = {
         "feature_count": int(0 if features is None else np.shape(features)[0]),
-        "class_consistency": cc,
+        **classifier_quality(logits, conditions, aligned),
         **_pixel_mean_std(images),
     }
-    if cc is None and logits is not None and aligned and not any(isinstance(c, str) for c in conditions):
-        out["class_consistency_absent"] = (f"class ids outside the classifier's {np.shape(logits)[1]} classes: "
-                                           f"it was trained on other classes than the model's")
     if extractor is not None:
         out["extractor"] = extractor.name
         out["extractor_weights"] = extractor.weights

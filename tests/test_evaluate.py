@@ -401,5 +401,28 @@ def test_features_missing_from_a_run_are_computed_from_its_tars_once(tmp_path, c
     assert again["eval"]["features_computed_here"] == 0 and again["class_consistency"] == out["class_consistency"]
     run.write("shards/000001.tar", b"not the tar")
     run.delete(quality.features_key(1))
-    with pytest.raises(ArgenError, match=r"shards/000001.tar does not match the sha256 in its stats record"):
+    with pytest.raises(ArgenError, match=r"shards/000001.tar does not match the sha256 in its stats record; the shard "
+                                         r"is damaged: delete shards/000001.stats.json and run the same generate"):
         ev.evaluate(compose(**{"output.uri": run.uri}))
+    run.delete("shards/000001.tar")
+    with pytest.raises(ArgenError, match=r"shard 000001 is committed but shards/000001.tar is missing"):
+        ev.evaluate(compose(**{"output.uri": run.uri}))
+
+
+def test_features_computed_later_use_the_size_the_workers_would_have():
+    """LlamaGen's 384-px models are evaluated at 256 (the release's --image-size-eval), eval.image_size overrides,
+    and once a run has features at one size, later ones follow it; two sizes in one run are refused."""
+    from types import SimpleNamespace
+
+    side = evaluation._eval_side
+    assert side({}, "llamagen_xl_384", 384, set()) == 256 and side({}, "var_d16", 256, set()) is None
+    assert side({"image_size": 299}, "var_d16", 256, set()) == 299 and side({}, "no_such_model", 64, set()) is None
+    assert side({}, "var_d16", 256, {128}) == 128 and side({}, "llamagen_xl_384", 384, {384}) is None
+    with pytest.raises(ArgenError, match=r"eval.image_size=299 but the run's other features were computed at 256 px"):
+        side({"image_size": 299}, "llamagen_xl_384", 384, {256})
+    records = {i: {"count": 1, "quality": {"extractor": "toy", "extractor_weights": "w", "feature_image_size": s}}
+               for i, s in enumerate([32, 32, 64])}
+    scan = SimpleNamespace(stats=records, uri="run", run_json=None)
+    assert evaluation.recorded_feature_sizes(scan) == {32, 64}
+    with pytest.raises(ArgenError, match=r"mixes features computed at image sides \[32, 64\]"):
+        evaluation.run_extractor_info(scan)

@@ -60,3 +60,11 @@ def check_options(name: str, accel: str, options: dict) -> None:
     from accel.api import check_option_names
 
     check_option_names(options, _family_module(family_of(name)).option_names(name, accel), f"{name} with accel={accel}")
+
+
+def eval_image_size_of(name: str) -> int | None:
+    """The side the release computes FID at when it is not the generated one (LlamaGen's 384-px c2i models
+    evaluate at 256, its --image-size-eval), else None. The generators carry it as `eval_image_size`."""
+    if family_of(name) == "llamagen":
+        return _family_module("llamagen").CONFIGS[name].eval_image_size
+    return None
