@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -80,9 +82,16 @@ def _as_number(value: Any, kind: type) -> int | float | None:
         return None
     if kind is int and isinstance(value, (int, np.integer)):
         return int(value)
+    if kind is int and isinstance(value, str):
+        try:
+            return int(value)  # exact for big numbers, which float() would round
+        except ValueError:
+            pass
     try:
         number = float(value)
     except ValueError:
+        return None
+    if not math.isfinite(number):
         return None
     if kind is float:
         return number
@@ -180,9 +189,13 @@ class BaseGenerator:
     @staticmethod
     def check_seed(seed: Any, position: int) -> int:
         """A seed is a whole number torch.Generator takes, [0, 2**64); 1.7 or "a" is refused, not truncated."""
-        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 1 << 64:
+        try:
+            value = None if isinstance(seed, (bool, np.bool_)) else operator.index(seed)  # ints, numpy/torch ints
+        except TypeError:
+            value = None
+        if value is None or not 0 <= value < 1 << 64:
             raise ArgenError(f"seeds[{position}]={seed!r}; expected an integer in [0, 2**64), one per condition")
-        return int(seed)
+        return value
 
     # -- the one public call ------------------------------------------------------------------
     def generate(self, conditions: Sequence[int | str], seeds: Sequence[int] | None = None) -> GenerationOutput:

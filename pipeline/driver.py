@@ -283,9 +283,9 @@ class ShardScheduler:
 
     def start(self) -> list[dict[str, Any]]:
         """Start the pool and wait until every actor has loaded its generator (errors surface here). Once one is
-        ready, the others get as long again as it took (at least 5 s): actors load in parallel, so a placed one
-        is done by then, and one that Ray cannot place (no free GPU) must not hold up the run; it joins when
-        placed. No actor ready within start_timeout_s fails the run."""
+        ready after t seconds, the others get until 2t + 5 s: actors load in parallel, so a placed one is done
+        by then, and one that Ray cannot place (no free GPU) must not hold up the run; late ones join while it
+        runs. No actor ready within start_timeout_s fails the run."""
         import ray
 
         for _ in range(self.num_workers):
@@ -461,7 +461,7 @@ def _warn_idle_gpus(cfg: Any) -> None:
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus and not cfg.ray.gpus_per_worker:
+    if gpus and not cfg.ray.gpus_per_worker and str(cfg.get("device", "auto")) != "cpu":  # device=cpu: meant
         log.warning("the Ray cluster has %g GPU(s) but ray.gpus_per_worker=0: the workers see no GPU and generate "
                     "on CPU; pass ray.gpus_per_worker=1 to use them", gpus)
 

@@ -380,3 +380,11 @@ def test_job_configs_leave_gamma_to_the_drafter(accel):
     with_sjd = sp.SpecConfig.from_options(accel, "llamagen_b", dict(options), "sjd", True)
     assert (with_model.drafter, with_model.gamma) == ("llamagen_b", 4)
     assert (with_sjd.drafter, with_sjd.gamma) == ("sjd", sp.SJD_WINDOW)
+
+
+def test_sjd_window_from_window_gamma_or_default():
+    spec = lambda **o: sp.SpecConfig.from_options("sjd", "llamagen_b", o, "sjd", True)  # noqa: E731
+    assert spec().gamma == spec(window=None).gamma == spec(gamma=None).gamma == sp.SJD_WINDOW
+    assert spec(window=6).gamma == 6 and spec(gamma=5).gamma == 5
+    with pytest.raises(ArgenError, match=r"gamma=5 and window=6 both set the SJD window; pass only window"):
+        spec(gamma=5, window=6)

@@ -80,7 +80,15 @@ def test_runtime_env_ships_the_project_and_no_secrets(monkeypatch):
     assert set(env["env_vars"]) == {"RAY_USAGE_STATS_ENABLED", "PYTHONUNBUFFERED", "ARGEN_CODE_VERSION"}
     from pipeline.driver import code_version
 
-    assert env["env_vars"]["ARGEN_CODE_VERSION"] == code_version()  # the shipped copy has no .git
+    assert env["env_vars"]["ARGEN_CODE_VERSION"] == code_version()  # the shipped copy has no .git: the job
+    code_version.cache_clear()                                         # takes the version it is given
+    monkeypatch.setenv("ARGEN_CODE_VERSION", "9.9.9+gfeedbee")
+    try:
+        assert code_version() == "9.9.9+gfeedbee"
+    finally:
+        monkeypatch.delenv("ARGEN_CODE_VERSION")
+        code_version.cache_clear()
+    assert code_version() != "9.9.9+gfeedbee"
     # the patterns as Ray's packaging reads them (gitwildmatch): environments and outputs out, code in
     from ray._private.thirdparty.pathspec import PathSpec  # the copy Ray's packaging uses
 

@@ -107,8 +107,10 @@ class SpecConfig:
         if drafter == "sjd":
             if spec.drafter_checkpoint is not None:
                 raise ArgenError("drafter_checkpoint was given but drafter=sjd uses no drafter model")
-            gamma = o.pop("gamma", None)  # accel=speculative drafter=sjd: gamma stands for the window
-            window = o.pop("window", SJD_WINDOW if gamma is None else gamma)
+            gamma, window = o.pop("gamma", None), o.pop("window", None)  # with drafter=sjd, gamma means the window
+            if gamma is not None and window is not None:
+                raise ArgenError(f"gamma={gamma!r} and window={window!r} both set the SJD window; pass only window")
+            window = SJD_WINDOW if gamma is None and window is None else (window if gamma is None else gamma)
             spec.gamma = option_int("window", window, 1, hint=f"draft tokens per Jacobi step; {SJD_WINDOW} is the default")
         else:
             if "window" in o:
