@@ -383,7 +383,9 @@ def test_job_configs_leave_gamma_to_the_drafter(accel):
 
 
 def test_sjd_window_from_window_gamma_or_default():
-    spec = lambda **o: sp.SpecConfig.from_options("sjd", "llamagen_b", o, "sjd", True)  # noqa: E731
+    def spec(**options):
+        return sp.SpecConfig.from_options("sjd", "llamagen_b", options, "sjd", True)
+
     assert spec().gamma == spec(window=None).gamma == spec(gamma=None).gamma == sp.SJD_WINDOW
     assert spec(window=6).gamma == 6 and spec(gamma=5).gamma == 5
     with pytest.raises(ArgenError, match=r"gamma=5 and window=6 both set the SJD window; pass only window"):
