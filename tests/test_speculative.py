@@ -308,7 +308,7 @@ def test_neighbour_table_is_l2_on_raw_rows_and_cached(tmp_path, monkeypatch):
 @pytest.mark.parametrize("accel,opts,match", [
     ("lantern", {"lantern_delta": -0.1}, r"lantern_delta=-0\.1"),
     ("lantern", {"lantern_delta": 2.0}, "lantern_lambda instead"),
-    ("lantern", {"lantern_k": -1}, r"lantern_k=-1 is outside \[0, 16384\)"),
+    ("lantern", {"lantern_k": -1}, r"lantern_k=-1; expected an integer from 0 to 16383 \(latent neighbours"),
     ("lantern", {"lantern_k": 16384}, r"lantern_k=16384"),
     ("lantern", {"lantern_lambda": 0.5}, "lantern_lambda=0.5"),
     ("sjd", {"window": 0}, "window=0"),

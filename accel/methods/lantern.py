@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accel.api import ArgenError
+from accel.api import ArgenError, option_int
 
 
 def check_lantern_options(k, delta, lam, vocab: int) -> tuple[int, float, float | None]:
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or not 0 <= k < vocab:
-        raise ArgenError(f"lantern_k={k!r} is outside [0, {vocab}); pass the number of latent neighbours "
-                         f"to consider (the release uses 1000; 0 turns relaxation off)")
+    k = option_int("lantern_k", k, 0, vocab - 1, hint="latent neighbours to consider; the release uses 1000, "
+                                                       "0 turns relaxation off")
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta <= 1:
         hint = " (for the LANTERN++ multiplicative bound pass lantern_lambda instead)" if (
             isinstance(delta, (int, float)) and delta > 1) else ""
@@ -45,7 +44,7 @@ def check_lantern_options(k, delta, lam, vocab: int) -> tuple[int, float, float 
     if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 1):
         raise ArgenError(f"lantern_lambda={lam!r} must be >= 1 (p~(x) <= lambda * p(x)); the LANTERN++ "
                          f"runs use 5, 10 or 20; leave it unset for the delta bound")
-    return int(k), float(delta), (None if lam is None else float(lam))
+    return k, float(delta), (None if lam is None else float(lam))
 
 
 def codebook_hash(codebook: torch.Tensor) -> str:

@@ -37,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel import flops as fl
-from accel.api import ArgenError, BaseGenerator, check_option_names, option_number, require_weights, seeded_init
+from accel.api import (ArgenError, BaseGenerator, check_option_names, option_int, option_number, require_weights,
+                       seeded_init)
 from accel.models.mar_diffusion import RespacedDDPM
 from accel.sampling import randn_rows
 
@@ -524,11 +525,10 @@ def vae_decode_flops(name: str, latent_shape: tuple[int, ...]) -> float:
 _VAE_FLOPS: dict[tuple, float] = {}
 
 
-def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sampling_steps) -> None:
+def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sampling_steps) -> dict[str, Any]:
     seq_len = (CONFIGS[name]["img_size"] // CONFIGS[name]["vae_stride"] // CONFIGS[name]["patch_size"]) ** 2
-    if isinstance(num_iter, bool) or not isinstance(num_iter, (int, np.integer)) or not 2 <= num_iter <= seq_len:
-        raise ArgenError(f"num_iter={num_iter!r} for {name}: expected an integer from 2 to {seq_len} (the token "
-                         f"count); 64 is the default, 256 the paper's setting")
+    num_iter = option_int("num_iter", num_iter, 2, seq_len, hint=f"steps over {name}'s {seq_len} tokens; 64 is "
+                                                                   f"the default, 256 the paper's setting")
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 1.0:
         raise ArgenError(f"cfg={cfg!r}: expected a guidance scale >= 1 (1 = no guidance; the paper uses "
                          f"2.9 / 3.0 / 3.2 for base / large / huge)")
@@ -543,6 +543,8 @@ def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sam
     except (ValueError, TypeError) as e:
         raise ArgenError(f"num_sampling_steps={num_sampling_steps!r}: expected a step count from 1 to 1000 "
                          f"such as 100 (the default), or 'ddimN' ({e})") from None
+    return dict(num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
+                num_sampling_steps=num_sampling_steps)
 
 
 def _stored_latent_scale(path: str | None, what: str) -> float | None:
@@ -612,7 +614,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
     defaults = {**dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100),
                 **config["sampling"]}  # a config's own defaults win (mar_toy)
     sampling = {k: options.pop(k, v) for k, v in defaults.items()}
-    _check_sampling(name, **sampling)
+    sampling = _check_sampling(name, **sampling)
     seed = option_number("seed_init", options.pop("seed_init", 0), int, "0")
     method = None
     if accel == "lazymar":
