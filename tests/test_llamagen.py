@@ -7,6 +7,7 @@ from accel.api import ArgenError, load_generator
 from accel.flops import FlopCounter
 from accel.models import build_model as registry_build_model
 from accel.models import llamagen as lg
+from accel.models import llamagen_gpt as gpt
 from accel.tokenizers import build_tokenizer
 
 
@@ -95,7 +96,7 @@ def gens(seeds):
 
 def test_rope_is_2d_and_zero_on_the_condition_token():
     grid, hd = 4, 16
-    table = lg.precompute_freqs_cis_2d(grid, hd, 10000, cls_token_num=1)
+    table = gpt.precompute_freqs_cis_2d(grid, hd, 10000, cls_token_num=1)
     assert table.shape == (1 + grid * grid, hd // 2, 2)
     assert torch.all(table[0] == 0)
     # independent check: pair j < hd/4 turns with the row, pair j >= hd/4 with the column
@@ -107,7 +108,7 @@ def test_rope_is_2d_and_zero_on_the_condition_token():
         assert torch.allclose(table[1 + pos, :, 0], torch.cos(angle), atol=1e-6)
         assert torch.allclose(table[1 + pos, :, 1], torch.sin(angle), atol=1e-6)
     x = torch.randn(1, 1 + grid * grid, 2, hd)
-    y = lg.apply_rotary_emb(x, table)
+    y = gpt.apply_rotary_emb(x, table)
     assert torch.all(y[:, 0] == 0)  # condition q/k vanish
     # interleaved pairs: rotation of (x0, x1) by the angle of pair 0
     a = torch.atan2(table[5, 0, 1], table[5, 0, 0])
