@@ -7,6 +7,8 @@ softmax) is left out, as is usual.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import defaultdict
 
 import torch
@@ -70,3 +72,23 @@ def measured_flops(key: tuple, module: torch.nn.Module, *example_inputs_shapes: 
 def _is_meta(module: torch.nn.Module) -> bool:
     p = next(iter(module.parameters()), None)
     return p is not None and p.device.type == "meta"
+
+
+# The counter of the current generate() call: modules add the work they do (from the shapes they process)
+# with count(); generate() opens the scope with counting(counter). No scope: nothing is counted.
+_ACTIVE: contextvars.ContextVar[FlopCounter | None] = contextvars.ContextVar("argen_flops", default=None)
+
+
+def count(component: str, flops: float) -> None:
+    counter = _ACTIVE.get()
+    if counter is not None:
+        counter.add(component, flops)
+
+
+@contextlib.contextmanager
+def counting(counter: FlopCounter):
+    token = _ACTIVE.set(counter)
+    try:
+        yield counter
+    finally:
+        _ACTIVE.reset(token)

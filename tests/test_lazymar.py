@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from accel import flops as fl
 from accel.api import ArgenError, load_generator, seeded_generators
 from accel.methods.lazymar import LazyMAR
 from accel.models import mar
@@ -100,7 +101,7 @@ def test_lazy_flops_match_torch_flop_counter(monkeypatch):
     cache, head = method.new_caches(2)
     model = mar.build_model("mar_tiny").eval()
     ours = FlopCounter()
-    with torch.no_grad(), FlopCounterMode(display=False) as theirs, mar.counting(ours):
+    with torch.no_grad(), FlopCounterMode(display=False) as theirs, fl.counting(ours):
         model.sample_tokens(torch.tensor([1, 2]), seeded_generators([0, 1], torch.device("cpu")), num_iter=12,
                             cfg=3.0, num_sampling_steps=8, cache=cache, head_cache=head)
     assert cache.full_steps == 5 and head.full_timesteps < head.timesteps  # 0, 1, 4, 7, 10

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from accel import flops as fl
 from accel.api import ArgenError, load_generator
 from accel.models import build_model, mar
 from accel.models.mar_diffusion import RespacedDDPM, cosine_betas, space_timesteps
@@ -294,7 +295,7 @@ def test_flop_formulas_match_torch_flop_counter(monkeypatch):
     model = build_model("mar_tiny").eval()
     gens = [torch.Generator().manual_seed(s) for s in range(2)]
     ours = FlopCounter()
-    with torch.no_grad(), FlopCounterMode(display=False) as theirs, mar.counting(ours):
+    with torch.no_grad(), FlopCounterMode(display=False) as theirs, fl.counting(ours):
         model.sample_tokens(torch.tensor([1, 2]), gens, num_iter=3, cfg=3.0, num_sampling_steps=2)
     assert ours.total == pytest.approx(theirs.get_total_flops(), rel=1e-9)
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from accel.api import ArgenError, option_flag, option_int
-from accel.models.mar import count
+from accel.flops import count
 
 # Upstream's 64-entry RETAIN_RATIO_SCHEDULE as (progress from which it applies, ratio): steps 0-19 keep all,
 # 20: 0.6, 21-24: 0.5, 25-29: 0.4, 30-34: 0.15, 35-39: 0.12, 40-63: 0.05 (the slack floor then dominates).

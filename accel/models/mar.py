@@ -7,8 +7,9 @@ The network is an MAE-style encoder/decoder over the 16x16 grid of KL-16 latents
            + pos, LayerNorm -> only the buffer and the already generated (visible) tokens go through the blocks.
   decoder: decoder_embed -> scattered into a 320-long sequence of mask tokens -> + pos -> blocks -> norm ->
            drop the buffer -> + diffusion pos = z, one condition vector per token.
-  head:    a small MLP with adaLN (SimpleMLPAdaLN) denoises each token's 16 latent channels given its z, by DDPM
-           on a respaced cosine schedule with learned variance (accel/models/mar_diffusion.py).
+  head:    a small MLP with adaLN (SimpleMLPAdaLN, accel/models/mar_diffloss.py) denoises each token's 16 latent
+           channels given its z, by DDPM on a respaced cosine schedule with learned variance
+           (accel/models/mar_diffusion.py).
 
 Sampling (`MAR.sample_tokens`) follows the official loop: one random order per sample, a cosine schedule of
 how many tokens stay masked, classifier-free guidance by a second (unconditional, `fake_latent`) branch,
@@ -25,8 +26,6 @@ Accelerations plug in through two cache objects (see accel/methods/lazymar.py), 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import contextvars
 import math
 import warnings
 from typing import Any
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from accel import flops as fl
 from accel.api import (ArgenError, BaseGenerator, check_option_names, option_int, option_number, require_weights,
                        seeded_init)
+from accel.models.mar_diffloss import DiffLoss
 from accel.models.mar_diffusion import RespacedDDPM
 from accel.sampling import randn_rows
 
@@ -78,28 +78,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
 LATENT_SCALE = 0.2325  # latents were scaled by this in training; decode(tokens / 0.2325) (config "latent_scale")
 
 # ----------------------------------------------------------------------------------------------------------
-# FLOP accounting: modules add the work they actually do (from the shapes they process) to the counter of
-# the current generate() call, if any.
-# ----------------------------------------------------------------------------------------------------------
-_COUNTER: contextvars.ContextVar[fl.FlopCounter | None] = contextvars.ContextVar("mar_flops", default=None)
-
-
-def count(component: str, flops: float) -> None:
-    counter = _COUNTER.get()
-    if counter is not None:
-        counter.add(component, flops)
-
-
-@contextlib.contextmanager
-def counting(counter: fl.FlopCounter):
-    token = _COUNTER.set(counter)
-    try:
-        yield counter
-    finally:
-        _COUNTER.reset(token)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Transformer blocks (timm 0.9 `Block` layout: norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2)
 # ----------------------------------------------------------------------------------------------------------
 class Attention(nn.Module):
@@ -117,7 +95,7 @@ class Attention(nn.Module):
             k, v = hook.keys_values(k, v)
         x = F.scaled_dot_product_attention(q, k, v)  # bidirectional: no mask
         x = x.transpose(1, 2).reshape(B, N, C)
-        count(self.group, fl.linear(B * N, C, 3 * C) + fl.attention(B * N, k.shape[2], C) + fl.linear(B * N, C, C))
+        fl.count(self.group, fl.linear(B * N, C, 3 * C) + fl.attention(B * N, k.shape[2], C) + fl.linear(B * N, C, C))
         return self.proj(x)
 
 
@@ -129,7 +107,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        count(self.group, 2 * fl.linear(x.shape[0] * x.shape[1], self.fc1.in_features, self.fc1.out_features))
+        fl.count(self.group, 2 * fl.linear(x.shape[0] * x.shape[1], self.fc1.in_features, self.fc1.out_features))
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -146,151 +124,6 @@ class Block(nn.Module):
         if hook is not None:                         # a cache may keep only some tokens from here on
             x = hook.after_attention(x)
         return x + self.mlp(self.norm2(x))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Diffusion head (DiffLoss / SimpleMLPAdaLN)
-# ----------------------------------------------------------------------------------------------------------
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
-
-
-class TimestepEmbedder(nn.Module):
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
-        self.frequency_embedding_size = frequency_embedding_size
-
-    @staticmethod
-    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000) -> torch.Tensor:
-        half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
-        args = t[:, None].float() * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        return torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1) if dim % 2 else emb
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        w = self.mlp[0].out_features
-        count("head", fl.linear(t.shape[0], self.frequency_embedding_size, w) + fl.linear(t.shape[0], w, w))
-        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
-
-
-class ResBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.in_ln = nn.LayerNorm(channels, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, channels))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, cache=None, index: int = 0) -> torch.Tensor:
-        n, w = x.shape
-        shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(y).chunk(3, dim=-1)
-        count("head", fl.linear(n, w, 3 * w))
-        h = cache.reuse_mlp(index, n) if cache is not None else None
-        if h is None:
-            h = self.mlp(modulate(self.in_ln(x), shift_mlp, scale_mlp))
-            count("head", 2 * fl.linear(n, w, w))
-            if cache is not None:
-                cache.store_mlp(index, h)
-        return x + gate_mlp * h
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, model_channels: int, out_channels: int):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(model_channels, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(model_channels, out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 2 * model_channels))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        n, w = x.shape
-        count("head", fl.linear(n, w, 2 * w) + fl.linear(n, w, self.linear.out_features))
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
-
-
-class SimpleMLPAdaLN(nn.Module):
-    def __init__(self, in_channels: int, model_channels: int, out_channels: int, z_channels: int, num_res_blocks: int):
-        super().__init__()
-        self.in_channels, self.model_channels, self.out_channels = in_channels, model_channels, out_channels
-        self.time_embed = TimestepEmbedder(model_channels)
-        self.cond_embed = nn.Linear(z_channels, model_channels)
-        self.input_proj = nn.Linear(in_channels, model_channels)
-        self.res_blocks = nn.ModuleList([ResBlock(model_channels) for _ in range(num_res_blocks)])
-        self.final_layer = FinalLayer(model_channels, out_channels)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.constant_(m.bias, 0)
-        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
-        for block in self.res_blocks:  # adaLN-zero: every block starts as the identity
-            nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
-            nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.constant_(layer.weight, 0)
-            nn.init.constant_(layer.bias, 0)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cache=None) -> torch.Tensor:
-        """x [N, 16] noisy latents, t [N] timesteps, c [N, D] conditions from the transformer -> [N, 32]."""
-        n = x.shape[0]
-        count("head", fl.linear(n, self.in_channels, self.model_channels) + fl.linear(n, c.shape[1], self.model_channels))
-        x = self.input_proj(x)
-        y = self.time_embed(t) + self.cond_embed(c)
-        for j, block in enumerate(self.res_blocks):
-            if cache is not None and cache.skips_block(j):  # reuse the block's last residual update
-                x = x + cache.block_delta(j, n)
-                continue
-            x_in = x
-            x = block(x, y, cache, j)
-            if cache is not None:
-                cache.store_block_delta(j, x, x_in)
-        return self.final_layer(x, y)
-
-
-class DiffLoss(nn.Module):
-    """Holds the head network; `sample` runs its DDPM chain for a batch of token conditions."""
-
-    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int):
-        super().__init__()
-        self.in_channels = target_channels
-        self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth)  # eps + variance
-
-    def sample(self, z: torch.Tensor, noise: torch.Tensor, ddpm: RespacedDDPM, temperature: float = 1.0,
-               cfg: float | torch.Tensor = 1.0, guided: bool = False, cache=None) -> torch.Tensor:
-        """Denoise one latent per row of z.
-
-        Guided (`guided=True`): z = [z_cond; z_uncond] (2n rows) and the result has n rows (the conditional
-        half; upstream returns both halves, which are equal). The head runs on [x; x] and the guided eps
-        uncond + cfg * (cond - uncond) replaces the eps channels; the variance channels are the conditional ones.
-        noise [num_timesteps, n, 16]: noise[0] is x_T, noise[k] the fresh noise of step k.
-        """
-        C = self.in_channels
-
-        def model(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            if cache is not None:
-                cache.begin(i, ddpm.num_timesteps)
-            if not guided:
-                return self.net(x, t, z, cache)
-            n = x.shape[0]
-            if cache is None or cache.full:
-                out = self.net(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), z, cache)
-                cond_eps, uncond_eps = out[:n, :C], out[n:, :C]
-                if cache is not None:
-                    cache.store_cfg_delta(cond_eps - uncond_eps)
-                rest = out[:n, C:]
-            else:  # head condition cache: the unconditional eps from the last full timestep's difference
-                out = self.net(x, t, z[:n], cache)
-                cond_eps, rest = out[:, :C], out[:, C:]
-                uncond_eps = cond_eps - cache.cfg_delta
-            half_eps = uncond_eps + cfg * (cond_eps - uncond_eps)
-            return torch.cat([half_eps, rest], dim=1)
-
-        return ddpm.p_sample_loop(model, noise, temperature)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -355,7 +188,7 @@ class MAR(nn.Module):
         """
         x = self.z_proj(x)
         B, L, D = x.shape
-        count("embed", fl.linear(B * L, self.token_embed_dim, D))
+        fl.count("embed", fl.linear(B * L, self.token_embed_dim, D))
         buffer = class_embedding.to(x.dtype).unsqueeze(1).expand(B, self.buffer_size, D)  # every buffer slot
         x = torch.cat([buffer, x], dim=1) + self.encoder_pos_embed_learned
         x = self.z_proj_ln(x)
@@ -373,7 +206,7 @@ class MAR(nn.Module):
         B, n, _ = x.shape
         x = self.decoder_embed(x)
         D = x.shape[-1]
-        count("embed", fl.linear(B * n, self.decoder_embed.in_features, D))
+        fl.count("embed", fl.linear(B * n, self.decoder_embed.in_features, D))
         pos = self.decoder_pos_embed_learned.expand(B, -1, -1)
         index = positions.unsqueeze(-1).expand(-1, -1, D)
         base = self.mask_token.to(x.dtype) + pos              # mask tokens everywhere ...
@@ -496,7 +329,7 @@ class MARGenerator(BaseGenerator):
         labels = torch.tensor(conditions, dtype=torch.long, device=self.device)
         caches = self.method.new_caches(B) if self.method is not None else (None, None)
         counter = fl.FlopCounter()
-        with counting(counter):
+        with fl.counting(counter):
             tokens = self.model.sample_tokens(labels, generators, num_iter=self.num_iter, cfg=self.cfg,
                                               cfg_schedule=self.cfg_schedule, temperature=self.temperature,
                                               num_sampling_steps=self.num_sampling_steps,
@@ -547,7 +380,7 @@ def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sam
                 num_sampling_steps=num_sampling_steps)
 
 
-def _stored_latent_scale(path: str | None, what: str) -> float | None:
+def _stored_latent_scale(path: str | None, what: str = "tokenizer_checkpoint") -> float | None:
     """The "latent_scale" a toy checkpoint carries in its safetensors metadata (set by argen train-toy)."""
     if path is None or not str(path).endswith(".safetensors") or str(path).startswith("s3://"):
         return None
