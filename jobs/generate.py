@@ -19,7 +19,8 @@ CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _generate(cfg: DictConfig) -> None:
-    from pipeline.driver import ShardFailed, run
+    from pipeline.driver import run
+    from pipeline.scheduler import ShardFailed
 
     try:
         run(cfg)

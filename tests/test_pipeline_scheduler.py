@@ -12,7 +12,7 @@ import types
 import pytest
 
 from accel.api import ArgenError
-from pipeline.driver import ShardFailed, ShardScheduler
+from pipeline.scheduler import ShardFailed, ShardScheduler
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -103,11 +103,11 @@ def test_an_actor_ray_cannot_place_holds_no_shards(ray_cluster):
         return make
 
     done = []
-    sched = ShardScheduler(factory({0}), num_workers=2, on_commit=done.append, poll_s=0.2, start_timeout_s=300)
+    sched = ShardScheduler(factory({0}), num_workers=2, on_commit=done.append, poll_s=0.2, start_timeout_s=600)
     try:
         t0 = time.monotonic()
-        infos = sched.start()
-        assert time.monotonic() - t0 < 60, "start() waited for the actor that cannot be placed"
+        infos = sched.start()  # returns 2t + 5 s after start, t = the placed actor's load time (long on a busy CPU)
+        assert time.monotonic() - t0 < 300, "start() waited ray.start_timeout_s for the actor that cannot be placed"
         sched.run(tasks(5))
     finally:
         sched.shutdown()
