@@ -58,8 +58,7 @@ def existing_file(uri: str | os.PathLike, what: str = "checkpoint") -> Path:
     """local_path(uri), which must be a file: else an error naming the setting."""
     path = local_path(uri, what)
     if not path.is_file():
-        key = what + (f" ({JOB_KEYS[what]} in argen generate)" if what in JOB_KEYS else "")
-        raise ArgenError(f"{key}={str(uri)!r}: the file {str(path)!r} does not exist; pass the path of the released "
+        raise ArgenError(f"{_setting(what)}={str(uri)!r}: the file {str(path)!r} does not exist; pass the path of the released "
                          f"file or an s3:// URI")
     return path
 
@@ -69,18 +68,22 @@ JOB_KEYS = {"checkpoint": "model.checkpoint", "tokenizer_checkpoint": "model.tok
             "drafter_checkpoint": "accel.options.drafter_checkpoint"}
 
 
+def _setting(what: str) -> str:
+    """A load_generator() argument with its argen generate key, for messages."""
+    return what + (f" ({JOB_KEYS[what]} in argen generate)" if what in JOB_KEYS else "")
+
+
 def read_checkpoint(path_or_uri: str | os.PathLike, what: str = "checkpoint") -> Any:
     """The raw object stored in a checkpoint file (a state dict, or a dict wrapping one). `what` names the
     setting it came from, for the messages."""
     uri = str(path_or_uri)
-    key = what + (f" ({JOB_KEYS[what]} in argen generate)" if what in JOB_KEYS else "")
     if uri.startswith("s3://"):
         try:
             path = _local_copy(uri)
         except ArgenError:
             raise
         except Exception as e:  # botocore's errors name neither the setting nor the object
-            raise ArgenError(f"{key}={uri!r} could not be downloaded ({type(e).__name__}: {str(e)[:200]}); check "
+            raise ArgenError(f"{_setting(what)}={uri!r} could not be downloaded ({type(e).__name__}: {str(e)[:200]}); check "
                              f"the bucket and key, the credentials (AWS_* or the instance role) and, for an "
                              f"S3-compatible store, AWS_ENDPOINT_URL") from None
     else:
