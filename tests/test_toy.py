@@ -242,31 +242,48 @@ def test_table_rows_end_with_the_seed_noise_row():
 
 
 def test_interrupted_toy_bench_goes_on_from_its_state(tmp_path):
-    """state=DIR keeps finished batches; a second run generates only the missing ones and scores the same
-    images, and a state written by another run is refused."""
+    """state=DIR keeps the running scores after every batch; a run that stopped goes on with the batches
+    they do not cover and ends with the scores of a run that never stopped; a state written by another run
+    is refused."""
     from accel.api import ArgenError
     from jobs.benches.toy import toy_quality_interleaved, warm_generators
 
     settings = [{}, {"accel": "fastvar"}]
     gens = warm_generators("var_toy", settings)
-    first = toy_quality_interleaved(gens, 20, 10, state_dir=tmp_path, settings=settings)
-    assert sorted(p.name for p in tmp_path.glob("batch_*.npz")) == ["batch_00000000.npz", "batch_00000010.npz"]
-    (tmp_path / "batch_00000010.npz").unlink()  # as if the run had stopped after its first batch
+    whole = toy_quality_interleaved(gens, 30, 10)  # no state, never stopped
     calls = []
-    for g in gens:
-        real = g.generate
-        g.generate = lambda conds, seeds, real=real: calls.append(list(seeds)) or real(conds, seeds=seeds)
-    again = toy_quality_interleaved(gens, 20, 10, state_dir=tmp_path, settings=settings)
-    assert calls == [list(range(10, 20))] * 2  # only the missing batch, once per generator
-    assert [r["fid"] for r in again] == [r["fid"] for r in first]
-    assert [r["class_consistency"] for r in again] == [r["class_consistency"] for r in first]
-    assert [r["flops_per_image"] for r in again] == [r["flops_per_image"] for r in first]
+    real = [g.generate for g in gens]
+
+    def stop_at(seed_start):
+        for g, generate in zip(gens, real):
+            def wrapped(conds, seeds, generate=generate):
+                if seeds[0] == seed_start:
+                    raise KeyboardInterrupt  # the run is stopped while generating this batch
+                calls.append(list(seeds))
+                return generate(conds, seeds=seeds)
+            g.generate = wrapped
+
+    stop_at(20)
+    with pytest.raises(KeyboardInterrupt):
+        toy_quality_interleaved(gens, 30, 10, state_dir=tmp_path, settings=settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "scores.npz"]
+    calls.clear()
+    stop_at(None)
+    again = toy_quality_interleaved(gens, 30, 10, state_dir=tmp_path, settings=settings)
+    assert calls == [list(range(20, 30))] * 2  # only the batch not scored yet, once per generator
+    for key in ("fid", "class_consistency", "flops_per_image", "samples"):
+        assert [r[key] for r in again] == [r[key] for r in whole], key
+    assert again[1]["kept_token_fraction_mean"] == whole[1]["kept_token_fraction_mean"] < 1
+    assert again[0]["samples"] == 30 and again[1]["flops_per_image"] < again[0]["flops_per_image"]
+    calls.clear()
+    assert [r["fid"] for r in toy_quality_interleaved(gens, 30, 10, state_dir=tmp_path, settings=settings)] == \
+        [r["fid"] for r in whole] and calls == []  # a finished state is only read
     with pytest.raises(ArgenError, match="n, settings"):
-        toy_quality_interleaved(gens, 30, 10, state_dir=tmp_path, settings=[{}, {"accel": "fastvar", "cache_scale": 8}])
+        toy_quality_interleaved(gens, 40, 10, state_dir=tmp_path, settings=[{}, {"accel": "fastvar", "cache_scale": 8}])
     with torch.no_grad():
         gens[1].model.head.bias.add_(0.01)  # as if the model had been retrained between the two sittings
     with pytest.raises(ArgenError, match=r"\(generators differ\)"):
-        toy_quality_interleaved(gens, 20, 10, state_dir=tmp_path, settings=settings)
+        toy_quality_interleaved(gens, 30, 10, state_dir=tmp_path, settings=settings)
 
 
 def test_toy_bench_weights_digest_covers_the_drafter():

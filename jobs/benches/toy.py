@@ -9,8 +9,9 @@ reference statistics are cached on disk, keyed by the classifier's weights.
 toy FID, class-consistency, wall-clock ratio and FLOPs ratio against its baseline, in one run with the
 same seeds, and last the baseline on other seeds (the seed noise of those changes). `argen bench toy
 model=... sweep=...` compares sampling options of one toy model instead. With `state=DIR` either keeps
-its finished batches in DIR and, run again after a stop, goes on from them (MAR's rows at 10,000 samples
-take longer than one sitting on a 2-core CPU).
+its running scores in DIR after every batch and, run again after a stop, goes on from them (MAR's rows at
+10,000 samples take longer than one sitting on a 2-core CPU; the scores are small enough to copy or commit
+between machines).
 """
 from __future__ import annotations
 
@@ -89,48 +90,61 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
     load from other processes on the machine falls on every generator alike. A list of seed offsets gives
     each generator its own seeds (the same generator on other seeds measures the seed noise).
 
-    state_dir: keep every finished batch there (its images, seconds, FLOPs and counters per generator), and
-    take the batches already there instead of generating them again, so a run of hours that stops goes on
-    where it stopped when run again. `settings` (JSON-able, one per generator: their options) is recorded
-    with n, the batch size, the seeds and the models, and a state written for other ones is refused."""
+    Each batch is scored as soon as it is generated (its toy-classifier features merged into running
+    statistics, its class hits counted), so no images are held and the scores do not depend on whether
+    the run stopped in between.
+
+    state_dir: after every batch, keep the running scores there (a few MB whatever n is: _ScoreState),
+    and start from the batches they cover, so a run of hours that stops goes on where it stopped when run
+    again, on this machine or, with the folder copied, another. `settings` (JSON-able, one per generator:
+    their options) is recorded with n, the batch size, the seeds, the models and the classifier, and a
+    state written for other ones is refused."""
     offsets = [seed_offset] * len(gens) if isinstance(seed_offset, int) else list(seed_offset)
     if len(offsets) != len(gens):
         raise ValueError(f"{len(offsets)} seed offsets for {len(gens)} generators; give one per generator")
-    state = _BatchState(state_dir, {"n": n, "batch_size": batch_size, "seed_offsets": offsets, "settings": settings,
-                                    "generators": [[g.name, g.accel, weights_digest(g)] for g in gens]}) if state_dir else None
-    images: list[list[np.ndarray]] = [[] for _ in gens]
-    seconds, flops = [0.0] * len(gens), [0.0] * len(gens)
-    counters: list[dict[str, float]] = [{} for _ in gens]
+    state = _ScoreState(state_dir, {
+        "n": n, "batch_size": batch_size, "seed_offsets": offsets, "settings": settings,
+        "generators": [[g.name, g.accel, weights_digest(g)] for g in gens], "classifier": toy_classifier()[1],
+    }) if state_dir else None
+    done, scores = state.load(len(gens)) if state else (0, [_RunningScores() for _ in gens])
     t0 = time.perf_counter()
-    for start in range(0, n, batch_size):
+    for start in range(done, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        done = state.load(start) if state else None
-        if done is None:
-            done = []
-            for g, gen in enumerate(gens):
-                out = gen.generate([i % gen.num_classes for i in idx], seeds=[i + offsets[g] for i in idx])
-                done.append((out.images, {k: v for k, v in out.stats.items() if isinstance(v, (int, float))}))
-            if state:
-                state.save(start, done)
-        for g, (batch_images, stats) in enumerate(done):
-            images[g].append(batch_images)
-            seconds[g] += stats["seconds"]
-            flops[g] += stats["flops"] * len(idx)
-            for k, v in stats.items():
-                if k not in ("seconds", "images") and not k.startswith("flops"):
-                    counters[g][k] = counters[g].get(k, 0.0) + float(v) * len(idx)
+        for g, gen in enumerate(gens):
+            labels = [i % gen.num_classes for i in idx]
+            out = gen.generate(labels, seeds=[i + offsets[g] for i in idx])
+            scores[g].add(out.images, labels, out.stats)
+        if state:
+            state.save(idx[-1] + 1, scores)
     wall = time.perf_counter() - t0
-    results = []
-    for g, gen in enumerate(gens):
-        feats, preds = classifier_outputs(np.concatenate(images[g]))
-        labels = np.arange(n) % gen.num_classes
-        results.append({
-            "fid": fid_from_stats(FeatureStats.from_features(feats), reference_stats()),
-            "class_consistency": float(np.mean(preds == labels)),
-            "samples": n, "generate_seconds": seconds[g], "wall_seconds": wall,
-            "flops_per_image": flops[g] / n, **{k: v / n for k, v in counters[g].items()},
-        })
-    return results
+    return [{**s.result(), "wall_seconds": wall} for s in scores]
+
+
+class _RunningScores:
+    """One generator's scores so far: toy-classifier feature statistics, class hits, and the sums of
+    seconds, FLOPs and method counters (each counter weighted by its batch's size)."""
+
+    def __init__(self, features: FeatureStats | None = None, hits: int = 0, sums: dict[str, float] | None = None):
+        self.features, self.hits, self.sums = features, hits, dict(sums or {})
+
+    def add(self, images: np.ndarray, labels: list[int], stats: dict[str, Any]) -> None:
+        feats, preds = classifier_outputs(images)
+        if self.features is None:
+            self.features = FeatureStats.empty(feats.shape[1])
+        self.features.update(feats)
+        self.hits += int(np.sum(preds == np.asarray(labels)))
+        count = len(labels)
+        for k, v in stats.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or k == "images" or \
+                    (k.startswith("flops") and k != "flops"):
+                continue
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * (1 if k == "seconds" else count)
+
+    def result(self) -> dict[str, Any]:
+        n = self.features.n
+        return {"fid": fid_from_stats(self.features, reference_stats()), "class_consistency": self.hits / n,
+                "samples": n, "generate_seconds": self.sums["seconds"], "flops_per_image": self.sums["flops"] / n,
+                **{k: v / n for k, v in self.sums.items() if k not in ("seconds", "flops")}}
 
 
 def weights_digest(gen: Any) -> str:
@@ -146,9 +160,12 @@ def weights_digest(gen: Any) -> str:
     return h.hexdigest()[:16]
 
 
-class _BatchState:
-    """Finished batches of toy_quality_interleaved on disk: meta.json (what the run is) and one
-    batch_<start>.npz per batch (images_<g> uint8 and stats_<g> as JSON, per generator)."""
+class _ScoreState:
+    """The running scores of toy_quality_interleaved on disk: meta.json (what the run is) and scores.npz
+    (how many samples per generator are scored, and per generator g its feature statistics n_g / mean_g /
+    m2_g, class hits hits_g and summed counters sums_g as JSON), rewritten whole after every batch. Kept to
+    statistics, not images, so that a 10,000-sample state of several rows stays a few MB and can be copied
+    (or committed) to go on elsewhere."""
 
     def __init__(self, state_dir: str | Path, meta: dict[str, Any]):
         self.dir = Path(state_dir)
@@ -159,29 +176,29 @@ class _BatchState:
             saved = json.loads(path.read_text())
             if saved != meta:
                 changed = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
-                raise ArgenError(f"state={self.dir} holds batches of another run ({', '.join(changed)} differ); "
+                raise ArgenError(f"state={self.dir} holds scores of another run ({', '.join(changed)} differ); "
                                  f"pass a new state folder, or delete this one to start over")
         else:
             path.write_text(json.dumps(meta, indent=1))
+        self.path = self.dir / "scores.npz"
 
-    def _path(self, start: int) -> Path:
-        return self.dir / f"batch_{start:08d}.npz"
+    def load(self, count: int) -> tuple[int, list[_RunningScores]]:
+        """(samples already scored, the running scores of each of `count` generators)."""
+        if not self.path.exists():
+            return 0, [_RunningScores() for _ in range(count)]
+        with np.load(self.path) as f:
+            return int(f["done"]), [
+                _RunningScores(FeatureStats(int(f[f"n_{g}"]), f[f"mean_{g}"], f[f"m2_{g}"]), int(f[f"hits_{g}"]),
+                               json.loads(str(f[f"sums_{g}"]))) for g in range(count)]
 
-    def load(self, start: int) -> list[tuple[np.ndarray, dict[str, Any]]] | None:
-        if not self._path(start).exists():
-            return None
-        with np.load(self._path(start)) as f:
-            count = sum(1 for k in f.files if k.startswith("images_"))
-            return [(f[f"images_{g}"], json.loads(str(f[f"stats_{g}"]))) for g in range(count)]
-
-    def save(self, start: int, done: list[tuple[np.ndarray, dict[str, Any]]]) -> None:
-        tmp = self.dir / f".batch_{start:08d}.tmp.npz"
-        arrays = {}
-        for g, (batch_images, stats) in enumerate(done):
-            arrays[f"images_{g}"] = batch_images
-            arrays[f"stats_{g}"] = np.array(json.dumps(stats))
+    def save(self, done: int, scores: list[_RunningScores]) -> None:
+        arrays: dict[str, Any] = {"done": np.array(done)}
+        for g, s in enumerate(scores):
+            arrays.update({f"n_{g}": np.array(s.features.n), f"mean_{g}": s.features.mean, f"m2_{g}": s.features.m2,
+                           f"hits_{g}": np.array(s.hits), f"sums_{g}": np.array(json.dumps(s.sums))})
+        tmp = self.dir / ".scores.tmp.npz"
         np.savez(tmp, **arrays)
-        tmp.replace(self._path(start))  # a batch file is there whole or not at all
+        tmp.replace(self.path)  # the scores file is there whole or not at all
 
 
 # -- the quality-vs-speed table ------------------------------------------------------------------------
