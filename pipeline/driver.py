@@ -47,8 +47,7 @@ def check_config(cfg: Any) -> None:
     family_of(model)
     if accel not in ACCEL_NAMES:
         raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(ACCEL_NAMES)}")
-    option_int("ray.num_workers", cfg.ray.num_workers, 1, hint="actors generating in parallel")
-    option_int("ray.max_attempts", cfg.ray.max_attempts, 1, hint="tries per shard before the run fails")
+    ray_counts(cfg)
     timeout = cfg.ray.get("start_timeout_s", 900)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ArgenError(f"ray.start_timeout_s={timeout!r}; expected seconds > 0 to wait for a worker to be placed "
@@ -64,6 +63,12 @@ def check_config(cfg: Any) -> None:
     if both:
         raise ArgenError(f"option(s) {sorted(both)} set in both model.options and accel.options; set each once")
     check_options(model, accel, {**(cfg.model.get("options") or {}), **(cfg.accel.get("options") or {})})
+
+
+def ray_counts(cfg: Any) -> tuple[int, int]:
+    """(ray.num_workers, ray.max_attempts) as checked integers: a command line may pass them as strings."""
+    return (option_int("ray.num_workers", cfg.ray.num_workers, 1, hint="actors generating in parallel"),
+            option_int("ray.max_attempts", cfg.ray.max_attempts, 1, hint="tries per shard before the run fails"))
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:
@@ -262,7 +267,7 @@ def start_ray(cfg: Any) -> bool:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init()  # inside a Ray Job: join its cluster
     else:
-        need = int(cfg.ray.num_workers) * float(cfg.ray.cpus_per_worker)
+        need = ray_counts(cfg)[0] * float(cfg.ray.cpus_per_worker)
         ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False)
     return True
 
@@ -370,13 +375,13 @@ def run(cfg: Any) -> dict[str, Any]:
         if todo:
             started_ray = start_ray(cfg)
             _warn_idle_gpus(cfg)
+            num_workers, max_attempts = ray_counts(cfg)
             if isinstance(sink, LocalSink) and _nodes() > 1:
                 log.warning("output.uri=%s is a local folder but the Ray cluster has %d nodes: each node writes "
                             "to its own disk unless the folder is on a shared filesystem; use s3://... instead",
                             sink.uri, _nodes())
             scheduler = ShardScheduler(actor_factory(cfg, sink, warmup_condition=plan.conditions[0]),
-                                       num_workers=min(int(cfg.ray.num_workers), len(todo)),
-                                       max_attempts=int(cfg.ray.max_attempts),
+                                       num_workers=min(num_workers, len(todo)), max_attempts=max_attempts,
                                        start_timeout_s=float(cfg.ray.get("start_timeout_s", 900)))
             infos = scheduler.start()
             t_ready = time.perf_counter()

@@ -197,7 +197,8 @@ def test_worker_killed_mid_shard_is_redone_elsewhere(ray_cluster, tmp_path):
 def test_worker_killed_without_retries_leaves_no_partial_shard(ray_cluster, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        argen(["generate", *BASE, f"output.uri={out}", "ray.num_workers=1", "ray.max_attempts=1",
+        # the counts as quoted strings, as a command line may give them: they are checked, then used as ints
+        argen(["generate", *BASE, f"output.uri={out}", "ray.num_workers='1.0'", "ray.max_attempts='1.0'",
                "testing.kill_shard=0", "testing.kill_point=write"])
     assert e.value.code == 1
     err = capsys.readouterr().err
