@@ -38,6 +38,16 @@ def local_path(uri: str | os.PathLike, what: str = "path") -> Path:
     return Path(unquote(parts.path))
 
 
+def local_folder(uri: str | os.PathLike, what: str, how: str) -> Path:
+    """local_path(uri) of a model read from a folder (a text encoder, CLIP), which is never downloaded: a URI
+    of another scheme (s3://...) is refused, naming the setting; `how` says where to get the folder."""
+    text = str(uri)
+    if "://" in text and text[:5].lower() != "file:":
+        raise ArgenError(f"{what}={text!r}: this is read from a local folder, not a URI; copy it to each "
+                         f"worker's disk. {how}")
+    return local_path(text, what)
+
+
 def _local_copy(uri: str) -> Path:
     """Download an s3:// object once into the cache (file name = hash of the URI, never user text)."""
     import boto3  # the usual credential chain; AWS_ENDPOINT_URL selects an S3-compatible store

@@ -47,7 +47,7 @@ from typing import Sequence
 import torch
 
 from accel.api import ArgenError
-from accel.checkpoints import local_path
+from accel.checkpoints import local_folder
 
 log = logging.getLogger("argen.text")
 
@@ -178,10 +178,7 @@ class T5TextEncoder:
         if path is None or str(path) == "":
             raise ArgenError(f"no text encoder given (model.text_encoder is null); {HOW_TO_GET}")
         path_str = str(path)
-        if "://" in path_str and not path_str.startswith("file://"):
-            raise ArgenError(f"model.text_encoder={path_str!r}: the text encoder is read from a local folder, "
-                             f"not a URI; copy it to each worker's disk. {HOW_TO_GET}")
-        folder = local_path(path_str, "model.text_encoder")
+        folder = local_folder(path_str, "model.text_encoder", HOW_TO_GET)
         if not folder.is_dir():
             raise ArgenError(f"model.text_encoder={path_str!r} is not a folder; {HOW_TO_GET}")
         if not (folder / "config.json").is_file():

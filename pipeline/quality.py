@@ -414,11 +414,9 @@ class ClipScorer:
     """
 
     def __init__(self, folder: str, device: torch.device, batch_size: int = 64):
-        if "://" in str(folder) and not str(folder).startswith("file://"):
-            raise ArgenError(f"eval.clip_model={folder!r}: CLIP is read from a local folder, not a URI. {CLIP_HOW_TO}")
-        from accel.checkpoints import local_path
+        from accel.checkpoints import local_folder
 
-        path = local_path(folder, "eval.clip_model")
+        path = local_folder(folder, "eval.clip_model", CLIP_HOW_TO)
         if not path.is_dir() or not (path / "open_clip_config.json").is_file():
             raise ArgenError(f"eval.clip_model={folder!r} is not a folder with open_clip_config.json. {CLIP_HOW_TO}")
         weights = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))

@@ -159,6 +159,10 @@ def test_clip_folder_errors(tmp_path, clip_dir):
 
     with pytest.raises(ArgenError, match="timm/vit_base_patch32_clip_224.openai"):
         ClipScorer(str(tmp_path), torch.device("cpu"))
+    with pytest.raises(ArgenError, match=r"eval.clip_model='s3://b/clip': this is read from a local folder, not a URI"):
+        ClipScorer("s3://b/clip", torch.device("cpu"))
+    with pytest.raises(ArgenError, match="is not a folder with open_clip_config.json"):  # a file URI, any case
+        ClipScorer(f"FILE://{tmp_path}", torch.device("cpu"))
     (tmp_path / "open_clip_config.json").write_text((clip_dir / "open_clip_config.json").read_text())
     with pytest.raises(ArgenError, match="holds no weights file"):  # open_clip alone would use random weights
         ClipScorer(str(tmp_path), torch.device("cpu"))
