@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,10 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
             labels = [i % gen.num_classes for i in idx]
             out = gen.generate(labels, seeds=[i + offsets[g] for i in idx])
             scores[g].add(out.images, labels, out.stats)
-        if state:
+        if state:  # a long run: say how far it is
             state.save(idx[-1] + 1, scores)
+            print(f"toy bench: {idx[-1] + 1} of {n} samples scored per row ({len(gens)} rows), "
+                  f"{time.perf_counter() - t0:.0f} s in this sitting; state={state.dir}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0
     return [{**s.result(), "wall_seconds": wall} for s in scores]
 
