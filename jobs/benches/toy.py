@@ -136,12 +136,11 @@ class _RunningScores:
             self.features = FeatureStats.empty(feats.shape[1])
         self.features.update(feats)
         self.hits += int(np.sum(preds == np.asarray(labels)))
-        count = len(labels)
-        for k, v in stats.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or k == "images" or \
-                    (k.startswith("flops") and k != "flops"):
-                continue
-            self.sums[k] = self.sums.get(k, 0.0) + float(v) * (1 if k == "seconds" else count)
+        self.sums["seconds"] = self.sums.get("seconds", 0.0) + float(stats["seconds"])  # the batch's time
+        for k, v in stats.items():  # per-image figures (flops, counters), weighted by the batch's size
+            if k not in ("seconds", "images") and (k == "flops" or not k.startswith("flops")) and \
+                    isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.sums[k] = self.sums.get(k, 0.0) + float(v) * len(labels)
 
     def result(self) -> dict[str, Any]:
         n = self.features.n
