@@ -18,7 +18,6 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -268,7 +267,7 @@ def _eval_side(eval_cfg: Any, model: str | None, generated: int, recorded: set[i
         model_side = eval_image_size_of(model) if isinstance(model, str) else None
     except ArgenError:  # a model this argen does not know: its generated size
         model_side = None
-    return quality.eval_image_size(eval_cfg, SimpleNamespace(eval_image_size=model_side, image_size=generated))
+    return quality.eval_image_size(eval_cfg, model_side, generated)
 
 
 def first_feature_dim(sink: Any, scan: RunScan) -> int:

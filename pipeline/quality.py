@@ -318,15 +318,15 @@ def resize_for_eval(images_uint8: np.ndarray, side: int) -> np.ndarray:
     return to_uint8(F.interpolate(x, size=(side, side), mode="bicubic"))
 
 
-def eval_image_size(eval_cfg: Mapping[str, Any] | None, generator: Any) -> int | None:
-    """The side features are computed at: eval.image_size, else the model's (generator.eval_image_size); None
-    when that is the generated side."""
-    side = (eval_cfg or {}).get("image_size") or getattr(generator, "eval_image_size", None)
+def eval_image_size(eval_cfg: Mapping[str, Any] | None, model_side: int | None, generated_side: int) -> int | None:
+    """The side features are computed at: eval.image_size, else the model's evaluation side (`model_side`, e.g.
+    a generator's eval_image_size; None: as generated); None when that is the generated side."""
+    side = (eval_cfg or {}).get("image_size") or model_side
     if side is None:
         return None
     if isinstance(side, bool) or not isinstance(side, int) or side < 8:
         raise ArgenError(f"eval.image_size={side!r}; expected a side in pixels (e.g. 256) or null for the model's")
-    return None if side == int(generator.image_size) else side
+    return None if side == int(generated_side) else side
 
 
 def classifier_quality(logits: np.ndarray | None, conditions: Sequence[int | str], aligned: bool) -> dict[str, Any]:

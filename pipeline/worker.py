@@ -90,7 +90,8 @@ class ShardWorker:
                     # eval.device when set (e.g. cpu, to leave the GPU to the generator), else the generator's
                     device = (s.eval_cfg or {}).get("device") or str(getattr(self.generator, "device", s.device))
                     self.extractor = _make_extractor(s.features, s.eval_cfg, device)
-                    self.eval_side = quality.eval_image_size(s.eval_cfg, self.generator)
+                    model_side = getattr(self.generator, "eval_image_size", None)
+                    self.eval_side = quality.eval_image_size(s.eval_cfg, model_side, self.generator.image_size)
                 if self.prompts():
                     from pipeline import quality
 

@@ -127,5 +127,6 @@ def test_features_at_the_models_evaluation_size(tmp_path, worker_factory):
     ours = quality.resize_for_eval(to_uint8(x), 64).astype(int)
     assert np.abs(release - ours).max() <= 1
     with pytest.raises(Exception, match="eval.image_size='big'"):
-        quality.eval_image_size({"image_size": "big"}, small.generator)
-    assert quality.eval_image_size({"image_size": 256}, small.generator) is None  # the generated side: no resize
+        quality.eval_image_size({"image_size": "big"}, None, small.generator.image_size)
+    # the generated side: no resize
+    assert quality.eval_image_size({"image_size": 256}, None, small.generator.image_size) is None
