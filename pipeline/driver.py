@@ -42,7 +42,7 @@ SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(
 def check_config(cfg: Any) -> None:
     """Everything that can be checked without a model, storage or Ray."""
     model, accel = str(cfg.model.name), str(cfg.accel.name)
-    from accel.models import check_options, family_of
+    from accel.models import check_settings, family_of
 
     family_of(model)
     if accel not in ACCEL_NAMES:
@@ -62,7 +62,21 @@ def check_config(cfg: Any) -> None:
     both = set(cfg.model.get("options") or {}) & set(cfg.accel.get("options") or {})
     if both:
         raise ArgenError(f"option(s) {sorted(both)} set in both model.options and accel.options; set each once")
-    check_options(model, accel, {**(cfg.model.get("options") or {}), **(cfg.accel.get("options") or {})})
+    check_settings(model, accel, generator_options(cfg), checkpoint=cfg.model.get("checkpoint"),
+                   tokenizer_checkpoint=cfg.model.get("tokenizer_checkpoint"),
+                   random_init=bool(cfg.model.get("random_init", False)))
+
+
+def _plain(x: Any) -> Any:
+    """A config node as plain dicts and lists (what the generators take), {} for an unset one."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else (x or {})
+
+
+def generator_options(cfg: Any) -> dict[str, Any]:
+    """model.options and accel.options together, as the generator takes them."""
+    return {**_plain(cfg.model.get("options")), **_plain(cfg.accel.get("options"))}
 
 
 def ray_counts(cfg: Any) -> tuple[int, int]:
@@ -233,9 +247,6 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
                 ) -> WorkerSpec:
     from omegaconf import OmegaConf
 
-    def plain(x: Any) -> Any:
-        return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else (x or {})
-
     testing = cfg.get("testing") or {}
     eval_cfg = OmegaConf.select(cfg, "eval", default=None)
     gpus = float(cfg.ray.gpus_per_worker)
@@ -244,11 +255,11 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
         batch_size=int(cfg.batch_size), sink=sink, checkpoint=cfg.model.get("checkpoint"),
         tokenizer_checkpoint=cfg.model.get("tokenizer_checkpoint"),
         random_init=bool(cfg.model.get("random_init", False)),
-        options={**plain(cfg.model.get("options")), **plain(cfg.accel.get("options"))},
+        options=generator_options(cfg),
         png_compress_level=int(cfg.output.png_compress_level),
         torch_threads=None if gpus > 0 else max(1, int(cfg.ray.cpus_per_worker)),
         features=str(OmegaConf.select(cfg, "eval.features", default="none") or "none"),
-        eval_cfg=plain(eval_cfg) if eval_cfg is not None else None,
+        eval_cfg=_plain(eval_cfg) if eval_cfg is not None else None,
         warmup_condition=warmup_condition, code_version=code_version(), kill_shard=testing.get("kill_shard"),
         kill_point=str(testing.get("kill_point") or "generate"),
     )

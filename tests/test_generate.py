@@ -46,11 +46,20 @@ def no_shards(out: Path) -> bool:
     ("+accel.options.cache_scal=8", "unknown option(s) ['cache_scal'] for var_tiny with accel=none"),
     ("device=cuda", "device=cuda but ray.gpus_per_worker=0: Ray hides the GPUs from actors that ask for none"),
     ("output.uri=file://out/run", "output.uri='file://out/run' is not an absolute file URI"),
+    # option values and weights, checked by the generator's own check_settings before Ray starts
+    ("accel=fastvar +accel.options.cache_scale=7", "cache_scale=7 is not a scale of the schedule"),
+    ("+model.options.top_k=many", "top_k='many' is not a number"),
+    ("model.random_init=false", "var_tiny: no checkpoint (model.checkpoint=...) and no tokenizer_checkpoint"),
+    ("model.name=mar_toy accel.name=lazymar +accel.options.refresh_interval=0", "refresh_interval=0; expected an "
+     "integer >= 1"),
+    ("model.name=llamagen_toy accel.name=lantern +accel.options.lantern_delta=2", "lantern_delta=2 must be a "
+     "total-variation bound in [0, 1]"),
 ])
 def test_bad_settings(tmp_path, capsys, override, message):
     out = tmp_path / "out"
-    text = fails(capsys, f"output.uri={out}", override)
+    text = fails(capsys, f"output.uri={out}", *override.split())
     assert message in text
+    assert not (out / "run.json").exists()  # refused while checking the config: no Ray, no plan written
     assert no_shards(out)
 
 

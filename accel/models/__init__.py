@@ -54,12 +54,13 @@ def build_model(name: str) -> torch.nn.Module:
     return _family_module(family_of(name)).build_model(name)
 
 
-def check_options(name: str, accel: str, options: dict) -> None:
-    """The accel applies to the model and every option name is one its generator takes (values are checked
-    when it is built): what argen generate can refuse before starting Ray and loading weights."""
-    from accel.api import check_option_names
-
-    check_option_names(options, _family_module(family_of(name)).option_names(name, accel), f"{name} with accel={accel}")
+def check_settings(name: str, accel: str, options: dict, checkpoint: str | None = None,
+                   tokenizer_checkpoint: str | None = None, random_init: bool = False) -> None:
+    """What argen generate can refuse before starting Ray and loading weights: the accel applies to the model,
+    every option name is one its generator takes and every value is one it accepts, and weights are given
+    (or committed, or random_init). Files are not opened: on a cluster they may exist on the workers only."""
+    _family_module(family_of(name)).check_settings(name, accel, checkpoint, tokenizer_checkpoint, bool(random_init),
+                                                   dict(options))
 
 
 def eval_image_size_of(name: str) -> int | None:

@@ -413,18 +413,23 @@ def option_names(name: str, accel: str) -> tuple[str, ...]:
     return SAMPLING_OPTIONS + (TEXT_OPTIONS if get_config(name).takes_prompts else ()) + method
 
 
-def make_generator(name: str, *, accel: str = "none", device: torch.device | None = None,
-                   checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
-                   random_init: bool = False, **options: Any) -> LlamaGenGenerator:
-    from accel.api import resolve_device
-    from accel.tokenizers.vq import load_tokenizer
+@dataclass
+class LlamaGenSettings:
+    """What make_generator checks and fills in before it loads weights."""
+    cfg: LlamaGenConfig
+    opts: SamplingOptions
+    decoder_spec: Any  # accel.methods.speculative.SpecConfig, or None for accel=none
+    text_options: dict[str, Any]
+    checkpoint: str | None
+    tokenizer_checkpoint: str | None
 
-    device = resolve_device(device)
+
+def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_checkpoint: str | None,
+                   random_init: bool, options: dict[str, Any]) -> LlamaGenSettings:
+    """Every option name and value and the presence of weights, without reading a file or building the model
+    (argen generate runs it before Ray starts; the files themselves may live on the workers only)."""
     cfg = get_config(name)
     check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
-    spec = None
-    if accel != "none":
-        from accel.methods import speculative as spec
     if cfg.random_init_only and not random_init:
         raise ArgenError(f"{name} is a test model with no released weights; pass random_init=True "
                          f"(model.random_init=true)")
@@ -439,24 +444,43 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     opts = SamplingOptions(**sampling)
     opts.check(cfg.args.vocab_size)
     text_options = {k: options[k] for k in TEXT_OPTIONS if k in options}
+    if not isinstance(text_options.get("clean_prompts", True), bool):
+        raise ArgenError(f"clean_prompts={text_options['clean_prompts']!r}; expected true (the release's prompt "
+                         f"cleaning) or false")
     method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS and k not in TEXT_OPTIONS}
-    decoder = None
-    if accel != "none":  # validate the method's options before loading any weights
-        decoder_spec = spec.SpecConfig.from_options(accel, name, method_options, cfg.default_drafter, random_init)
+    decoder_spec = None
+    if accel != "none":
+        from accel.methods import speculative
+
+        decoder_spec = speculative.SpecConfig.from_options(accel, name, method_options, cfg.default_drafter,
+                                                           random_init)
+    return LlamaGenSettings(cfg, opts, decoder_spec, text_options, checkpoint, tokenizer_checkpoint)
+
+
+def make_generator(name: str, *, accel: str = "none", device: torch.device | None = None,
+                   checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
+                   random_init: bool = False, **options: Any) -> LlamaGenGenerator:
+    from accel.api import resolve_device
+    from accel.tokenizers.vq import load_tokenizer
+
+    device = resolve_device(device)
+    settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options)
+    cfg, opts, checkpoint = settings.cfg, settings.opts, settings.checkpoint
     text_encoder = None
     if cfg.takes_prompts:  # before the big weights: a missing encoder folder fails fast
         from accel.text_encoder import T5TextEncoder
 
-        clean = text_options.get("clean_prompts", True)
-        if not isinstance(clean, bool):
-            raise ArgenError(f"clean_prompts={clean!r}; expected true (the release's prompt cleaning) or false")
-        text_encoder = T5TextEncoder(text_options.get("text_encoder"), device, window=cfg.args.cls_token_num,
-                                     feature_dim=cfg.args.caption_dim, clean=clean)
+        text_encoder = T5TextEncoder(settings.text_options.get("text_encoder"), device, window=cfg.args.cls_token_num,
+                                     feature_dim=cfg.args.caption_dim,
+                                     clean=settings.text_options.get("clean_prompts", True))
     model = load_model(name, checkpoint, random_init, device)
-    tokenizer = load_tokenizer(tokenizer_checkpoint, device=device, random_init=random_init, name=cfg.tokenizer_name,
-                               **cfg.tokenizer)
+    tokenizer = load_tokenizer(settings.tokenizer_checkpoint, device=device, random_init=random_init,
+                               name=cfg.tokenizer_name, **cfg.tokenizer)
+    decoder = None
     if accel != "none":
-        decoder = spec.build_decoder(decoder_spec, target=model, target_name=name, opts=opts,
-                                     tokenizer=tokenizer, device=device, random_init=random_init)
+        from accel.methods import speculative
+
+        decoder = speculative.build_decoder(settings.decoder_spec, target=model, target_name=name, opts=opts,
+                                            tokenizer=tokenizer, device=device, random_init=random_init)
     return LlamaGenGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device, config=cfg,
                              opts=opts, decoder=decoder, text_encoder=text_encoder)

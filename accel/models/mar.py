@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -430,6 +431,45 @@ def option_names(name: str, accel: str) -> tuple[str, ...]:
     return SAMPLING_OPTIONS
 
 
+@dataclass
+class MARSettings:
+    """What make_generator checks and fills in before it loads weights."""
+    config: dict[str, Any]
+    sampling: dict[str, Any]
+    seed_init: int
+    method: Any  # accel.methods.lazymar.LazyMAR, or None for accel=none
+    checkpoint: str | None
+    tokenizer_checkpoint: str | None
+
+
+def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_checkpoint: str | None,
+                   random_init: bool, options: dict[str, Any]) -> MARSettings:
+    """Every option name and value and the presence of weights, without reading a file or building the model
+    (argen generate runs it before Ray starts; the files themselves may live on the workers only)."""
+    if name not in CONFIGS:
+        raise ArgenError(f"unknown MAR model {name!r}; known: {sorted(CONFIGS)}")
+    check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
+    config, options = CONFIGS[name], dict(options)
+    defaults = {**dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100),
+                **config["sampling"]}  # a config's own defaults win (mar_toy)
+    sampling = _check_sampling(name, **{k: options.pop(k, v) for k, v in defaults.items()})
+    seed = option_number("seed_init", options.pop("seed_init", 0), int, "0")
+    method = None
+    if accel == "lazymar":
+        from accel.methods.lazymar import LazyMAR
+
+        method = LazyMAR(config, guided=sampling["cfg"] != 1.0, **options)
+    if not random_init:  # toy models default to their committed weights
+        from accel.toy import bundled_weights
+
+        if checkpoint is None and bundled_weights(name) is not None:
+            checkpoint = str(bundled_weights(name))
+        if tokenizer_checkpoint is None and bundled_weights(config["tokenizer"]) is not None:
+            tokenizer_checkpoint = str(bundled_weights(config["tokenizer"]))
+    require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
+    return MARSettings(config, sampling, seed, method, checkpoint, tokenizer_checkpoint)
+
+
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, **options) -> MARGenerator:
     """Sampling options: num_iter (64), cfg (the paper's value for the size), cfg_schedule ("linear"),
@@ -440,28 +480,9 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
     from accel.tokenizers import build_tokenizer
     from accel.tokenizers.kl_vae import load_kl16
 
-    if name not in CONFIGS:
-        raise ArgenError(f"unknown MAR model {name!r}; known: {sorted(CONFIGS)}")
-    check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
-    config = CONFIGS[name]
-    defaults = {**dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100),
-                **config["sampling"]}  # a config's own defaults win (mar_toy)
-    sampling = {k: options.pop(k, v) for k, v in defaults.items()}
-    sampling = _check_sampling(name, **sampling)
-    seed = option_number("seed_init", options.pop("seed_init", 0), int, "0")
-    method = None
-    if accel == "lazymar":
-        from accel.methods.lazymar import LazyMAR
-
-        method = LazyMAR(config, guided=sampling["cfg"] != 1.0, **options)  # validates before any weights load
-    if not random_init:  # toy models default to their committed weights
-        from accel.toy import bundled_weights
-
-        if checkpoint is None and bundled_weights(name) is not None:
-            checkpoint = str(bundled_weights(name))
-        if tokenizer_checkpoint is None and bundled_weights(config["tokenizer"]) is not None:
-            tokenizer_checkpoint = str(bundled_weights(config["tokenizer"]))
-    require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
+    settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options)
+    config, seed = settings.config, settings.seed_init
+    checkpoint, tokenizer_checkpoint = settings.checkpoint, settings.tokenizer_checkpoint
     latent_scale = latent_scale_for(name, checkpoint, tokenizer_checkpoint, random_init)
 
     with seeded_init(seed):
@@ -481,4 +502,4 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
     model.to(device).eval()
     tokenizer.to(device).eval()
     return MARGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
-                        method=method, latent_scale=latent_scale, **sampling)
+                        method=settings.method, latent_scale=latent_scale, **settings.sampling)

@@ -472,20 +472,30 @@ def option_names(name: str, accel: str) -> tuple[str, ...]:
     return (*SAMPLING_DEFAULTS, *(fastvar.OPTION_NAMES if accel == "fastvar" else ()))
 
 
-def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
-                   tokenizer_checkpoint: str | None = None, random_init: bool = False, init_seed: int = 0,
-                   config: VARConfig | None = None, **options: Any) -> VARGenerator:
-    """`config` overrides the named config (benchmarks: e.g. var_d16 width on the 512-px schedule)."""
+@dataclass
+class VARSettings:
+    """What make_generator checks and fills in before it loads weights."""
+    cfg: VARConfig
+    sampling: dict[str, Any]
+    method: Any  # accel.methods.fastvar.FastVAR, or None for accel=none
+    checkpoint: str | None
+    tokenizer_checkpoint: str | None
+
+
+def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_checkpoint: str | None,
+                   random_init: bool, options: dict[str, Any], config: VARConfig | None = None) -> VARSettings:
+    """Every option name and value and the presence of weights, without reading a file or building the model
+    (argen generate runs it before Ray starts; the files themselves may live on the workers only)."""
     cfg = config or _config(name)
     from accel.methods import fastvar
 
-    method_keys = fastvar.OPTION_NAMES if accel == "fastvar" else ()
     check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
     sampling = check_sampling({k: v for k, v in options.items() if k in SAMPLING_DEFAULTS}, cfg.vocab_size,
                               cfg.sampling)
     method = None
     if accel == "fastvar":
-        method = fastvar.FastVAR(cfg.patch_nums, cfg.depth, **{k: v for k, v in options.items() if k in method_keys})
+        method = fastvar.FastVAR(cfg.patch_nums, cfg.depth,
+                                 **{k: v for k, v in options.items() if k in fastvar.OPTION_NAMES})
     if not random_init:  # toy models default to their committed weights
         from accel.toy import bundled_weights
 
@@ -493,7 +503,15 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
         tokenizer_checkpoint = tokenizer_checkpoint or (
             str(bundled_weights(cfg.tokenizer)) if bundled_weights(cfg.tokenizer) else None)
     require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
+    return VARSettings(cfg, sampling, method, checkpoint, tokenizer_checkpoint)
 
+
+def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
+                   tokenizer_checkpoint: str | None = None, random_init: bool = False, init_seed: int = 0,
+                   config: VARConfig | None = None, **options: Any) -> VARGenerator:
+    """`config` overrides the named config (benchmarks: e.g. var_d16 width on the 512-px schedule)."""
+    settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options, config)
+    cfg, checkpoint, tokenizer_checkpoint = settings.cfg, settings.checkpoint, settings.tokenizer_checkpoint
     with torch.device("meta"):
         model = VAR(cfg)
         vae = build_tokenizer(cfg.tokenizer, patch_nums=cfg.patch_nums)
@@ -509,8 +527,8 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
             vae = build_tokenizer(cfg.tokenizer, patch_nums=cfg.patch_nums)  # PyTorch's default init, seeded
     model = model.to(device).eval().requires_grad_(False)
     vae = vae.to(device).eval().requires_grad_(False)
-    return VARGenerator(name=name, accel=accel, cfg=cfg, model=model, vae=vae, device=device, sampling=sampling,
-                        method=method)
+    return VARGenerator(name=name, accel=accel, cfg=cfg, model=model, vae=vae, device=device,
+                        sampling=settings.sampling, method=settings.method)
 
 
 def config_with(name: str, **changes: Any) -> VARConfig:
