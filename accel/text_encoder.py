@@ -165,6 +165,13 @@ def _transformers():
     return transformers
 
 
+def check_given(path: str | Path | None) -> None:
+    """A text encoder folder is named (not whether it exists: argen generate checks this before Ray starts, and
+    the folder may be on the workers only)."""
+    if path is None or str(path) == "":
+        raise ArgenError(f"no text encoder given (model.text_encoder is null); {HOW_TO_GET}")
+
+
 class T5TextEncoder:
     """FLAN-T5-XL (or any T5 encoder folder) computing LlamaGen caption features in batches.
 
@@ -175,8 +182,7 @@ class T5TextEncoder:
 
     def __init__(self, path: str | Path | None, device: torch.device, window: int = T5_WINDOW,
                  feature_dim: int | None = FLAN_T5_XL_DIM, clean: bool = True, dtype: torch.dtype | None = None):
-        if path is None or str(path) == "":
-            raise ArgenError(f"no text encoder given (model.text_encoder is null); {HOW_TO_GET}")
+        check_given(path)
         path_str = str(path)
         folder = local_folder(path_str, "model.text_encoder", HOW_TO_GET)
         if not folder.is_dir():

@@ -54,6 +54,7 @@ def no_shards(out: Path) -> bool:
      "integer >= 1"),
     ("model.name=llamagen_toy accel.name=lantern +accel.options.lantern_delta=2", "lantern_delta=2 must be a "
      "total-variation bound in [0, 1]"),
+    ("model.name=llamagen_t2i_tiny", "no text encoder given (model.text_encoder is null)"),
 ])
 def test_bad_settings(tmp_path, capsys, override, message):
     out = tmp_path / "out"

@@ -447,6 +447,10 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
     if not isinstance(text_options.get("clean_prompts", True), bool):
         raise ArgenError(f"clean_prompts={text_options['clean_prompts']!r}; expected true (the release's prompt "
                          f"cleaning) or false")
+    if cfg.takes_prompts:
+        from accel.text_encoder import check_given
+
+        check_given(text_options.get("text_encoder"))
     method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS and k not in TEXT_OPTIONS}
     decoder_spec = None
     if accel != "none":
