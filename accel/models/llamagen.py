@@ -63,6 +63,7 @@ from accel.api import (ArgenError, BaseGenerator, check_option_names, option_fla
                        seeded_init)
 from accel.models.llamagen_gpt import KVCache, ModelArgs, TextCondition, Transformer
 from accel.sampling import categorical_rows
+from accel.text_encoder import T5TextEncoder, check_given
 
 
 @dataclass
@@ -448,8 +449,6 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
         raise ArgenError(f"clean_prompts={text_options['clean_prompts']!r}; expected true (the release's prompt "
                          f"cleaning) or false")
     if cfg.takes_prompts:
-        from accel.text_encoder import check_given
-
         check_given(text_options.get("text_encoder"))
     method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS and k not in TEXT_OPTIONS}
     decoder_spec = None
@@ -472,8 +471,6 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     cfg, opts, checkpoint = settings.cfg, settings.opts, settings.checkpoint
     text_encoder = None
     if cfg.takes_prompts:  # before the big weights: a missing encoder folder fails fast
-        from accel.text_encoder import T5TextEncoder
-
         text_encoder = T5TextEncoder(settings.text_options.get("text_encoder"), device, window=cfg.args.cls_token_num,
                                      feature_dim=cfg.args.caption_dim,
                                      clean=settings.text_options.get("clean_prompts", True))
