@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -266,21 +267,73 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
 
 
 def start_ray(cfg: Any) -> bool:
-    """Connect to ray.address, or start a local Ray. Returns True when this call started it."""
+    """Start or join Ray as ray.address says. Returns True when this call started (or joined) it.
+
+    null: inside a Ray Job (Ray sets RAY_ADDRESS for its entrypoint) join that cluster, else start a fresh
+    local instance of our own: address="local", so a running head or a stale address file left by a killed
+    `ray start` is never joined by accident. auto: join the running local cluster on purpose. Anything else
+    (host:port, ray://host:10001) is passed to ray.init as it is.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    address = cfg.ray.address
+    address = str(cfg.ray.address) if cfg.ray.address else None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-        ray.init(address=str(address), log_to_driver=True)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()  # inside a Ray Job: join its cluster
-    else:
+    in_job = os.environ.get("RAY_ADDRESS")
+    if address is None and in_job:
+        kwargs, tried = {}, f"the Ray Job's cluster (RAY_ADDRESS={redact_url(in_job)})"
+    elif address is None:
         need = ray_counts(cfg)[0] * float(cfg.ray.cpus_per_worker)
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False)
+        kwargs = dict(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+                      include_dashboard=False)
+        tried = "a new local Ray instance (ray.address=null)"
+    else:
+        kwargs, tried = dict(address=address, log_to_driver=True), f"ray.address={redact_url(address)}"
+    if address is not None:
+        _check_reachable(address, tried)
+    try:
+        ray.init(**kwargs)
+    except Exception as e:
+        if address == "auto":
+            fix = ("ray.address=auto joins a Ray cluster already running on this machine (`ray start --head`); "
+                   "start one, or pass ray.address=null to let argen start its own")
+        elif address is None:
+            fix = "see the lines above from Ray; `ray stop` ends leftover Ray processes of this machine"
+        else:
+            fix = "check the address (host:port of the head's GCS, or ray://host:10001 for Ray Client) and that " \
+                  "the head is running; ray.address=null starts a local Ray instead"
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ArgenError(f"cannot start or join Ray: {tried}: {type(e).__name__}: {reason}; {fix}") from None
     return True
+
+
+def _check_reachable(address: str, tried: str) -> None:
+    """Fail in seconds where ray.init would wait minutes: a head that does not listen (auto finding the address
+    file of a head killed without `ray stop`, or a mistyped host:port)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address == "auto":
+        try:
+            target = canonicalize_bootstrap_address("auto")
+        except ConnectionError:
+            raise ArgenError(f"cannot start or join Ray: {tried}: no Ray cluster is running on this machine; start "
+                             f"one (`ray start --head`), or pass ray.address=null to let argen start its "
+                             f"own") from None
+        where = f"the address Ray recorded for its last `ray start` ({target})"
+    else:
+        target = address.removeprefix("ray://").rsplit("/", 1)[0]
+        where = target
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # a form Ray resolves itself (a cluster's service name ...): its own error says what is wrong
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        stale = (" (a head that was stopped without `ray stop` leaves it behind: `ray stop` clears it)"
+                 if address == "auto" else "")
+        raise ArgenError(f"cannot start or join Ray: {tried}: nothing answers at {where}{stale}: {e}; start the "
+                         f"head, or pass ray.address=null to let argen start its own Ray") from None
 
 
 def _warn_idle_gpus(cfg: Any) -> None:

@@ -179,6 +179,7 @@ class Head:
     token: str
     proc: subprocess.Popen
     temp_dir: str
+    gcs_address: str
 
 
 def _free_ports(n: int) -> list[int]:
@@ -248,7 +249,7 @@ def ray_head():
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     head = Head(address=f"http://127.0.0.1:{ports['dashboard-port']}", env=env, token=token, proc=proc,
-                temp_dir=temp_dir)
+                temp_dir=temp_dir, gcs_address=f"127.0.0.1:{ports['port']}")
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -327,3 +328,42 @@ def test_submit_generate_then_verify_on_a_local_head(ray_head, tmp_path):
     assert json.loads(body)["status"] == "SUCCEEDED"
     logs = json.loads(_get(head, f"/api/jobs/{sid2}/logs", head.token)[1])["logs"]
     assert "2 of 2 planned shards committed, 2 images" in logs and ": OK" in logs, logs[-2000:]
+
+
+# -- argen generate beside a live local head (issue: ray.address=null must not join it) --------
+
+def _drivers_on(head: Head) -> int:
+    """Drivers the head has seen: every ray.init that joined it is one (the Jobs API lists them)."""
+    status, body = _get(head, "/api/jobs/", head.token)
+    assert status == 200
+    return sum(1 for job in json.loads(body) if job.get("type") == "DRIVER")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_generate_beside_a_live_local_head(ray_head, tmp_path):
+    """With a head of `ray start` running (its address file where Ray looks), ray.address=null starts Ray of
+    its own and leaves the head alone; ray.address=auto joins the head on purpose."""
+    head = ray_head
+    # the head's address file where Ray looks by default (RAY_TMPDIR/ray/ray_current_cluster), as a
+    # `ray start --head` without --temp-dir writes it
+    ray_tmpdir = Path(tempfile.mkdtemp(prefix="argen-rt-", dir="/tmp"))  # short: Ray's socket paths must fit
+    (ray_tmpdir / "ray").mkdir()
+    (ray_tmpdir / "ray" / "ray_current_cluster").write_text(head.gcs_address)
+    env = dict(head.env, RAY_TMPDIR=str(ray_tmpdir))
+
+    def generate(address: str, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VENV_BIN / "argen"), "generate", *SMALL, f"ray.address={address}",
+                               f"output.uri={out}"], env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+
+    drivers = _drivers_on(head)
+    own = generate("null", tmp_path / "own")
+    assert own.returncode == 0, own.stdout[-2000:] + own.stderr[-3000:]
+    assert json.loads((tmp_path / "own" / "report.json").read_text())["complete"] is True
+    assert _drivers_on(head) == drivers  # it never connected to the head
+
+    joined = generate("auto", tmp_path / "joined")
+    assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-3000:]
+    assert json.loads((tmp_path / "joined" / "report.json").read_text())["complete"] is True
+    assert _drivers_on(head) == drivers + 1
+    shutil.rmtree(ray_tmpdir, ignore_errors=True)
