@@ -228,7 +228,7 @@ def run(overrides: dict[str, str]) -> None:
             where = [f"output.uri={tmp / 'out'}"]
         cfg = _compose(base + where)
         need = workers * float(cfg.ray.cpus_per_worker)
-        ray.init(num_cpus=max(int(need + 0.999), 1), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(int(need + 0.999), 1), include_dashboard=False, log_to_driver=False)
         print(f"model={cfg.model.name} batch_size={cfg.batch_size} shards={shards} "
               f"shard_size={shard_size} workers={workers} cpus_per_worker={cfg.ray.cpus_per_worker} "
               f"storage={'S3 (moto)' if with_s3 else 'local'} cores={os.cpu_count()}", flush=True)

@@ -92,7 +92,7 @@ def run(overrides: dict[str, str]) -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "argen-bench")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     need = max(workers, 1) * float(cfg.ray.cpus_per_worker)
-    ray.init(num_cpus=max(int(need + 0.999), 1), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(int(need + 0.999), 1), include_dashboard=False, log_to_driver=False)
     server = None
     rows: list[tuple[str, dict[str, float]]] = []
     try:
