@@ -1,38 +1,30 @@
-"""The Generator contract: one accelerated generator on one device.
+"""The Generator contract: one accelerated generator on one device. All that pipeline/ and jobs/ take from accel.
 
     gen = load_generator("var_d16", accel="fastvar", device="cuda",
                          checkpoint="/ckpt/var_d16.pth", tokenizer_checkpoint="/ckpt/vae_ch160v4096z32.pth")
     out = gen.generate(conditions=[207, 360, 387], seeds=[0, 1, 2])
     out.images  # uint8 [B, H, W, 3];  out.stats  # seconds, images, flops, method counters
 
-Each model family (accel/models/<family>.py) provides `make_generator(...)` returning a subclass of
-`BaseGenerator` that implements `_sample`. Everything shared by the families lives here: argument
-checks, per-sample random generators, device and precision, the one float -> uint8 rule, timing.
+Names resolve through accel.registry (families and methods); what the generators share is in accel.generator.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
-import math
-import operator
-import time
-from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import numpy as np
 import torch
 
-ACCEL_NAMES = ("none", "fastvar", "lazymar", "speculative", "lantern", "sjd")
+from accel.errors import ArgenError
+from accel.generator import (BaseGenerator, GenerationOutput, require_weights, resolve_device, seeded_generators,
+                             seeded_init, to_uint8)
+from accel.options import check_option_names, option_flag, option_int, option_number
+from accel.registry import (check_settings, conditions_of, eval_image_size_of, family_of, known_model_names,
+                            method_names)
+from accel import registry
 
-
-class ArgenError(ValueError):
-    """A bad input, reported with the value, what was expected and how to fix it."""
-
-
-@dataclass
-class GenerationOutput:
-    images: np.ndarray  # uint8 [B, H, W, 3]
-    stats: dict[str, Any] = field(default_factory=dict)
+__all__ = ["ArgenError", "BaseGenerator", "GenerationOutput", "Generator", "check_option_names", "check_settings",
+           "conditions_of", "eval_image_size_of", "family_of", "known_model_names", "load_generator",
+           "method_names", "option_flag", "option_int", "option_number", "require_weights", "resolve_device",
+           "seeded_generators", "seeded_init", "to_uint8"]
 
 
 @runtime_checkable
@@ -42,181 +34,11 @@ class Generator(Protocol):
     image_size: int
     num_classes: int
     model: torch.nn.Module
+    device: torch.device
+    eval_image_size: int | None      # the side the release computes FID at, when not the generated one
+    conditions_are_prompts: bool     # text prompts (str) instead of class ids (int)
 
     def generate(self, conditions: Sequence[int | str], seeds: Sequence[int] | None = None) -> GenerationOutput: ...
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float images in [-1, 1], [B, 3, H, W] -> uint8 [B, H, W, 3]; the only quantisation rule in argen.
-
-    clamp(127.5 * x + 128, 0, 255) then floor (the cast truncates, and the value is non-negative).
-    """
-    x = torch.clamp(127.5 * images.float() + 128.0, 0.0, 255.0).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ArgenError(f"device={device!s} was asked for but CUDA is not available here; use device=cpu or "
-                         f"device=auto (in argen generate's Ray workers: ray.gpus_per_worker=1 gives each one a GPU)")
-    return device
-
-
-def seeded_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
-    """One torch.Generator per sample, so a sample does not depend on its batch-mates."""
-    gens = []
-    for s in seeds:
-        g = torch.Generator(device=device)
-        g.manual_seed(int(s))
-        gens.append(g)
-    return gens
-
-
-def _as_number(value: Any, kind: type) -> int | float | None:
-    """value as an int or float, or None where it is not one (a bool, a list, "x", 1.5 for an int). Strings
-    convert: options can come from a command line."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.integer, np.floating)):
-        return None
-    if kind is int and isinstance(value, (int, np.integer)):
-        return int(value)
-    if kind is int and isinstance(value, str):
-        try:
-            return int(value)  # exact for big numbers, which float() would round
-        except ValueError:
-            pass
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    if not math.isfinite(number):
-        return None
-    if kind is float:
-        return number
-    return int(number) if number.is_integer() else None
-
-
-def option_number(name: str, value: Any, kind: type, example: str) -> int | float:
-    """int(value) or float(value) for an option, or an ArgenError naming the option, its value and an example."""
-    number = _as_number(value, kind)
-    if number is None:
-        what = "a whole number" if kind is int and _as_number(value, float) is not None else "a number"
-        raise ArgenError(f"{name}={value!r} is not {what}; pass e.g. {name}={example}")
-    return number
-
-
-def option_int(name: str, value: Any, low: int, high: int | None = None, *, hint: str = "") -> int:
-    """An integer option in [low, high], or an ArgenError naming the option, its value and the range."""
-    number = _as_number(value, int)
-    if number is None or number < low or (high is not None and number > high):
-        span = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ArgenError(f"{name}={value!r}; expected an integer {span}" + (f" ({hint})" if hint else ""))
-    return number
-
-
-def option_flag(name: str, value: Any) -> bool:
-    """A true/false option: a bool, or the strings true/false (any case) from a command line."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ArgenError(f"{name}={value!r} is not true or false; pass {name}=true or {name}=false")
-
-
-def check_option_names(options: dict[str, Any], allowed: Sequence[str], where: str) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ArgenError(f"unknown option(s) {unknown} for {where}; known options: {sorted(allowed)}")
-
-
-class BaseGenerator:
-    """Shared generate(): validation, seeding, precision, timing and the uint8 conversion.
-
-    Subclasses set `family`, `supported_accels` and implement
-    `_sample(conditions, generators) -> (images float [-1,1] [B,3,H,W], counters dict with "flops")`.
-    """
-
-    family: str = ""
-    supported_accels: tuple[str, ...] = ("none",)
-
-    def __init__(self, *, name: str, accel: str, model: torch.nn.Module, tokenizer: torch.nn.Module | None,
-                 device: torch.device, image_size: int, num_classes: int):
-        if accel not in self.supported_accels:
-            raise ArgenError(f"accel={accel!r} does not apply to {name} ({self.family}); "
-                             f"choose one of {list(self.supported_accels)}")
-        self.name, self.accel = name, accel
-        self.model, self.tokenizer = model, tokenizer
-        self.device, self.image_size, self.num_classes = device, image_size, num_classes
-
-    # the side the release computes FID at, when not the generated one (LlamaGen's 384-px models: 256, bicubic);
-    # argen's pipeline resizes the images it extracts features from (pipeline.quality.resize_for_eval)
-    eval_image_size: int | None = None
-
-    # -- conditions ---------------------------------------------------------------------------
-    conditions_are_prompts: bool = False
-
-    def check_conditions(self, conditions: Sequence[int | str]) -> list[int | str]:
-        conditions = list(conditions)
-        if not conditions:
-            raise ArgenError("conditions is empty; pass at least one class id")
-        if self.conditions_are_prompts:
-            bad = [c for c in conditions if not isinstance(c, str)]
-            if bad:
-                raise ArgenError(f"{self.name} takes text prompts; got non-string conditions {bad[:5]}")
-            return conditions
-        out = []
-        for c in conditions:
-            if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
-                raise ArgenError(f"condition {c!r} is not a class id; {self.name} expects integers in [0, {self.num_classes})")
-            if not 0 <= int(c) < self.num_classes:
-                raise ArgenError(f"class id {int(c)} is outside [0, {self.num_classes}) for {self.name}; "
-                                 f"pass ids from 0 to {self.num_classes - 1}")
-            out.append(int(c))
-        return out
-
-    # -- precision ----------------------------------------------------------------------------
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()  # CPU: exact fp32, which the bitwise tests rely on
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @staticmethod
-    def check_seed(seed: Any, position: int) -> int:
-        """A seed is a whole number torch.Generator takes, [0, 2**64); 1.7 or "a" is refused, not truncated."""
-        try:
-            value = None if isinstance(seed, (bool, np.bool_)) else operator.index(seed)  # ints, numpy/torch ints
-        except TypeError:
-            value = None
-        if value is None or not 0 <= value < 1 << 64:
-            raise ArgenError(f"seeds[{position}]={seed!r}; expected an integer in [0, 2**64), one per condition")
-        return value
-
-    # -- the one public call ------------------------------------------------------------------
-    def generate(self, conditions: Sequence[int | str], seeds: Sequence[int] | None = None) -> GenerationOutput:
-        conditions = self.check_conditions(conditions)
-        seeds = list(range(len(conditions))) if seeds is None else [self.check_seed(s, i) for i, s in enumerate(seeds)]
-        if len(seeds) != len(conditions):
-            raise ArgenError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per condition")
-        generators = seeded_generators(seeds, self.device)
-        self._sync()
-        t0 = time.perf_counter()
-        with torch.inference_mode(), self.autocast():
-            images, counters = self._sample(conditions, generators)
-        self._sync()
-        seconds = time.perf_counter() - t0
-        out = to_uint8(images)
-        stats = {"seconds": seconds, "images": len(conditions), **counters}
-        stats.setdefault("flops", 0.0)
-        return GenerationOutput(images=out, stats=stats)
-
-    def _sample(self, conditions: list, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
 
 
 def load_generator(name: str, accel: str = "none", device: str | torch.device | None = None,
@@ -228,35 +50,7 @@ def load_generator(name: str, accel: str = "none", device: str | torch.device | 
     `random_init=True` must be passed explicitly (seeded, identical on every worker).
     `method_options`: sampling options (cfg, top_k, ...) and the method's options.
     """
-    from accel.models import family_of
-
-    if accel not in ACCEL_NAMES:
-        raise ArgenError(f"unknown accel {accel!r}; known: {list(ACCEL_NAMES)}")
-    family = family_of(name)
-    module = importlib.import_module(f"accel.models.{family}")
-    return module.make_generator(name, accel=accel, device=resolve_device(device), checkpoint=checkpoint,
-                                 tokenizer_checkpoint=tokenizer_checkpoint, random_init=bool(random_init),
-                                 **method_options)
-
-
-def require_weights(name: str, checkpoint: str | None, tokenizer_checkpoint: str | None, random_init: bool,
-                    needs_tokenizer: bool = True) -> None:
-    """No checkpoint and no random_init=True is an error, never silent random weights."""
-    if random_init:
-        return
-    missing = []
-    if checkpoint is None:
-        missing.append("checkpoint (model.checkpoint=...)")
-    if needs_tokenizer and tokenizer_checkpoint is None:
-        missing.append("tokenizer_checkpoint (model.tokenizer_checkpoint=...)")
-    if missing:
-        raise ArgenError(f"{name}: no {' and no '.join(missing)} given. Pass the released files, "
-                         f"or random_init=True (model.random_init=true) for random weights (tests, benchmarks).")
-
-
-@contextlib.contextmanager
-def seeded_init(seed: int = 0):
-    """Random initialisation that is identical on every worker (so resumed shards match)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+    registry.method(accel, name)  # an unknown accel, or one that does not apply, before anything is built
+    return registry.make_generator(name, accel, device=resolve_device(device), checkpoint=checkpoint,
+                                   tokenizer_checkpoint=tokenizer_checkpoint, random_init=bool(random_init),
+                                   **method_options)

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import torch
 
-from accel.api import ArgenError
+from accel.errors import ArgenError
 
 CACHE_DIR = Path(os.environ.get("ARGEN_CACHE", Path.home() / ".cache" / "argen"))
 

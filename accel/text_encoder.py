@@ -46,7 +46,7 @@ from typing import Sequence
 
 import torch
 
-from accel.api import ArgenError
+from accel.errors import ArgenError
 from accel.checkpoints import local_folder
 
 log = logging.getLogger("argen.text")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from accel.api import ArgenError
-from pipeline import quality
+from pipeline import layout, quality
 from pipeline.evaluation import (Reference, add_missing_features, cfg_get, check_features, check_reference, check_run,
                                  first_feature_dim, load_reference, missing_features, read_run_features,
                                  reference_kind, run_extractor_info, scan_run, subsample)
@@ -152,15 +152,15 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         "eval": details,
     }
     report: dict[str, Any] = {}
-    if sink.exists("report.json"):
+    if sink.exists(layout.REPORT_JSON):
         try:
-            report = json.loads(sink.read("report.json"))
+            report = json.loads(sink.read(layout.REPORT_JSON))
         except ValueError:
             raise ArgenError(f"{uri}/report.json is not valid JSON; fix or delete it, then evaluate again") from None
         if not isinstance(report, dict):
             raise ArgenError(f"{uri}/report.json holds a {type(report).__name__}, expected a JSON object")
     report.update(results)
-    sink.write("report.json", json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
+    sink.write(layout.REPORT_JSON, json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
     sink.write(HTML_KEY, report_html(report, has_sheet=sink.exists(SHEET_KEY)).encode("utf-8"))
     print_results(results, uri)
     return results

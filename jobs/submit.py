@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from accel.api import ArgenError
+from pipeline import layout
 
 SUBMITTABLE = ("generate", "evaluate", "verify")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +233,7 @@ def submit(argv: list[str]) -> int:
     client.submit_job(entrypoint=command, submission_id=submission_id,
                       runtime_env=runtime_env(conditions_file=conditions_file), metadata={"argen_job": job})
     print(f"argen submit: submitted job {submission_id} to {address}", flush=True)
-    print(f"argen submit: the job saves its resolved config to {uri.rstrip('/')}/submits/{submission_id}.json",
+    print(f"argen submit: the job saves its resolved config to {uri.rstrip('/')}/{layout.submit_key(submission_id)}",
           flush=True)
     if not wait:
         print(f"argen submit: not waiting; follow with `ray job logs -f {submission_id} --address {address}`, "
@@ -260,9 +261,9 @@ def run_in_job(submission_id: str, address: str, job: str, overrides: list[str])
     cfg = compose(job, overrides)
     record = submission_record(cfg, job, submission_id, address, overrides)
     sink = open_sink(str(cfg.output.uri), cfg.get("storage"))
-    sink.write(f"submits/{submission_id}.json", json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
+    sink.write(layout.submit_key(submission_id), json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
     print(f"argen submit: job {submission_id} on the cluster; resolved config saved to "
-          f"{sink.uri}/submits/{submission_id}.json", flush=True)
+          f"{sink.uri}/{layout.submit_key(submission_id)}", flush=True)
     from jobs.cli import main as argen
 
     return argen([job, *overrides])

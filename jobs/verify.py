@@ -30,6 +30,7 @@ import hydra
 from omegaconf import DictConfig
 
 from accel.api import ArgenError
+from pipeline import layout
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 MEMBER = re.compile(r"^(\d{6})_(\d{6})\.(cls|txt|json|png)$")
@@ -68,10 +69,10 @@ class Verdict:
 
 def read_run_info(sink: Any) -> RunInfo:
     """The plan recorded in run.json; ArgenError if there is none."""
-    if not sink.exists("run.json"):
+    if not sink.exists(layout.RUN_JSON):
         raise ArgenError(f"output.uri={sink.uri} has no run.json; pass the output.uri of an argen generate run")
     try:
-        run = json.loads(sink.read("run.json"))
+        run = json.loads(sink.read(layout.RUN_JSON))
         plan, settings = run["plan"], run["plan"]["settings"]
         classes, per_class = settings.get("data.classes"), settings.get("data.per_class")
         conditions = None
@@ -110,7 +111,7 @@ def _check_png(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
 
 def check_tar(data: bytes, shard: int, info: RunInfo) -> list[str]:
     """Problems with one shard's tar: member names, PNGs, per-sample metadata."""
-    from pipeline.plan import sample_seed, shard_key
+    from pipeline.plan import sample_seed
     from pipeline.shards import iter_tar
 
     count = info.count(shard)
@@ -121,7 +122,7 @@ def check_tar(data: bytes, shard: int, info: RunInfo) -> list[str]:
         for name, payload in iter_tar(data):
             m = MEMBER.match(name)
             if m is None or int(m.group(1)) != shard:
-                problems.append(f"unexpected tar member {name[:80]!r} (expected {shard:06d}_NNNNNN.cls|txt|json|png)")
+                problems.append(f"unexpected tar member {name[:80]!r} (expected {layout.shard_name(shard)}_NNNNNN.cls|txt|json|png)")
                 continue
             key = f"{m.group(1)}_{m.group(2)}"
             if key not in members:
@@ -132,7 +133,7 @@ def check_tar(data: bytes, shard: int, info: RunInfo) -> list[str]:
             members[key][m.group(3)] = payload
     except Exception as e:  # truncated or not a tar
         return [f"unreadable tar ({type(e).__name__}: {str(e)[:120]})"]
-    expected = [shard_key(shard, j) for j in range(count)]
+    expected = [layout.sample_key(shard, j) for j in range(count)]
     if order != expected:
         missing = sorted(set(expected) - set(order))
         extra = sorted(set(order) - set(expected))
@@ -193,9 +194,9 @@ def check_shard(sink: Any, shard: int, info: RunInfo, present: set[str]) -> tupl
     import numpy as np
 
     from pipeline.shards import sha256_hex
-    from pipeline.stats import check_stats, shard_stats_key, shard_tar_key
+    from pipeline.stats import check_stats
 
-    stats_key, tar_key = shard_stats_key(shard), shard_tar_key(shard)
+    stats_key, tar_key = layout.stats_key(shard), layout.tar_key(shard)
     if stats_key not in present:
         why = "a tar without stats: its write did not finish" if tar_key in present else "no tar either"
         return None, [f"not committed (no {stats_key}; {why}); run argen generate again to finish it"]
@@ -221,9 +222,7 @@ def check_shard(sink: Any, shard: int, info: RunInfo, present: set[str]) -> tupl
         problems.append(f"{tar_key} sha256 {digest[:16]}..., stats say {record['sha256'][:16]}...")
     problems += [f"{tar_key}: {p}" for p in check_tar(data, shard, info)]
     if info.features != "none":
-        from pipeline import quality
-
-        fkey = quality.features_key(shard)
+        fkey = layout.features_key(shard)
         if fkey not in present:
             problems.append(f"{fkey} is missing (the run has eval.features={info.features})")
         else:
@@ -241,10 +240,10 @@ def check_shard(sink: Any, shard: int, info: RunInfo, present: set[str]) -> tupl
 def check_manifest(sink: Any, records: dict[int, dict[str, Any]], present: set[str]) -> list[str]:
     import pyarrow.parquet as pq
 
-    if "manifest.parquet" not in present:
+    if layout.MANIFEST not in present:
         return ["manifest.parquet is missing; run argen generate again to write it"]
     try:
-        rows = pq.read_table(io.BytesIO(sink.read("manifest.parquet"))).to_pylist()
+        rows = pq.read_table(io.BytesIO(sink.read(layout.MANIFEST))).to_pylist()
     except Exception as e:
         return [f"manifest.parquet is unreadable ({type(e).__name__}: {str(e)[:120]})"]
     problems = []
@@ -270,7 +269,6 @@ def check_manifest(sink: Any, records: dict[int, dict[str, Any]], present: set[s
 
 def verify_output(sink: Any, threads: int = 8) -> Verdict:
     """Check every planned shard of the run at `sink`, then its manifest. Reads only."""
-    from pipeline.stats import shard_of_stats_key
 
     info = read_run_info(sink)
     verdict = Verdict(uri=sink.uri, planned_shards=info.num_shards)
@@ -288,11 +286,11 @@ def verify_output(sink: Any, threads: int = 8) -> Verdict:
         for s, record, problems in pool.map(one, range(info.num_shards)):
             if record is not None:
                 records[s] = record
-            verdict.problems += [f"shard {s:06d}: {p}" for p in problems]
+            verdict.problems += [f"shard {layout.shard_name(s)}: {p}" for p in problems]
     verdict.committed_shards = len(records)
     verdict.images = sum(int(r["count"]) for r in records.values())
     for key in sorted(present):
-        s = shard_of_stats_key(key)
+        s = layout.shard_of_stats_key(key)
         if s is not None and s >= info.num_shards:
             verdict.problems.append(f"{key}: a stats file for shard {s}, but the plan has {info.num_shards} shards")
     verdict.problems += check_manifest(sink, records, present)

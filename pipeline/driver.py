@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from accel.api import ACCEL_NAMES, ArgenError, option_int
+from accel.api import ArgenError, option_int
+from pipeline import layout
 from pipeline.plan import Plan, build_plan, diff_settings
 from pipeline.report import write_pictures
 from pipeline.scheduler import ShardScheduler, workers_record
 from pipeline.sinks import LocalSink, S3Sink, open_sink, redact_url
-from pipeline.stats import check_stats, manifest_parquet, shard_of_stats_key, summarize, utc_now
+from pipeline.stats import check_stats, manifest_parquet, summarize, utc_now
 from pipeline.worker import ShardWorker, WorkerSpec
 
 log = logging.getLogger("argen.pipeline")
@@ -43,11 +44,11 @@ SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(
 def check_config(cfg: Any) -> None:
     """Everything that can be checked without a model, storage or Ray."""
     model, accel = str(cfg.model.name), str(cfg.accel.name)
-    from accel.models import check_settings, family_of
+    from accel.api import check_settings, family_of, method_names
 
     family_of(model)
-    if accel not in ACCEL_NAMES:
-        raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(ACCEL_NAMES)}")
+    if accel not in method_names():
+        raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(method_names())}")
     ray_counts(cfg)
     timeout = cfg.ray.get("start_timeout_s", 900)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -132,9 +133,9 @@ def code_version() -> str:
 
 def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any]) -> bool:
     """Write run.json, or check that the output holds this same plan. Returns True when resuming."""
-    if sink.exists("run.json"):
+    if sink.exists(layout.RUN_JSON):
         try:
-            old = json.loads(sink.read("run.json"))
+            old = json.loads(sink.read(layout.RUN_JSON))
             old_settings, old_hash = old["plan"]["settings"], old["plan"]["hash"]
         except (ValueError, KeyError, TypeError):
             raise ArgenError(f"{sink.uri}/run.json is not an argen run record; use an empty output.uri") from None
@@ -146,7 +147,7 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
                             sink.uri, old.get("argen"), code_version())
             return True
         changes = diff_settings(old_settings, plan.settings) or ["(settings equal, plan hash differs)"]
-        if any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
+        if any(layout.shard_of_stats_key(k) is not None for k in sink.list(layout.SHARDS)):
             raise ArgenError(f"output.uri={sink.uri} holds a different run's plan; changed: " + "; ".join(changes)
                              + ". Resume with the same settings, or pass a new output.uri.")
         # A run that failed before committing anything (a wrong option, a missing checkpoint) holds nothing to
@@ -157,25 +158,25 @@ def check_run_json(sink: LocalSink | S3Sink, plan: Plan, config: dict[str, Any])
             raise ArgenError(f"output.uri={sink.uri} holds another run's plan (changed: {'; '.join(changes)}) with "
                              f"no shard committed yet and no report of it ending: if that run is still starting, "
                              f"stop it or wait; if it died, delete {sink.uri}/run.json and run again")
-        stale = sink.list("shards/")  # written by the failed run, none committed: not this plan's
+        stale = sink.list(layout.SHARDS)  # written by the failed run, none committed: not this plan's
         for key in stale:
             sink.delete(key)
         log.warning("output.uri=%s: replacing the plan of a run that ended without committing a shard (changed: "
                     "%s; %d uncommitted file(s) removed)", sink.uri, "; ".join(changes), len(stale))
-    elif any(shard_of_stats_key(k) is not None for k in sink.list("shards/")):
+    elif any(layout.shard_of_stats_key(k) is not None for k in sink.list(layout.SHARDS)):
         raise ArgenError(f"output.uri={sink.uri} holds shards but no run.json; it is not an argen run "
                          f"(or run.json was deleted); pass an empty output.uri")
     record = {"argen": code_version(), "created_at": utc_now(), "output": sink.uri,
               "plan": {"hash": plan.hash, "settings": plan.settings, "num_samples": plan.num_samples,
                        "num_shards": plan.num_shards},
               "config": config}
-    sink.write("run.json", json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
+    sink.write(layout.RUN_JSON, json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
     return False
 
 
 def _ended_without_shards(sink: LocalSink | S3Sink, plan_hash: str) -> bool:
     try:
-        report = json.loads(sink.read("report.json")) if sink.exists("report.json") else None
+        report = json.loads(sink.read(layout.REPORT_JSON)) if sink.exists(layout.REPORT_JSON) else None
     except ValueError:
         return False
     return isinstance(report, dict) and report.get("plan_hash") == plan_hash and not report.get("shards")
@@ -194,8 +195,8 @@ def kept(record: dict[str, Any]) -> dict[str, Any]:
 def committed_shards(sink: LocalSink | S3Sink, plan: Plan) -> dict[int, dict[str, Any]]:
     """The kept fields of the shards already committed (valid stats file, matching count)."""
     keys = {}
-    for key in sink.list("shards/"):
-        s = shard_of_stats_key(key)
+    for key in sink.list(layout.SHARDS):
+        s = layout.shard_of_stats_key(key)
         if s is not None and s < plan.num_shards:
             keys[s] = key
 
@@ -230,7 +231,7 @@ class Run:
 
 def prepare(cfg: Any) -> Run:
     """All checks and the output's set-up, before Ray starts; errors here cost seconds."""
-    from accel.models import conditions_of  # imports torch: only when a run is prepared
+    from accel.api import conditions_of
 
     check_config(cfg)
     num_classes, takes_prompts = conditions_of(str(cfg.model.name))  # ArgenError naming the known models
@@ -399,11 +400,11 @@ class Progress:
 
 def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
                   seconds: float, plan: Plan, extra: dict[str, Any]) -> dict[str, Any]:
-    sink.write("manifest.parquet", manifest_parquet(records))
+    sink.write(layout.MANIFEST, manifest_parquet(records))
     report: dict[str, Any] = {}
-    if sink.exists("report.json"):  # keep what other jobs (evaluate) put there, drop this job's old keys
+    if sink.exists(layout.REPORT_JSON):  # keep what other jobs (evaluate) put there, drop this job's old keys
         try:
-            report = json.loads(sink.read("report.json"))
+            report = json.loads(sink.read(layout.REPORT_JSON))
         except ValueError:
             report = {}
         for key in RUN_ONLY_KEYS:
@@ -414,7 +415,7 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
             for key in EVAL_REPORT_KEYS:
                 report.pop(key, None)
     report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
-    sink.write("report.json", json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
+    sink.write(layout.REPORT_JSON, json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
     if records:
         write_pictures(sink, [r["shard"] for r in records], report)
     return report
@@ -461,7 +462,7 @@ def run(cfg: Any) -> dict[str, Any]:
                 progress.shard_done(int(record["count"]))
                 if time.perf_counter() - last_manifest[0] >= interval:
                     try:  # a progress copy: the shards are committed, and the end of the run writes it again
-                        sink.write("manifest.parquet", manifest_parquet(committed.values()))
+                        sink.write(layout.MANIFEST, manifest_parquet(committed.values()))
                     except Exception as e:  # a storage hiccup here must not fail a run whose shards are safe
                         log.warning("could not update manifest.parquet (%s: %s); the run goes on and writes it "
                                     "at the end", type(e).__name__, e)

@@ -26,11 +26,11 @@ import numpy as np
 from accel.api import ArgenError
 from pipeline import quality
 from pipeline.metrics import FeatureStats, InceptionScoreAccumulator
-from pipeline.quality import FEATURES_SUFFIX, LOGITS_SUFFIX, decode_npy
+from pipeline import layout
+from pipeline.quality import decode_npy
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = "argen-eval-ref-v1"
-STATS_SUFFIX = ".stats.json"
 
 
 def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
@@ -76,25 +76,18 @@ class RunScan:
         return sorted(i for i, r in self.stats.items() if int(r["count"]) > 0)
 
 
-def _shard_id(key: str, suffix: str) -> int | None:
-    if not (key.startswith("shards/") and key.endswith(suffix)):
-        return None
-    stem = key[len("shards/"):-len(suffix)]
-    return int(stem) if len(stem) == 6 and stem.isdigit() else None
-
-
 def scan_run(sink: Any, what: str = "output.uri") -> RunScan:
-    keys = sink.list("shards/")
-    stats_ids = sorted(i for i in (_shard_id(k, STATS_SUFFIX) for k in keys) if i is not None)
-    feats = {i for i in (_shard_id(k, FEATURES_SUFFIX) for k in keys) if i is not None}
-    logits = {i for i in (_shard_id(k, LOGITS_SUFFIX) for k in keys) if i is not None}
+    keys = sink.list(layout.SHARDS)
+    stats_ids = sorted(i for i in (layout.shard_of_key(k, layout.STATS_SUFFIX) for k in keys) if i is not None)
+    feats = {i for i in (layout.shard_of_key(k, layout.FEATURES_SUFFIX) for k in keys) if i is not None}
+    logits = {i for i in (layout.shard_of_key(k, layout.LOGITS_SUFFIX) for k in keys) if i is not None}
     if not stats_ids:
         hint = " (it has feature files but no committed shard yet)" if feats else ""
         raise ArgenError(f"{what}={sink.uri!r} has no committed shards (no shards/NNNNNN.stats.json){hint}; "
                          f"pass the output.uri of a run made by `argen generate`")
     records: dict[int, dict[str, Any]] = {}
     for i in stats_ids:
-        key = f"shards/{i:06d}{STATS_SUFFIX}"
+        key = layout.stats_key(i)
         try:
             rec = json.loads(sink.read(key))
             count = int(rec["count"])
@@ -103,12 +96,12 @@ def scan_run(sink: Any, what: str = "output.uri") -> RunScan:
         if count < 0:
             raise ArgenError(f"{what}: {key} has count={count}; expected a non-negative number of samples")
         records[i] = rec
-    uncommitted = [f"shards/{i:06d}{FEATURES_SUFFIX}" for i in sorted(feats - set(stats_ids))]
-    uncommitted += [f"shards/{i:06d}{LOGITS_SUFFIX}" for i in sorted(logits - set(stats_ids))]
+    uncommitted = [layout.features_key(i) for i in sorted(feats - set(stats_ids))]
+    uncommitted += [layout.logits_key(i) for i in sorted(logits - set(stats_ids))]
     run_json = None
-    if sink.exists("run.json"):
+    if sink.exists(layout.RUN_JSON):
         try:
-            run_json = json.loads(sink.read("run.json"))
+            run_json = json.loads(sink.read(layout.RUN_JSON))
         except ValueError:
             run_json = None
     return RunScan(sink.uri, records, feats, logits, sorted(uncommitted), run_json)
@@ -120,7 +113,7 @@ def missing_features(scan: RunScan) -> list[int]:
 
 
 def check_features(scan: RunScan, what: str = "output.uri") -> None:
-    missing = [f"shards/{i:06d}{FEATURES_SUFFIX}" for i in missing_features(scan)]
+    missing = [layout.features_key(i) for i in missing_features(scan)]
     if missing:
         fix = ("pass eval.features=inception (with eval.inception_weights=...) or eval.features=toy, and argen "
                "evaluate computes them from the shards' images and stores them beside the shards"
@@ -136,7 +129,7 @@ def check_run(scan: RunScan, allow_partial: bool, what: str = "output.uri") -> N
     not_done = [i for i in range(int(planned)) if i not in scan.stats] if isinstance(planned, int) else []
     if not_done and not allow_partial:
         raise ArgenError(f"{what}={scan.uri!r}: {len(not_done)} of its {planned} planned shards are not committed "
-                         f"(shards {listing([f'{i:06d}' for i in not_done])}), so its FID would be of "
+                         f"(shards {listing([layout.shard_name(i) for i in not_done])}), so its FID would be of "
                          f"{scan.total} samples, not the planned {scan.run_json['plan'].get('num_samples')}; finish "
                          f"the run (run the same generate command again) or pass eval.allow_partial=true to "
                          f"evaluate only the committed shards")
@@ -157,7 +150,7 @@ def run_extractor_info(scan: RunScan) -> dict[str, Any]:
         if q.get("extractor"):
             seen.setdefault((q.get("extractor"), q.get("extractor_weights")), []).append(i)
     if len(seen) > 1:
-        parts = [f"{name} (weights {w}) in shards {listing([f'{s:06d}' for s in sorted(ids)], 5)}"
+        parts = [f"{name} (weights {w}) in shards {listing([layout.shard_name(s) for s in sorted(ids)], 5)}"
                  for (name, w), ids in seen.items()]
         raise ArgenError(f"{scan.uri!r} mixes features from different extractors: {'; '.join(parts)}; features "
                          f"of different extractors cannot be merged, regenerate the odd shards")
@@ -187,17 +180,17 @@ def add_missing_features(sink: Any, scan: RunScan, extractor: quality.FeatureExt
     Writes the stats record's quality first and the features file last, so a stop in between leaves the
     shard without features, to be done again. Returns the shards done."""
     from pipeline.shards import decode_png, read_shard, sha256_hex
-    from pipeline.stats import dumps_stats, shard_tar_key, utc_now
+    from pipeline.stats import dumps_stats, utc_now
 
     todo = missing_features(scan)
     sizes = recorded_feature_sizes(scan)
     for n, i in enumerate(todo):
         rec = scan.stats[i]
-        tar_key = shard_tar_key(i)
-        damaged = (f"the shard is damaged: delete shards/{i:06d}{STATS_SUFFIX} and run the same generate command "
+        tar_key = layout.tar_key(i)
+        damaged = (f"the shard is damaged: delete {layout.stats_key(i)} and run the same generate command "
                    f"to make it again (`argen verify` lists every such shard)")
         if not sink.exists(tar_key):
-            raise ArgenError(f"{scan.uri}: shard {i:06d} is committed but {tar_key} is missing; {damaged}")
+            raise ArgenError(f"{scan.uri}: shard {layout.shard_name(i)} is committed but {tar_key} is missing; {damaged}")
         data = sink.read(tar_key)
         if rec.get("sha256") and sha256_hex(data) != rec["sha256"]:
             raise ArgenError(f"{scan.uri}: {tar_key} does not match the sha256 in its stats record; {damaged}")
@@ -234,14 +227,14 @@ def add_missing_features(sink: Any, scan: RunScan, extractor: quality.FeatureExt
                  features_at=utc_now(), feature_image_size=side or generated,
                  **quality.classifier_quality(logits_all, conditions, extractor.class_aligned))
         rec = {**rec, "quality": q}
-        sink.write(f"shards/{i:06d}{STATS_SUFFIX}", dumps_stats(rec))
+        sink.write(layout.stats_key(i), dumps_stats(rec))
         if logits_all is not None:
-            sink.write(quality.logits_key(i), quality.encode_npy(logits_all))
+            sink.write(layout.logits_key(i), quality.encode_npy(logits_all))
             scan.logits.add(i)
-        sink.write(quality.features_key(i), quality.encode_npy(feats_all))
+        sink.write(layout.features_key(i), quality.encode_npy(feats_all))
         scan.stats[i] = rec
         scan.features.add(i)
-        log(f"features of shard {i:06d} computed from its images ({n + 1} of {len(todo)})")
+        log(f"features of shard {layout.shard_name(i)} computed from its images ({n + 1} of {len(todo)})")
     return todo
 
 
@@ -261,7 +254,7 @@ def _eval_side(eval_cfg: Any, model: str | None, generated: int, recorded: set[i
             raise ArgenError(f"eval.image_size={asked} but the run's other features were computed at {side} px; "
                              f"features of one run must share a size: leave eval.image_size unset")
         return None if side == generated else side
-    from accel.models import eval_image_size_of
+    from accel.api import eval_image_size_of
 
     try:
         model_side = eval_image_size_of(model) if isinstance(model, str) else None
@@ -272,7 +265,7 @@ def _eval_side(eval_cfg: Any, model: str | None, generated: int, recorded: set[i
 
 def first_feature_dim(sink: Any, scan: RunScan) -> int:
     """The run's feature dimension, from its first committed shard's features."""
-    key = f"shards/{scan.nonempty()[0]:06d}{FEATURES_SUFFIX}"
+    key = layout.features_key(scan.nonempty()[0])
     feats = decode_npy(sink.read(key), key)
     if feats.ndim != 2:
         raise ArgenError(f"{key} has shape {tuple(feats.shape)}; expected [count, feature dim]")
@@ -307,7 +300,7 @@ def read_run_features(sink: Any, scan: RunScan, keep: bool, prc_cap: int | None,
     isc = None
     if with_logits and is_splits is not None:
         if len(with_logits) != len(shards):
-            lacking = [f"shards/{i:06d}{LOGITS_SUFFIX}" for i in shards if i not in scan.logits]
+            lacking = [layout.logits_key(i) for i in shards if i not in scan.logits]
             raise ArgenError(f"{what}={scan.uri!r}: some committed shards have logits and these do not: "
                              f"{listing(lacking)}; the Inception Score needs every shard's logits; regenerate them")
         if total >= is_splits:
@@ -321,12 +314,12 @@ def read_run_features(sink: Any, scan: RunScan, keep: bool, prc_cap: int | None,
     cc_sum, cc_n = 0.0, 0
     for i in shards:
         count = int(scan.stats[i]["count"])
-        key = f"shards/{i:06d}{FEATURES_SUFFIX}"
+        key = layout.features_key(i)
         feats = decode_npy(sink.read(key), key)
         if feats.ndim != 2 or feats.shape[0] != count:
             rows = feats.shape[0] if feats.ndim else 0
             raise ArgenError(f"{what}: {key} holds {rows} rows (shape {tuple(feats.shape)}) but "
-                             f"shards/{i:06d}{STATS_SUFFIX} says count={count}; the file does not belong to this "
+                             f"{layout.stats_key(i)} says count={count}; the file does not belong to this "
                              f"shard. Delete both files and run the same generate command again")
         if stats is None:
             stats = FeatureStats.empty(feats.shape[1])
@@ -344,10 +337,10 @@ def read_run_features(sink: Any, scan: RunScan, keep: bool, prc_cap: int | None,
                 kept[lo:hi] = feats[sel[lo:hi] - offset]
         del feats
         if isc is not None:
-            lkey = f"shards/{i:06d}{LOGITS_SUFFIX}"
+            lkey = layout.logits_key(i)
             logits = decode_npy(sink.read(lkey), lkey)
             if logits.ndim != 2 or logits.shape[0] != count:
-                raise ArgenError(f"{what}: {lkey} has shape {tuple(logits.shape)} but shards/{i:06d}{STATS_SUFFIX} "
+                raise ArgenError(f"{what}: {lkey} has shape {tuple(logits.shape)} but {layout.stats_key(i)} "
                                  f"says count={count}; the file does not belong to this shard. Delete both files "
                                  f"and run the same generate command again")
             isc.update(logits)
@@ -392,7 +385,7 @@ def reference_kind(uri: str) -> str:
         raise ArgenError(f"eval.reference={uri!r} is a {path.suffix or 'plain'} file; expected an ADM-style .npz "
                          f"(mu, sigma[, arr_0]), another run's output.uri, or a folder of images")
     if path.is_dir():
-        if (path / "shards").is_dir() or (path / "run.json").is_file():
+        if (path / layout.SHARDS).is_dir() or (path / layout.RUN_JSON).is_file():
             return "run"
         return "images"
     raise ArgenError(f"eval.reference={uri!r} does not exist; pass an ADM-style .npz, another run's output.uri, "

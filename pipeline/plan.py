@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from accel.api import ArgenError, option_int
+from pipeline import layout
 
 Condition = int | str
 log = logging.getLogger("argen.plan")
@@ -32,11 +33,6 @@ def sample_seed(run_seed: int, index: int) -> int:
 def balanced_conditions(classes: Sequence[int], per_class: int) -> list[int]:
     """`per_class` of each class, interleaved: [c0, c1, ..., cK, c0, c1, ...]."""
     return [int(c) for _ in range(per_class) for c in classes]
-
-
-def shard_key(shard: int, index: int) -> str:
-    """The WebDataset key of sample `index` (position within its shard) of shard `shard`."""
-    return f"{shard:06d}_{index:06d}"
 
 
 MAX_SHARDS = 1_000_000  # shard ids and in-shard indices are written with 6 digits
@@ -56,7 +52,7 @@ class ShardTask:
         return len(self.conditions)
 
     def keys(self) -> list[str]:
-        return [shard_key(self.shard, j) for j in range(self.count)]
+        return [layout.sample_key(self.shard, j) for j in range(self.count)]
 
 
 @dataclass(frozen=True)
@@ -327,7 +323,7 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
 
 
 def check_shard_count(num_samples: int, shard_size: int) -> None:
-    """Shard ids and in-shard sample indices are written with 6 digits (shards/{shard:06d}, {shard:06d}_{i:06d})."""
+    """Shard ids and in-shard sample indices are written with 6 digits (pipeline.layout)."""
     num_shards = -(-num_samples // shard_size)
     if num_shards > MAX_SHARDS or shard_size > MAX_SHARDS:
         raise ArgenError(f"{num_samples} samples in shards of output.shard_size={shard_size} make {num_shards} "

@@ -49,8 +49,6 @@ from accel.api import ArgenError, resolve_device
 from accel.toy.classifier import ToyClassifier
 
 EXTRACTOR_NAMES = ("inception", "toy", "none")
-FEATURES_SUFFIX = ".features.npy"
-LOGITS_SUFFIX = ".logits.npy"
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -58,14 +56,6 @@ INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/down
 INCEPTION_RESIZE = ("torch-fidelity inception-v3-compat: TF1.x bilinear resize to 299x299 "
                     "(align_corners=False, no antialias) of the uint8 image, then (x-128)/128")
 INCEPTION_RANDOM_SEED = 0
-
-
-def features_key(shard: int) -> str:
-    return f"shards/{int(shard):06d}{FEATURES_SUFFIX}"
-
-
-def logits_key(shard: int) -> str:
-    return f"shards/{int(shard):06d}{LOGITS_SUFFIX}"
 
 
 def encode_npy(array: np.ndarray) -> bytes:

@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.shards import decode_png, read_shard
-from pipeline.stats import shard_tar_key
+from pipeline import layout
 
-SHEET_KEY, HTML_KEY = "contact_sheet.png", "report.html"
+SHEET_KEY, HTML_KEY = layout.CONTACT_SHEET, layout.REPORT_HTML
 
 
 def thumbnail(img: np.ndarray, cell: int) -> np.ndarray:
@@ -88,7 +88,7 @@ def write_pictures(sink: Any, committed_shards: Sequence[int], report: dict[str,
     max_shards: small shards hold only a few samples of each class), then report.html."""
     picker = SheetRows(per_row, max_rows)
     for shard in sorted(committed_shards)[:max_shards]:
-        for sample in read_shard(sink.read(shard_tar_key(shard))):
+        for sample in read_shard(sink.read(layout.tar_key(shard))):
             picker.add(sample)
         if picker.full():
             break

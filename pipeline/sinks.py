@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from accel.api import ArgenError
+from pipeline import layout
 
 PROBE_PREFIX = "_argen_probe/"
 MiB = 1024 * 1024
@@ -38,14 +39,10 @@ class Sink(Protocol):
     def clean_incomplete(self) -> int: ...
 
 
-# what a run writes under output.uri (which may be a bucket's root, shared with other data): the clean-up of
-# writes that died half-way touches only these
-RUN_FOLDERS = ("shards/", "submits/")
-RUN_FILES = ("run.json", "manifest.parquet", "report.json", "report.html", "contact_sheet.png")
-
-
 def is_run_object(key: str) -> bool:
-    return key.startswith(RUN_FOLDERS) or key in RUN_FILES
+    """What a run writes under output.uri (which may be a bucket's root, shared with other data): the clean-up
+    of writes that died half-way touches only these."""
+    return key.startswith(layout.RUN_FOLDERS) or key in layout.RUN_FILES
 
 
 def _check_key(key: str) -> str:
@@ -123,7 +120,7 @@ class LocalSink:
         """Temporary files (".<name>.<random>.tmp" beside <name>) of this run's objects (is_run_object): a
         writer that finishes renames its file, so these were left by writers that died."""
         out = []
-        for folder in [self.root] + [self.root / f for f in RUN_FOLDERS]:
+        for folder in [self.root] + [self.root / f for f in layout.RUN_FOLDERS]:
             for p in folder.glob(".*.tmp") if folder.is_dir() else []:
                 name = p.name[1:].rsplit(".", 2)[0]  # .manifest.parquet.k3j2.tmp -> manifest.parquet
                 if p.is_file() and is_run_object((p.parent / name).relative_to(self.root).as_posix()):

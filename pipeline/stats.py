@@ -14,6 +14,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pipeline import layout
+
 STATS_FIELDS = (
     "shard", "count", "attempt", "worker", "device", "model", "accel",
     "started_at", "finished_at", "seconds", "generate_seconds", "encode_seconds", "write_seconds",
@@ -23,22 +25,6 @@ TIMING_KEYS = ("seconds", "images", "flops")  # generate() stats that are not me
 
 MANIFEST_COLUMNS = ("shard", "count", "tar", "bytes", "sha256", "first_key", "last_key", "seconds",
                     "generate_seconds", "images_per_second", "flops", "worker", "attempt", "finished_at")
-
-
-def shard_tar_key(shard: int) -> str:
-    return f"shards/{shard:06d}.tar"
-
-
-def shard_stats_key(shard: int) -> str:
-    return f"shards/{shard:06d}.stats.json"
-
-
-def shard_of_stats_key(key: str) -> int | None:
-    """shards/000012.stats.json -> 12; anything else -> None."""
-    if not (key.startswith("shards/") and key.endswith(".stats.json")):
-        return None
-    stem = key[len("shards/"):-len(".stats.json")]
-    return int(stem) if len(stem) == 6 and stem.isdigit() else None
 
 
 def utc_now() -> str:
@@ -122,8 +108,8 @@ def dumps_stats(record: dict[str, Any]) -> bytes:
 def manifest_row(record: dict[str, Any]) -> dict[str, Any]:
     shard, count = int(record["shard"]), int(record["count"])
     return {
-        "shard": shard, "count": count, "tar": shard_tar_key(shard), "bytes": int(record["bytes"]),
-        "sha256": record["sha256"], "first_key": f"{shard:06d}_{0:06d}", "last_key": f"{shard:06d}_{count - 1:06d}",
+        "shard": shard, "count": count, "tar": layout.tar_key(shard), "bytes": int(record["bytes"]),
+        "sha256": record["sha256"], "first_key": layout.sample_key(shard, 0), "last_key": layout.sample_key(shard, count - 1),
         "seconds": float(record["seconds"]), "generate_seconds": float(record["generate_seconds"]),
         "images_per_second": float(record["images_per_second"]), "flops": float(record["flops"]),
         "worker": str(record["worker"]), "attempt": int(record["attempt"]), "finished_at": str(record["finished_at"]),

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import layout
 from pipeline.plan import ShardTask
 from pipeline.shards import ShardTarWriter, sample_metadata, sha256_hex
 from pipeline.sinks import LocalSink, S3Sink
-from pipeline.stats import (CounterMerger, dumps_stats, image_moments, moments_to_mean_std, shard_stats_key,
-                            shard_tar_key, utc_now)
+from pipeline.stats import CounterMerger, dumps_stats, image_moments, moments_to_mean_std, utc_now
 
 MAX_PENDING_BATCHES = 2  # batches generated but not yet encoded: bounds the worker's memory
 
@@ -141,7 +141,7 @@ class ShardWorker:
         s, g = self.spec, self.generator
         for j in range(images.shape[0]):
             i = first + j
-            key = f"{task.shard:06d}_{i:06d}"
+            key = layout.sample_key(task.shard, i)
             meta = sample_metadata(key, task.start + i, task.conditions[i], task.seeds[i], s.model, s.accel,
                                    s.options, int(g.image_size))
             tar.add(key, images[j], meta)
@@ -198,16 +198,16 @@ class ShardWorker:
         digest = sha256_hex(data)
 
         tw = time.perf_counter()
-        s.sink.write(shard_tar_key(task.shard), data)
+        s.sink.write(layout.tar_key(task.shard), data)
         self._maybe_die(task, attempt, "write")
         if self.extractor is not None:
             from pipeline import quality
 
             feats = np.concatenate(features)
             all_logits = np.concatenate(logits) if logits else None
-            s.sink.write(quality.features_key(task.shard), quality.encode_npy(feats))
+            s.sink.write(layout.features_key(task.shard), quality.encode_npy(feats))
             if all_logits is not None:
-                s.sink.write(quality.logits_key(task.shard), quality.encode_npy(all_logits))
+                s.sink.write(layout.logits_key(task.shard), quality.encode_npy(all_logits))
             quality_record = quality.shard_quality(feats, all_logits, list(task.conditions),
                                                    np.concatenate(kept_images), extractor=self.extractor)
             quality_record["feature_image_size"] = self.eval_side or int(self.generator.image_size)
@@ -231,7 +231,7 @@ class ShardWorker:
             "flops": flops, "flops_per_image": flops / task.count, "counters": counters.result(), "bytes": len(data), "sha256": digest,
             "first_sample": task.start, "quality": quality_record, "argen": s.code_version,
         }
-        s.sink.write(shard_stats_key(task.shard), dumps_stats(record))  # the commit marker, last
+        s.sink.write(layout.stats_key(task.shard), dumps_stats(record))  # the commit marker, last
         return record
 
     def close(self) -> None:

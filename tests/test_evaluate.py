@@ -14,8 +14,7 @@ import scipy.linalg
 
 from accel.api import ArgenError
 from jobs import evaluate as ev
-from pipeline import evaluation
-from pipeline import quality
+from pipeline import evaluation, layout, quality
 from pipeline.metrics import frechet_distance, inception_score, precision_recall
 from pipeline.sinks import LocalSink, S3Settings, S3Sink
 
@@ -54,9 +53,9 @@ def write_run(sink, shards: list[np.ndarray], logits: list[np.ndarray] | None = 
               counts: list[int] | None = None) -> None:
     """A run as the workers leave it: per shard features (+ logits), then the stats record last."""
     for i, f in enumerate(shards):
-        sink.write(quality.features_key(i), quality.encode_npy(f))
+        sink.write(layout.features_key(i), quality.encode_npy(f))
         if logits is not None:
-            sink.write(quality.logits_key(i), quality.encode_npy(logits[i]))
+            sink.write(layout.logits_key(i), quality.encode_npy(logits[i]))
         q = {"feature_count": len(f), "class_consistency": None if consistency is None else consistency[i],
              "image_mean": 127.0, "image_std": 50.0, "extractor": extractor, "extractor_weights": weights}
         count = len(f) if counts is None else counts[i]
@@ -210,8 +209,8 @@ def test_inception_plumbing_only_random_init_through_argen_evaluate(tmp_path, ca
         images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
         feats, logits = ex(images)
         run = LocalSink(tmp_path / "run")
-        run.write(quality.features_key(0), quality.encode_npy(feats))
-        run.write(quality.logits_key(0), quality.encode_npy(logits))
+        run.write(layout.features_key(0), quality.encode_npy(feats))
+        run.write(layout.logits_key(0), quality.encode_npy(logits))
         q = quality.shard_quality(feats, logits, [1, 2, 3, 4], images, extractor=ex)
         assert q["class_consistency"] is None  # Inception's 1008 outputs are not the model's class ids
         run.write("shards/000000.stats.json", json.dumps({"shard": 0, "count": 4, "quality": q}).encode())
@@ -389,7 +388,7 @@ def test_features_missing_from_a_run_are_computed_from_its_tars_once(tmp_path, c
     out = ev.evaluate(compose(**{"output.uri": run.uri, "eval.features": "toy"}))
     extractor = quality.make_extractor("toy", compose().eval, "cpu")
     expected_feats, expected_logits = extractor(images)
-    got = np.concatenate([quality.decode_npy(run.read(quality.features_key(s)), "f") for s in (0, 1)])
+    got = np.concatenate([quality.decode_npy(run.read(layout.features_key(s)), "f") for s in (0, 1)])
     np.testing.assert_allclose(got, expected_feats, rtol=1e-5, atol=1e-5)
     expected_cc = float(np.mean(np.argmax(expected_logits, 1) == labels))
     assert out["class_consistency"] == pytest.approx(expected_cc) and out["eval"]["features_computed_here"] == 2
@@ -400,7 +399,7 @@ def test_features_missing_from_a_run_are_computed_from_its_tars_once(tmp_path, c
     again = ev.evaluate(compose(**{"output.uri": run.uri}))  # read back, not computed again
     assert again["eval"]["features_computed_here"] == 0 and again["class_consistency"] == out["class_consistency"]
     run.write("shards/000001.tar", b"not the tar")
-    run.delete(quality.features_key(1))
+    run.delete(layout.features_key(1))
     with pytest.raises(ArgenError, match=r"shards/000001.tar does not match the sha256 in its stats record; the shard "
                                          r"is damaged: delete shards/000001.stats.json and run the same generate"):
         ev.evaluate(compose(**{"output.uri": run.uri}))

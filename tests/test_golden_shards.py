@@ -48,7 +48,7 @@ def shard_tar(overrides: list[str], out: Path) -> bytes:
     from hydra import compose, initialize_config_dir
 
     from pipeline.driver import prepare, worker_spec
-    from pipeline.stats import shard_tar_key as tar_key
+    from pipeline.layout import tar_key
     from pipeline.worker import ShardWorker
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

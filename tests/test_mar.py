@@ -322,7 +322,7 @@ def test_respacing_and_schedule():
 @pytest.mark.parametrize("steps", ["100", "1000"])
 def test_ddpm_chain_with_an_oracle_head_returns_x0(steps):
     """With the exact eps for a known x0 the chain ends at x0, also when that eps carries independent noise
-    (what separates a sampler bug from an imprecise head, see jobs/toy_mar.py:head_check)."""
+    (what separates a sampler bug from an imprecise head, see training/mar.py:head_check)."""
     ab = np.cumprod(1 - cosine_betas())
     d = RespacedDDPM(steps)
     g = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from pipeline import layout
 from pipeline.plan import ShardTask, sample_seed
 from pipeline.shards import decode_png, read_shard
 from pipeline.sinks import LocalSink
@@ -117,7 +118,7 @@ def test_features_at_the_models_evaluation_size(tmp_path, worker_factory):
     a, b = full.run_shard(task(1)), small.run_shard(task(1))
     assert a["sha256"] == b["sha256"]  # the same images are stored
     assert (a["quality"]["feature_image_size"], b["quality"]["feature_image_size"]) == (256, 64)
-    fa, fb = (quality.decode_npy(w.spec.sink.read(quality.features_key(1)), "features") for w in (full, small))
+    fa, fb = (quality.decode_npy(w.spec.sink.read(layout.features_key(1)), "features") for w in (full, small))
     images = np.stack([decode_png(s["png"]) for s in read_shard(small.spec.sink.read("shards/000001.tar"))])
     np.testing.assert_allclose(fb, small.extractor(quality.resize_for_eval(images, 64))[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(fa, fb)

@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from accel.api import ArgenError
-from pipeline.plan import (build_plan, diff_settings, read_conditions_file, sample_seed, shard_key)
+from pipeline.layout import sample_key
+from pipeline.plan import build_plan, diff_settings, read_conditions_file, sample_seed
 
 
 def cfg(**over):
@@ -71,7 +72,7 @@ def test_seeds_distinct_and_stable():
 
 
 def test_shard_key_format():
-    assert shard_key(12, 3) == "000012_000003"
+    assert sample_key(12, 3) == "000012_000003"
 
 
 def test_diff_names_the_setting():

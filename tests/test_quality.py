@@ -17,7 +17,7 @@ import torch
 from accel.toy.classifier import ToyClassifier
 
 from accel.api import ArgenError
-from pipeline import metrics, quality
+from pipeline import layout, metrics, quality
 from pipeline.metrics import (FeatureStats, InceptionScoreAccumulator, fid_from_stats, frechet_distance,
                               inception_score, knn_radii, manifold_coverage, precision_recall)
 
@@ -380,8 +380,8 @@ def test_npy_round_trip_refuses_pickles():
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ArgenError, match="not a readable .npy array"):
         quality.decode_npy(buf.getvalue(), "shards/000000.features.npy")
-    assert quality.features_key(3) == "shards/000003.features.npy"
-    assert quality.logits_key(12) == "shards/000012.logits.npy"
+    assert layout.features_key(3) == "shards/000003.features.npy"
+    assert layout.logits_key(12) == "shards/000012.logits.npy"
     assert metrics.trace_sqrt_product(np.eye(2), np.eye(2)) == pytest.approx(2.0)
 
 

@@ -54,14 +54,14 @@ def test_sheet_reads_small_shards_until_every_row_is_full(tmp_path):
     from pipeline.report import SHEET_KEY, write_pictures
     from pipeline.shards import ShardTarWriter
     from pipeline.sinks import LocalSink
-    from pipeline.stats import shard_tar_key
+    from pipeline.layout import tar_key
 
     sink = LocalSink(str(tmp_path))
     for shard in range(12):
         writer = ShardTarWriter()
         for c in range(10):
             writer.add(f"{shard:05d}{c:02d}", np.full((8, 8, 3), 20 * c + shard, np.uint8), {"condition": c})
-        sink.write(shard_tar_key(shard), writer.finish())
+        sink.write(tar_key(shard), writer.finish())
     write_pictures(sink, list(range(12)), {"images": 120}, per_row=8, max_rows=10)
     sheet = np.asarray(Image.open(io.BytesIO(sink.read(SHEET_KEY))))
     assert sheet.shape[:2] == (10 * 66 + 2, 8 * 66 + 2)  # 10 full rows of 8 cells of 64 + 2 px padding

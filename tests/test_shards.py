@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from pipeline.layout import shard_of_stats_key, stats_key
 from pipeline.shards import ShardTarWriter, decode_png, read_shard, sample_metadata, sha256_hex
 from pipeline.stats import (CounterMerger, STATS_FIELDS, check_stats, manifest_parquet, moments_to_mean_std,
-                            image_moments, shard_of_stats_key, shard_stats_key, summarize)
+                            image_moments, summarize)
 
 
 def make_tar(images, conditions, shard=3):
@@ -89,7 +90,7 @@ def test_check_stats_and_keys():
     bad = record(0)
     del bad["sha256"]
     assert check_stats(bad) == ["missing field 'sha256'"]
-    assert shard_of_stats_key(shard_stats_key(12)) == 12
+    assert shard_of_stats_key(stats_key(12)) == 12
     assert shard_of_stats_key("shards/000012.tar") is None
     assert shard_of_stats_key("shards/12.stats.json") is None
 

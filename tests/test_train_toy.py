@@ -107,8 +107,10 @@ def test_option_keys_are_the_keys_each_entry_point_reads():
     import ast
     import inspect
 
-    import jobs.toy_llamagen
-    import jobs.toy_mar
+    import training.classifier
+    import training.llamagen
+    import training.mar
+    import training.var
     from jobs import train_toy as tt
 
     def keys_of(fn) -> set[str]:
@@ -127,10 +129,11 @@ def test_option_keys_are_the_keys_each_entry_point_reads():
                     todo.append(n.func.id)
         return found
 
-    entry = {"classifier": tt.train_classifier, "var-tokenizer": tt.train_var_tokenizer, "var": tt.train_var,
-             "llamagen-tokenizer": jobs.toy_llamagen.train_tokenizer, "llamagen": jobs.toy_llamagen.train_llamagen,
-             "llamagen-draft": jobs.toy_llamagen.train_llamagen_draft,
-             "mar-tokenizer": jobs.toy_mar.train_mar_tokenizer, "mar": jobs.toy_mar.train_mar}
+    entry = {"classifier": training.classifier.train_classifier, "var-tokenizer": training.var.train_var_tokenizer,
+             "var": training.var.train_var,
+             "llamagen-tokenizer": training.llamagen.train_tokenizer, "llamagen": training.llamagen.train_llamagen,
+             "llamagen-draft": training.llamagen.train_llamagen_draft,
+             "mar-tokenizer": training.mar.train_mar_tokenizer, "mar": training.mar.train_mar}
     assert set(entry) == set(tt.OPTION_KEYS)
     for what, fn in entry.items():
         assert keys_of(fn) == set(tt.OPTION_KEYS[what]), what
@@ -153,7 +156,7 @@ def test_head_refinement_sharpens_the_head_near_T():
 
     from accel.api import seeded_init
     from accel.models.mar import build_model, randomize_zero_init
-    from jobs.toy_mar import TrainingDiffusion, cached_conditions, refine_head
+    from training.mar import TrainingDiffusion, cached_conditions, refine_head
 
     diffusion = TrainingDiffusion()
 

@@ -30,7 +30,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from accel.api import ArgenError, option_number
+from accel.errors import ArgenError
+from accel.models.var import VARConfig
+from accel.options import option_number
+from accel.registry import Method
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512
 
 OPTION_NAMES = ("prune_ratios", "cache_scale", "layers", "skip_last_scales", "cfg_selection")
@@ -205,3 +208,11 @@ class BlockTokens:
         run.dropped[s.si] += (x.shape[1] - s.keep) * x.shape[0]
         cache_side = run.cfg.patch_nums[run.cfg.cache_si]
         return restore_from_cache(kept_out, idx, run.cache[(self.block_idx, name)], cache_side, s.pn)
+
+
+def check(name: str, *, config: VARConfig, options: dict[str, Any]) -> FastVAR:
+    """The settings for one VAR model: its scale schedule and depth fix the defaults and the valid values."""
+    return FastVAR(config.patch_nums, config.depth, **options)
+
+
+METHODS = (Method(name="fastvar", family="var", option_names=OPTION_NAMES, check=check),)

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accel.api import ArgenError, option_int
+from accel.errors import ArgenError
+from accel.options import option_int
 
 
 def check_lantern_options(k, delta, lam, vocab: int) -> tuple[int, float, float | None]:

@@ -42,8 +42,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from accel.api import ArgenError, option_flag, option_int
+from accel.errors import ArgenError
 from accel.flops import count
+from accel.options import option_flag, option_int
+from accel.registry import Method
 
 # Upstream's 64-entry RETAIN_RATIO_SCHEDULE as (progress from which it applies, ratio): steps 0-19 keep all,
 # 20: 0.6, 21-24: 0.5, 25-29: 0.4, 30-34: 0.15, 35-39: 0.12, 40-63: 0.05 (the slack floor then dominates).
@@ -92,7 +94,7 @@ def _retain_schedule(value: Any) -> tuple[tuple[float, float], ...]:
 
 
 def parse_options(model_config: dict, guided: bool, **options) -> LazyMARConfig:
-    """Validated settings; unknown names are rejected by the caller (accel.api.check_option_names)."""
+    """Validated settings; unknown names are rejected by the caller (accel.options.check_option_names)."""
     d = dataclasses.asdict(LazyMARConfig())
     d.update(options)
     dec_depth, head_depth = model_config["decoder_depth"], model_config["diffloss_d"]
@@ -369,3 +371,11 @@ class HeadCache:
 
     def store_cfg_delta(self, delta: torch.Tensor) -> None:
         self.cfg_delta = delta
+
+
+def check(name: str, *, config: dict, guided: bool, options: dict[str, Any]) -> LazyMAR:
+    """The settings for one MAR model (its decoder and head depths bound the layer options)."""
+    return LazyMAR(config, guided=guided, **options)
+
+
+METHODS = (Method(name="lazymar", family="mar", option_names=OPTION_NAMES, check=check),)

@@ -61,8 +61,10 @@ from dataclasses import dataclass
 import torch
 
 from accel import flops as F_
-from accel.api import ArgenError, option_int
+from accel.errors import ArgenError
 from accel.models import llamagen as lg
+from accel.options import option_int
+from accel.registry import Method
 from accel.sampling import categorical_rows
 
 SJD_WINDOW = 15  # the release's 16-token Jacobi forward: the last committed token and 15 drafts
@@ -419,3 +421,14 @@ def build_decoder(spec: SpecConfig, *, target: lg.Transformer, target_name: str,
     else:
         rule = ExactRule()
     return SpeculativeDecoder(target, drafter, rule, opts)
+
+
+def _record(accel: str) -> Method:
+    def check(name: str, *, config: lg.LlamaGenConfig, random_init: bool, options: dict) -> SpecConfig:
+        return SpecConfig.from_options(accel, name, options, config.default_drafter, random_init)
+
+    return Method(name=accel, family="llamagen", option_names=OPTIONS[accel], check=check, attach=build_decoder)
+
+
+# exact speculative sampling, LANTERN's relaxed acceptance, and SJD (speculative with the Jacobi drafter)
+METHODS = (_record("speculative"), _record("lantern"), _record("sjd"))

@@ -59,8 +59,10 @@ from typing import Any
 import torch
 
 from accel import flops as F_
-from accel.api import (ArgenError, BaseGenerator, check_option_names, option_flag, option_number, require_weights,
-                       seeded_init)
+from accel import registry
+from accel.errors import ArgenError
+from accel.generator import BaseGenerator, require_weights, resolve_device, seeded_init
+from accel.options import check_option_names, option_flag, option_number
 from accel.models.llamagen_gpt import KVCache, ModelArgs, TextCondition, Transformer
 from accel.sampling import categorical_rows
 from accel.text_encoder import T5TextEncoder, check_given
@@ -122,7 +124,7 @@ CONFIGS["llamagen_tiny_draft"] = LlamaGenConfig(
     ModelArgs(n_layer=1, n_head=2, dim=32, multiple_of=32, block_size=256),
     image_size=256, cfg=2.0, tokenizer=TINY_TOKENIZER, random_init_only=True)
 
-# trained toy models (`argen train-toy llamagen-tokenizer | llamagen | llamagen-draft`, jobs/toy_llamagen.py):
+# trained toy models (`argen train-toy llamagen-tokenizer | llamagen | llamagen-draft`, training/llamagen.py):
 # the official structure, fewer and narrower layers, 10 classes, the 16x16 grid of a downsampling-2 VQ on
 # 32x32 ToyShapes. Sampling: top-k off, temperature 1, cfg 4.0 (on 300 samples, toy FID 55.0 and
 # class-consistency 0.207 against 60.3 / 0.133 at the release's c2i default 2.0; docs/BENCHMARKS.md).
@@ -158,6 +160,11 @@ def conditions_of(name: str) -> tuple[int | None, bool]:
     """(ModelArgs.num_classes, False) for c2i models, (None, True) for t2i ones."""
     cfg = CONFIGS[name]
     return (None, True) if cfg.takes_prompts else (cfg.args.num_classes, False)
+
+
+def eval_image_size(name: str) -> int | None:
+    """The side the release computes FID at when it is not the generated one (384-px c2i models: 256)."""
+    return get_config(name).eval_image_size
 
 
 def build_model(name: str) -> Transformer:
@@ -351,7 +358,6 @@ TEXT_OPTIONS = ("text_encoder", "clean_prompts")  # t2i models only
 
 class LlamaGenGenerator(BaseGenerator):
     family = "llamagen"
-    supported_accels = ("none", "speculative", "lantern", "sjd")
 
     def __init__(self, *, name, accel, model, tokenizer, device, config: LlamaGenConfig, opts: SamplingOptions,
                  decoder=None, text_encoder=None):
@@ -403,15 +409,9 @@ def decode_tokens(tokenizer, tokens: torch.Tensor, grid: int, flops: F_.FlopCoun
 
 def option_names(name: str, accel: str) -> tuple[str, ...]:
     """The options make_generator(name, accel=accel) takes; an accel LlamaGen does not support is refused."""
-    if accel not in LlamaGenGenerator.supported_accels:
-        raise ArgenError(f"accel={accel!r} does not apply to {name} (llamagen); "
-                         f"choose one of {list(LlamaGenGenerator.supported_accels)}")
-    method: tuple[str, ...] = ()
-    if accel != "none":
-        from accel.methods import speculative
-
-        method = tuple(speculative.OPTIONS[accel])
-    return SAMPLING_OPTIONS + (TEXT_OPTIONS if get_config(name).takes_prompts else ()) + method
+    method = registry.method(accel, name)
+    return (SAMPLING_OPTIONS + (TEXT_OPTIONS if get_config(name).takes_prompts else ())
+            + (method.option_names if method is not None else ()))
 
 
 @dataclass
@@ -419,7 +419,7 @@ class LlamaGenSettings:
     """What make_generator checks and fills in before it loads weights."""
     cfg: LlamaGenConfig
     opts: SamplingOptions
-    decoder_spec: Any  # accel.methods.speculative.SpecConfig, or None for accel=none
+    decoder_spec: Any  # what the method's check returned (its attach builds the decoder), or None
     text_options: dict[str, Any]
     checkpoint: str | None
     tokenizer_checkpoint: str | None
@@ -451,19 +451,15 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
     if cfg.takes_prompts:
         check_given(text_options.get("text_encoder"))
     method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS and k not in TEXT_OPTIONS}
-    decoder_spec = None
-    if accel != "none":
-        from accel.methods import speculative
-
-        decoder_spec = speculative.SpecConfig.from_options(accel, name, method_options, cfg.default_drafter,
-                                                           random_init)
+    record, decoder_spec = registry.method(accel, name), None
+    if record is not None:  # the method sees the target's config and whether weights are random
+        decoder_spec = record.check(name, config=cfg, random_init=random_init, options=method_options)
     return LlamaGenSettings(cfg, opts, decoder_spec, text_options, checkpoint, tokenizer_checkpoint)
 
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device | None = None,
                    checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
                    random_init: bool = False, **options: Any) -> LlamaGenGenerator:
-    from accel.api import resolve_device
     from accel.tokenizers.vq import load_tokenizer
 
     device = resolve_device(device)
@@ -478,10 +474,9 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     tokenizer = load_tokenizer(settings.tokenizer_checkpoint, device=device, random_init=random_init,
                                name=cfg.tokenizer_name, **cfg.tokenizer)
     decoder = None
-    if accel != "none":
-        from accel.methods import speculative
-
-        decoder = speculative.build_decoder(settings.decoder_spec, target=model, target_name=name, opts=opts,
-                                            tokenizer=tokenizer, device=device, random_init=random_init)
+    if accel != "none":  # the method's decoder replaces the token loop: decoder.generate(cond, generators, flops)
+        decoder = registry.method(accel, name).attach(settings.decoder_spec, target=model, target_name=name,
+                                                      opts=opts, tokenizer=tokenizer, device=device,
+                                                      random_init=random_init)
     return LlamaGenGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device, config=cfg,
                              opts=opts, decoder=decoder, text_encoder=text_encoder)

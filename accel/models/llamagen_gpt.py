@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel import flops as F_
-from accel.api import ArgenError
+from accel.errors import ArgenError
 
 
 T2I_NULL_ROWS = 120  # rows of the stored null caption (the release's CaptionEmbedder token_num)

@@ -37,8 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel import flops as fl
-from accel.api import (ArgenError, BaseGenerator, check_option_names, option_int, option_number, require_weights,
-                       seeded_init)
+from accel import registry
+from accel.errors import ArgenError
+from accel.generator import BaseGenerator, require_weights, seeded_init
+from accel.options import check_option_names, option_int, option_number
 from accel.models.mar_diffloss import DiffLoss
 from accel.models.mar_diffusion import RespacedDDPM
 from accel.sampling import randn_rows
@@ -314,7 +316,6 @@ SAMPLING_OPTIONS = ("num_iter", "cfg", "cfg_schedule", "temperature", "num_sampl
 
 class MARGenerator(BaseGenerator):
     family = "mar"
-    supported_accels = ("none", "lazymar")
 
     def __init__(self, *, name, accel, model, tokenizer, device, num_iter, cfg, cfg_schedule, temperature,
                  num_sampling_steps, method=None, latent_scale: float = LATENT_SCALE):
@@ -322,7 +323,7 @@ class MARGenerator(BaseGenerator):
                          image_size=CONFIGS[name]["img_size"], num_classes=CONFIGS[name]["class_num"])
         self.num_iter, self.cfg, self.cfg_schedule = num_iter, cfg, cfg_schedule
         self.temperature, self.num_sampling_steps = temperature, num_sampling_steps
-        self.method = method  # accel.methods.lazymar.LazyMAR or None
+        self.method = method  # the method's checked settings (new_caches(B), stats(*caches)) or None
         self.latent_scale = latent_scale
 
     def _sample(self, conditions: list, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
@@ -381,7 +382,7 @@ def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sam
                 num_sampling_steps=num_sampling_steps)
 
 
-def _stored_latent_scale(path: str | None, what: str = "tokenizer_checkpoint") -> float | None:
+def stored_latent_scale(path: str | None, what: str = "tokenizer_checkpoint") -> float | None:
     """The "latent_scale" a toy checkpoint carries in its safetensors metadata (set by argen train-toy)."""
     if path is None or not str(path).endswith(".safetensors") or str(path).startswith("s3://"):
         return None
@@ -407,7 +408,7 @@ def latent_scale_for(name: str, checkpoint: str | None, tokenizer_checkpoint: st
     """The factor latents were multiplied by when the model was trained: the model checkpoint's metadata, else
     the tokenizer's, else the config's (0.2325 for kl16). Random toy weights without either use 1.0."""
     for path, what in ((checkpoint, "checkpoint"), (tokenizer_checkpoint, "tokenizer_checkpoint")):
-        scale = _stored_latent_scale(path, what)
+        scale = stored_latent_scale(path, what)
         if scale is not None:
             return scale
     if CONFIGS[name]["latent_scale"] is not None:
@@ -421,14 +422,8 @@ def latent_scale_for(name: str, checkpoint: str | None, tokenizer_checkpoint: st
 
 def option_names(name: str, accel: str) -> tuple[str, ...]:
     """The options make_generator(name, accel=accel) takes; an accel MAR does not support is refused."""
-    if accel not in MARGenerator.supported_accels:
-        raise ArgenError(f"accel={accel!r} does not apply to {name} (mar); choose one of "
-                         f"{list(MARGenerator.supported_accels)}")
-    if accel == "lazymar":
-        from accel.methods.lazymar import OPTION_NAMES
-
-        return SAMPLING_OPTIONS + tuple(OPTION_NAMES)
-    return SAMPLING_OPTIONS
+    method = registry.method(accel, name)
+    return SAMPLING_OPTIONS + (method.option_names if method is not None else ())
 
 
 @dataclass
@@ -437,7 +432,7 @@ class MARSettings:
     config: dict[str, Any]
     sampling: dict[str, Any]
     seed_init: int
-    method: Any  # accel.methods.lazymar.LazyMAR, or None for accel=none
+    method: Any  # what the method's check returned (new_caches(B) -> (cache, head_cache); stats), or None
     checkpoint: str | None
     tokenizer_checkpoint: str | None
 
@@ -454,11 +449,9 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
                 **config["sampling"]}  # a config's own defaults win (mar_toy)
     sampling = _check_sampling(name, **{k: options.pop(k, v) for k, v in defaults.items()})
     seed = option_number("seed_init", options.pop("seed_init", 0), int, "0")
-    method = None
-    if accel == "lazymar":
-        from accel.methods.lazymar import LazyMAR
-
-        method = LazyMAR(config, guided=sampling["cfg"] != 1.0, **options)
+    record, method = registry.method(accel, name), None
+    if record is not None:  # the method sees the model's config (depths) and whether CFG runs two branches
+        method = record.check(name, config=config, guided=sampling["cfg"] != 1.0, options=options)
     if not random_init:  # toy models default to their committed weights
         from accel.toy import bundled_weights
 

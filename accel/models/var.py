@@ -12,7 +12,7 @@ and the sampled codes update the running latent f_hat (bicubic upsampling, phi, 
 for the next scale's input). Randomness comes from one torch.Generator per sample.
 
 Accelerations plug in through one hook: per scale, per block, a `branch(name, x, fn)` call that
-decides which tokens a sub-layer computes (see accel/methods/fastvar.py).
+decides which tokens a sub-layer computes (`TokenHooks` below; accel/methods/fastvar.py is one).
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel import flops as F_
-from accel.api import (ArgenError, BaseGenerator, check_option_names, option_flag, option_number, require_weights,
-                       seeded_init)
+from accel import registry
+from accel.errors import ArgenError
+from accel.generator import BaseGenerator, require_weights, seeded_init
+from accel.options import check_option_names, option_flag, option_number
 from accel.checkpoints import check_keys, read_checkpoint, unwrap_state_dict
 from accel.sampling import categorical_rows
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, VQVAE, build_tokenizer
@@ -89,6 +91,24 @@ class TokenHook(Protocol):
     tokens. The baseline is `fn(x)`."""
 
     def branch(self, name: str, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor: ...
+
+
+class ScaleHooks(Protocol):
+    """The token hooks of one scale: `block(i)` -> the TokenHook of block i, or None for the full block."""
+
+    def block(self, i: int) -> TokenHook | None: ...
+
+
+class TokenHooks(Protocol):
+    """What a method attaches to the sampler for one generate() call (accel.registry.Method.check returns an
+    object whose `start(batch_rows)` gives one). `num_scales`: the scales to run (None = all);
+    `begin_scale(si, pn)` -> the scale's hooks; `stats()` -> the method's counters for the call."""
+
+    num_scales: int | None
+
+    def begin_scale(self, si: int, pn: int) -> ScaleHooks | None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class KVCache:
@@ -306,12 +326,11 @@ class VAR(nn.Module):
     @torch.no_grad()
     def autoregressive_infer_cfg(self, quant, label_B: torch.Tensor, generators: list[torch.Generator],
                                  cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
-                                 token_hooks: Any = None, num_scales: int | None = None,
+                                 token_hooks: TokenHooks | None = None, num_scales: int | None = None,
                                  flops: F_.FlopCounter | None = None, record: dict | None = None) -> torch.Tensor:
         """Sample B images' latents f_hat [B, Cvae, H, W] by next-scale prediction with CFG.
 
-        token_hooks: per-scale hook provider (`.begin_scale(si, pn)` -> object with `.block(i)` -> TokenHook
-        or None). num_scales: run only the first num_scales scales (f_hat then holds their sum).
+        token_hooks: the method's hooks for this call (TokenHooks), or None for the release's loop. num_scales: run only the first num_scales scales (f_hat then holds their sum).
         record: if given, receives per scale the sampled code indices ("idx_Bl"), the CFG logits ("logits")
         and every block's KV-cache length ("kv_len").
         """
@@ -419,7 +438,6 @@ def load_vqvae_weights(vae: VQVAE, checkpoint: str) -> None:
 
 class VARGenerator(BaseGenerator):
     family = "var"
-    supported_accels = ("none", "fastvar")
 
     def __init__(self, *, name: str, accel: str, cfg: VARConfig, model: VAR, vae: VQVAE, device: torch.device,
                  sampling: dict[str, Any], method: Any = None):
@@ -465,11 +483,8 @@ def check_sampling(options: dict[str, Any], vocab_size: int, defaults: dict[str,
 
 def option_names(name: str, accel: str) -> tuple[str, ...]:
     """The options make_generator(name, accel=accel) takes; an accel VAR does not support is refused."""
-    if accel not in VARGenerator.supported_accels:
-        raise ArgenError(f"accel={accel!r} does not apply to {name} (var); choose one of {list(VARGenerator.supported_accels)}")
-    from accel.methods import fastvar
-
-    return (*SAMPLING_DEFAULTS, *(fastvar.OPTION_NAMES if accel == "fastvar" else ()))
+    method = registry.method(accel, name)
+    return (*SAMPLING_DEFAULTS, *(method.option_names if method is not None else ()))
 
 
 @dataclass
@@ -477,7 +492,7 @@ class VARSettings:
     """What make_generator checks and fills in before it loads weights."""
     cfg: VARConfig
     sampling: dict[str, Any]
-    method: Any  # accel.methods.fastvar.FastVAR, or None for accel=none
+    method: Any  # what the method's check returned (its start(batch_rows) gives TokenHooks), or None
     checkpoint: str | None
     tokenizer_checkpoint: str | None
 
@@ -487,15 +502,14 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
     """Every option name and value and the presence of weights, without reading a file or building the model
     (argen generate runs it before Ray starts; the files themselves may live on the workers only)."""
     cfg = config or _config(name)
-    from accel.methods import fastvar
-
     check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
     sampling = check_sampling({k: v for k, v in options.items() if k in SAMPLING_DEFAULTS}, cfg.vocab_size,
                               cfg.sampling)
+    record = registry.method(accel, name)
     method = None
-    if accel == "fastvar":
-        method = fastvar.FastVAR(cfg.patch_nums, cfg.depth,
-                                 **{k: v for k, v in options.items() if k in fastvar.OPTION_NAMES})
+    if record is not None:  # the method sees the network's config: its scale schedule and depth
+        method = record.check(name, config=cfg,
+                              options={k: v for k, v in options.items() if k in record.option_names})
     if not random_init:  # toy models default to their committed weights
         from accel.toy import bundled_weights
 

@@ -18,7 +18,7 @@ TOKENIZERS = {
 
 
 def build_tokenizer(name: str, **kwargs) -> torch.nn.Module:
-    from accel.api import ArgenError
+    from accel.errors import ArgenError
 
     if name not in TOKENIZERS:
         raise ArgenError(f"unknown tokenizer {name!r}; known: {sorted(TOKENIZERS)}")

@@ -196,7 +196,7 @@ class AutoencoderKL(nn.Module):
 
 def build_tokenizer(name: str = "mar_kl16", **overrides) -> AutoencoderKL:
     """The KL-16 VAE; `overrides` (e.g. ch=32) give narrower test variants with the same layout."""
-    from accel.api import ArgenError
+    from accel.errors import ArgenError
 
     if name not in CONFIGS:
         raise ArgenError(f"unknown KL tokenizer {name!r}; known: {sorted(CONFIGS)}")

@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel.api import ArgenError, seeded_init
+from accel.errors import ArgenError
+from accel.generator import seeded_init
 
 
 def Normalize(channels: int) -> nn.GroupNorm:

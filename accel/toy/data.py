@@ -134,6 +134,6 @@ class ToyShapes(torch.utils.data.Dataset):
 
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] [N, 3, H, W] -> uint8 [N, H, W, 3], by argen's one quantisation rule."""
-    from accel.api import to_uint8
+    from accel.generator import to_uint8
 
     return to_uint8(x)

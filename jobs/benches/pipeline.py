@@ -39,7 +39,7 @@ def bare_generator(cfg: Any, images: int) -> dict[str, float]:
     import torch
 
     from accel.api import load_generator
-    from accel.models import conditions_of
+    from accel.api import conditions_of
     from pipeline.plan import build_plan
 
     if float(cfg.ray.gpus_per_worker) == 0:

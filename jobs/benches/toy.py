@@ -65,7 +65,7 @@ def classifier_outputs(images_uint8: np.ndarray, batch: int = 500) -> tuple[np.n
 
 
 def reference_stats() -> FeatureStats:
-    from jobs.train_toy import toy_images
+    from training.common import toy_images
 
     _, sha = toy_classifier()
     path = CACHE_DIR / "toy" / f"reference_stats_{sha}_seed{REFERENCE_SEED}_n{REFERENCE_SAMPLES}.npz"

@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import CACHE_DIR
-from jobs.train_toy import LoadMonitor, cosine_schedule, load_average
+from training.common import (WEIGHTS_DIR, LoadMonitor, as_float, batches, cosine_schedule, init_record, load_average,
+                             load_init, toy_images, write_weights)
 
 TOKENIZER = "mar_kl_toy"
 MODEL = "mar_toy"
 
 
 def _weights_dir(opts: dict[str, str]) -> Path:
-    from jobs.train_toy import WEIGHTS_DIR
 
     return Path(opts.get("out_dir", WEIGHTS_DIR))
 
@@ -49,7 +49,6 @@ def _kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def tokenizer_psnr(vae: torch.nn.Module, images: np.ndarray) -> float:
     """Held-out PSNR (dB, images in [0, 1]) of decode(posterior mean)."""
-    from jobs.train_toy import as_float
 
     vae.eval()
     se, n = 0.0, 0
@@ -65,7 +64,6 @@ def tokenizer_psnr(vae: torch.nn.Module, images: np.ndarray) -> float:
 @torch.no_grad()
 def latent_statistics(vae: torch.nn.Module, images: np.ndarray, seed: int) -> dict[str, float]:
     """Mean and std over every element of posterior samples (as MAR's 0.2325 = 1 / std for kl16)."""
-    from jobs.train_toy import as_float
 
     vae.eval()
     g = torch.Generator().manual_seed(seed)
@@ -91,7 +89,6 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
     """
     from accel.api import seeded_init
     from accel.tokenizers import build_tokenizer
-    from jobs.train_toy import as_float, batches, toy_images, write_weights
 
     torch.set_num_threads(int(opts.get("threads", 2)))
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
@@ -269,7 +266,6 @@ def mar_loss(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor,
 def toy_latents(vae: torch.nn.Module, weights: Path, seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior (mean, std) [count, C, 16, 16] of ToyShapes(seed)[:count], cached by the tokenizer's hash
     (MAR's main_cache.py caches the same moments; training samples the posterior at every use)."""
-    from jobs.train_toy import as_float, toy_images
 
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     path = CACHE_DIR / "toy" / f"latents_{TOKENIZER}_{digest}_seed{seed}_n{count}.pt"
@@ -425,7 +421,6 @@ def train_mar(opts: dict[str, str]) -> None:
     from accel.checkpoints import load_strict, read_checkpoint
     from accel.models.mar import CONFIGS, build_model
     from accel.tokenizers import build_tokenizer
-    from jobs.train_toy import batches, init_record, load_init, toy_images, write_weights
 
     torch.set_num_threads(int(opts.get("threads", 2)))
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 20000))
@@ -437,9 +432,9 @@ def train_mar(opts: dict[str, str]) -> None:
     vae_path = out_dir / f"{cfg['tokenizer']}.safetensors"
     if not vae_path.exists():
         raise SystemExit(f"{vae_path} does not exist: run `argen train-toy mar-tokenizer` first")
-    from accel.models.mar import _stored_latent_scale
+    from accel.models.mar import stored_latent_scale
 
-    latent_scale = _stored_latent_scale(str(vae_path))
+    latent_scale = stored_latent_scale(str(vae_path))
     if latent_scale is None:
         raise SystemExit(f"{vae_path} has no latent_scale metadata: retrain it with `argen train-toy mar-tokenizer`")
     load = LoadMonitor()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jobs.train_toy import (WEIGHTS_DIR, LoadMonitor, as_float, batches, cosine_schedule, half_precision, toy_codes,
+from training.common import (WEIGHTS_DIR, LoadMonitor, as_float, batches, cosine_schedule, half_precision, toy_codes,
                              toy_images, write_weights)
 
 TOKENIZER = "llamagen_vq_toy"
