@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-heavy test-fast bench clean
 
 setup: $(STAMP)
 
@@ -18,10 +18,14 @@ demo: setup
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/argen generate eval.features=toy
 
 test: setup
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -m "not heavy"
+
+# the toy samplers' quality guards and training entry points (minutes of CPU each); CI runs them after `make test`
+test-heavy: setup
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q -m heavy
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not heavy"
 
 bench: setup
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/argen bench

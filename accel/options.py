@@ -1,11 +1,18 @@
 """Option values as the generators take them: from Python, YAML or a command line (where every value may
 arrive as a string), checked once, with an error that names the option, its value and an example.
+
+Each family's sampling options are a dataclass read by `parse_options`: the field types say how a value is
+converted (int, float, bool, str, None where allowed), the defaults are the example in an error, and the
+class's `check(**context)` tests the ranges that depend on the model.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from typing import Any, Mapping, Sequence
+import types
+import typing
+from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -69,3 +76,39 @@ def check_option_names(options: Mapping[str, Any], allowed: Sequence[str], where
         close = {name: difflib.get_close_matches(name, list(allowed), n=1) for name in unknown}
         hint = "".join(f"; {name!r}: did you mean {match[0]!r}?" for name, match in close.items() if match)
         raise ArgenError(f"unknown option(s) {unknown} for {where}; known options: {sorted(allowed)}{hint}")
+
+
+Options = TypeVar("Options")
+
+
+def parse_options(cls: type[Options], values: Mapping[str, Any], where: str, **context: Any) -> Options:
+    """An options dataclass from option values: names checked (the closest known one suggested), every value
+    converted once to its field's type, then `cls.check(**context)` where the class has one. Nothing given is
+    changed: the result is a new object."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    check_option_names(values, list(fields), where)
+    hints = typing.get_type_hints(cls)
+    converted = {name: _convert(name, value, hints[name], fields[name].default) for name, value in values.items()}
+    options = cls(**converted)
+    if hasattr(options, "check"):
+        options.check(**context)
+    return options
+
+
+def _convert(name: str, value: Any, kind: Any, default: Any) -> Any:
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union \
+        else (kind,)
+    if value is None and type(None) in allowed:
+        return None
+    allowed = tuple(a for a in allowed if a is not type(None))
+    example = default if default is not dataclasses.MISSING and default is not None else "..."
+    if len(allowed) != 1:
+        return value  # several types (a step count or "ddim25"): the class's check says what is valid
+    kind = allowed[0]
+    if kind is bool:
+        return option_flag(name, value)
+    if kind in (int, float):
+        return option_number(name, value, kind, str(example))
+    if kind is str and not isinstance(value, str):
+        raise ArgenError(f"{name}={value!r} is not text; pass e.g. {name}={example}")
+    return value

@@ -1,7 +1,9 @@
 """ray.address with a stale address file: the one a `ray start --head` leaves behind when it is killed.
 
-Each run is `argen generate` in a subprocess whose RAY_TMPDIR is a fresh folder holding such a file, so
-neither the session's Ray nor anybody else's is touched. A live head is in tests/test_submit.py.
+Each run is `argen generate` in a subprocess whose RAY_TMPDIR is a fresh folder holding such a file, in a
+PID namespace of its own (`unshare`): Ray's "auto" also looks for running GCS processes and would find the
+test session's cluster, so the subprocess sees a machine where no Ray runs. A live head is in
+tests/test_submit.py.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ARGEN = Path(sys.executable).parent / "argen"
+ALONE = ["unshare", "--pid", "--fork", "--mount-proc"]  # root, as this suite runs (CI included)
 SMALL = ["model=var_tiny", "device=cpu", "data.classes=[5]", "data.per_class=1", "output.shard_size=1",
          "batch_size=1", "progress=false"]
 
@@ -38,7 +41,7 @@ def stale_ray_tmpdir():
 def generate(ray_tmpdir: str, address: str, out: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_TMPDIR=ray_tmpdir, RAY_USAGE_STATS_ENABLED="0")
-    return subprocess.run([str(ARGEN), "generate", *SMALL, f"ray.address={address}", f"output.uri={out}"],
+    return subprocess.run([*ALONE, str(ARGEN), "generate", *SMALL, f"ray.address={address}", f"output.uri={out}"],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
 
 

@@ -103,7 +103,7 @@ def _guard_pair(plain, accelerated, n: int, batch_size: int, fid_max: float, acc
     return q_plain, q_acc
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_var_toy_samples_reach_quality_thresholds():
     from accel.api import load_generator
 
@@ -112,7 +112,7 @@ def test_var_toy_samples_reach_quality_thresholds():
     _guard(gen, GUARD_SAMPLES, fid_max=VAR_TOY_FID_MAX, consistency_min=VAR_TOY_CONSISTENCY_MIN)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_var_toy_fastvar_defaults_keep_quality():
     from accel.api import load_generator
 
@@ -121,6 +121,7 @@ def test_var_toy_fastvar_defaults_keep_quality():
     assert q["flops_per_image"] > 0
 
 
+@pytest.mark.heavy
 def test_var_toy_guard_has_power():
     """The thresholds reject an untrained model of the same structure (the guard can fail)."""
     from accel.api import load_generator
@@ -144,7 +145,7 @@ LLAMAGEN_TOY_CONSISTENCY_MIN = 0.13
 LLAMAGEN_TOY_LANTERN_TARGET_FORWARDS_MAX = 96.0
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_llamagen_toy_plain_and_lantern_reach_quality_thresholds():
     from accel.api import load_generator
 
@@ -168,7 +169,7 @@ MAR_TOY_LAZYMAR_FID_MAX = 84.0
 MAR_TOY_CONSISTENCY_MIN = 0.22
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_mar_toy_plain_and_lazymar_reach_quality_thresholds():
     from accel.api import load_generator
 
@@ -181,7 +182,7 @@ def test_mar_toy_plain_and_lazymar_reach_quality_thresholds():
     assert q_lazy["full_steps"] == 12 and q_plain["flops_per_image"] > 2 * q_lazy["flops_per_image"], q_lazy
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_mar_toy_guard_has_power():
     """The thresholds reject an untrained model of the same structure (the guard can fail). Random weights make
     noise at any step count, so 16 decoding and 25 diffusion steps (64 and 100 in the guard) keep it short."""

@@ -34,7 +34,7 @@ def _check_images(gen, n: int = 2) -> None:
     assert out.images.shape == (n, 32, 32, 3) and out.images.dtype == np.uint8
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_var_entry_points_write_loadable_weights(tmp_path):
     _train("var-tokenizer", tmp_path, "steps=3", "batch=8")
     _train("var", tmp_path, "steps=2", "batch=4", "threads=1")
@@ -48,7 +48,7 @@ def test_var_entry_points_write_loadable_weights(tmp_path):
     _check_images(gen)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_llamagen_entry_points_write_loadable_weights(tmp_path):
     _train("llamagen-tokenizer", tmp_path, "steps=3", "batch=8", "test=16", "threads=1")
     _train("llamagen", tmp_path, "steps=2", "batch=4", "threads=1")
@@ -63,7 +63,7 @@ def test_llamagen_entry_points_write_loadable_weights(tmp_path):
                                  drafter_checkpoint=str(tmp_path / "llamagen_toy_draft.safetensors")))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_mar_entry_points_write_loadable_weights(tmp_path):
     _train("mar-tokenizer", tmp_path, "steps=3", "batch=8", "threads=1")
     few_head = ["head_steps=2", "head_batch=64", "head_images=4"]

@@ -53,7 +53,7 @@ top_k (0 = off; 1000 for t2i), top_p (1.0), greedy (False; True = argmax, the of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ from accel import flops as F_
 from accel import registry
 from accel.errors import ArgenError
 from accel.generator import BaseGenerator, require_weights, resolve_device, seeded_init
-from accel.options import check_option_names, option_flag, option_number
+from accel.options import check_option_names, parse_options
 from accel.models.llamagen_gpt import KVCache, ModelArgs, TextCondition, Transformer
 from accel.sampling import categorical_rows
 from accel.text_encoder import T5TextEncoder, check_given
@@ -221,13 +221,6 @@ class SamplingOptions:
     greedy: bool = False
 
     def check(self, num_vocab: int) -> None:
-        if not (isinstance(self.cfg, (int, float)) and math.isfinite(self.cfg)):
-            raise ArgenError(f"cfg={self.cfg!r} is not a number; pass a guidance scale such as 2.0 (<= 1 turns CFG off)")
-        self.cfg_interval = option_number("cfg_interval", self.cfg_interval, float, "-1")
-        self.temperature = option_number("temperature", self.temperature, float, "1.0")
-        self.top_k = option_number("top_k", self.top_k, int, "1000")
-        self.top_p = option_number("top_p", self.top_p, float, "1.0")
-        self.greedy = option_flag("greedy", self.greedy)
         if self.temperature < 0:
             raise ArgenError(f"temperature={self.temperature} is negative; pass a value >= 0 (1.0 is the default)")
         if not 0 <= int(self.top_k) <= num_vocab:
@@ -352,7 +345,7 @@ def generate_tokens(model: Transformer, labels, opts: SamplingOptions,
 # ----------------------------------------------------------------------------------------------
 # The generator
 # ----------------------------------------------------------------------------------------------
-SAMPLING_OPTIONS = ("cfg", "cfg_interval", "temperature", "top_k", "top_p", "greedy")
+SAMPLING_OPTIONS = tuple(f.name for f in fields(SamplingOptions))
 TEXT_OPTIONS = ("text_encoder", "clean_prompts")  # t2i models only
 
 
@@ -442,8 +435,7 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
         tokenizer_checkpoint = tokenizer_checkpoint or bundled_checkpoint(cfg.tokenizer_name)
     require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
     sampling = {**cfg.sampling, "cfg": cfg.cfg, **{k: v for k, v in options.items() if k in SAMPLING_OPTIONS}}
-    opts = SamplingOptions(**sampling)
-    opts.check(cfg.args.vocab_size)
+    opts = parse_options(SamplingOptions, sampling, f"{name} sampling", num_vocab=cfg.args.vocab_size)
     text_options = {k: options[k] for k in TEXT_OPTIONS if k in options}
     if not isinstance(text_options.get("clean_prompts", True), bool):
         raise ArgenError(f"clean_prompts={text_options['clean_prompts']!r}; expected true (the release's prompt "

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -40,9 +40,9 @@ from accel import flops as fl
 from accel import registry
 from accel.errors import ArgenError
 from accel.generator import BaseGenerator, require_weights, seeded_init
-from accel.options import check_option_names, option_int, option_number
+from accel.options import check_option_names, option_int, parse_options
 from accel.models.mar_diffloss import DiffLoss
-from accel.models.mar_diffusion import RespacedDDPM
+from accel.models.mar_diffusion import TRAIN_STEPS, RespacedDDPM, space_timesteps
 from accel.sampling import randn_rows
 
 # ----------------------------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class Block(nn.Module):
 class MAR(nn.Module):
     def __init__(self, img_size=256, vae_stride=16, patch_size=1, encoder_embed_dim=1024, encoder_depth=16,
                  encoder_num_heads=16, decoder_embed_dim=1024, decoder_depth=16, decoder_num_heads=16, mlp_ratio=4.0,
-                 vae_embed_dim=16, class_num=1000, buffer_size=64, diffloss_d=3, diffloss_w=1024, **_unused):
+                 vae_embed_dim=16, class_num=1000, buffer_size=64, diffloss_d=3, diffloss_w=1024):
         super().__init__()
         self.vae_embed_dim, self.patch_size = vae_embed_dim, patch_size
         self.seq_h = self.seq_w = img_size // vae_stride // patch_size
@@ -287,7 +287,15 @@ def conditions_of(name: str) -> tuple[int | None, bool]:
 def build_model(name: str) -> MAR:
     if name not in CONFIGS:
         raise ArgenError(f"unknown MAR model {name!r}; known: {sorted(CONFIGS)}")
-    return MAR(**CONFIGS[name])
+    return MAR(**network_config(CONFIGS[name]))
+
+
+# what a config holds besides the network's constructor arguments (a misspelt network key is a TypeError)
+NOT_NETWORK = ("tokenizer", "tokenizer_kwargs", "latent_scale", "sampling", "cfg")
+
+
+def network_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in NOT_NETWORK}
 
 
 def randomize_zero_init(model: MAR) -> None:
@@ -311,7 +319,6 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------
 # Generator
 # ----------------------------------------------------------------------------------------------------------
-SAMPLING_OPTIONS = ("num_iter", "cfg", "cfg_schedule", "temperature", "num_sampling_steps", "seed_init")
 
 
 class MARGenerator(BaseGenerator):
@@ -360,26 +367,37 @@ def vae_decode_flops(name: str, latent_shape: tuple[int, ...]) -> float:
 _VAE_FLOPS: dict[tuple, float] = {}
 
 
-def _check_sampling(name: str, num_iter, cfg, cfg_schedule, temperature, num_sampling_steps) -> dict[str, Any]:
-    seq_len = (CONFIGS[name]["img_size"] // CONFIGS[name]["vae_stride"] // CONFIGS[name]["patch_size"]) ** 2
-    num_iter = option_int("num_iter", num_iter, 2, seq_len, hint=f"steps over {name}'s {seq_len} tokens; 64 is "
-                                                                   f"the default, 256 the paper's setting")
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 1.0:
-        raise ArgenError(f"cfg={cfg!r}: expected a guidance scale >= 1 (1 = no guidance; the paper uses "
-                         f"2.9 / 3.0 / 3.2 for base / large / huge)")
-    if cfg_schedule not in ("linear", "constant"):
-        raise ArgenError(f"cfg_schedule={cfg_schedule!r}: expected 'linear' or 'constant'")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ArgenError(f"temperature={temperature!r}: expected a number > 0 (1.0 with CFG, 0.95 without)")
-    try:
-        from accel.models.mar_diffusion import TRAIN_STEPS, space_timesteps
+@dataclass(frozen=True)
+class Sampling:
+    """MAR's sampling options (main_mar.py's evaluation arguments); a config's `sampling` changes the defaults
+    for its model, and `cfg` defaults to the paper's value for the size."""
 
-        space_timesteps(TRAIN_STEPS, num_sampling_steps)
-    except (ValueError, TypeError) as e:
-        raise ArgenError(f"num_sampling_steps={num_sampling_steps!r}: expected a step count from 1 to 1000 "
-                         f"such as 100 (the default), or 'ddimN' ({e})") from None
-    return dict(num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule, temperature=temperature,
-                num_sampling_steps=num_sampling_steps)
+    num_iter: int = 64
+    cfg: float = 1.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+    num_sampling_steps: int | str = 100
+    seed_init: int = 0  # the seed of random_init weights
+
+    def check(self, name: str) -> None:
+        seq_len = (CONFIGS[name]["img_size"] // CONFIGS[name]["vae_stride"] // CONFIGS[name]["patch_size"]) ** 2
+        option_int("num_iter", self.num_iter, 2, seq_len, hint=f"steps over {name}'s {seq_len} tokens; 64 is "
+                                                               f"the default, 256 the paper's setting")
+        if not math.isfinite(self.cfg) or self.cfg < 1.0:
+            raise ArgenError(f"cfg={self.cfg!r}: expected a guidance scale >= 1 (1 = no guidance; the paper uses "
+                             f"2.9 / 3.0 / 3.2 for base / large / huge)")
+        if self.cfg_schedule not in ("linear", "constant"):
+            raise ArgenError(f"cfg_schedule={self.cfg_schedule!r}: expected 'linear' or 'constant'")
+        if not self.temperature > 0:
+            raise ArgenError(f"temperature={self.temperature!r}: expected a number > 0 (1.0 with CFG, 0.95 without)")
+        try:
+            space_timesteps(TRAIN_STEPS, self.num_sampling_steps)
+        except (ValueError, TypeError) as e:
+            raise ArgenError(f"num_sampling_steps={self.num_sampling_steps!r}: expected a step count from 1 to "
+                             f"1000 such as 100 (the default), or 'ddimN' ({e})") from None
+
+
+SAMPLING_OPTIONS = tuple(f.name for f in fields(Sampling))
 
 
 def stored_latent_scale(path: str | None, what: str = "tokenizer_checkpoint") -> float | None:
@@ -430,8 +448,7 @@ def option_names(name: str, accel: str) -> tuple[str, ...]:
 class MARSettings:
     """What make_generator checks and fills in before it loads weights."""
     config: dict[str, Any]
-    sampling: dict[str, Any]
-    seed_init: int
+    sampling: Sampling
     method: Any  # what the method's check returned (new_caches(B) -> (cache, head_cache); stats), or None
     checkpoint: str | None
     tokenizer_checkpoint: str | None
@@ -444,14 +461,14 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
     if name not in CONFIGS:
         raise ArgenError(f"unknown MAR model {name!r}; known: {sorted(CONFIGS)}")
     check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
-    config, options = CONFIGS[name], dict(options)
-    defaults = {**dict(num_iter=64, cfg=config["cfg"], cfg_schedule="linear", temperature=1.0, num_sampling_steps=100),
-                **config["sampling"]}  # a config's own defaults win (mar_toy)
-    sampling = _check_sampling(name, **{k: options.pop(k, v) for k, v in defaults.items()})
-    seed = option_number("seed_init", options.pop("seed_init", 0), int, "0")
+    config = CONFIGS[name]
+    given = {k: v for k, v in options.items() if k in SAMPLING_OPTIONS}
+    sampling = parse_options(Sampling, {"cfg": config["cfg"], **config["sampling"], **given}, f"{name} sampling",
+                             name=name)  # a config's own defaults (mar_toy) before the options
     record, method = registry.method(accel, name), None
     if record is not None:  # the method sees the model's config (depths) and whether CFG runs two branches
-        method = record.check(name, config=config, guided=sampling["cfg"] != 1.0, options=options)
+        method = record.check(name, config=config, guided=sampling.cfg != 1.0,
+                              options={k: v for k, v in options.items() if k not in SAMPLING_OPTIONS})
     if not random_init:  # toy models default to their committed weights
         from accel.toy import bundled_weights
 
@@ -460,7 +477,7 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
         if tokenizer_checkpoint is None and bundled_weights(config["tokenizer"]) is not None:
             tokenizer_checkpoint = str(bundled_weights(config["tokenizer"]))
     require_weights(name, checkpoint, tokenizer_checkpoint, random_init)
-    return MARSettings(config, sampling, seed, method, checkpoint, tokenizer_checkpoint)
+    return MARSettings(config, sampling, method, checkpoint, tokenizer_checkpoint)
 
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
@@ -474,7 +491,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
     from accel.tokenizers.kl_vae import load_kl16
 
     settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options)
-    config, seed = settings.config, settings.seed_init
+    config, seed = settings.config, settings.sampling.seed_init
     checkpoint, tokenizer_checkpoint = settings.checkpoint, settings.tokenizer_checkpoint
     latent_scale = latent_scale_for(name, checkpoint, tokenizer_checkpoint, random_init)
 
@@ -495,4 +512,5 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
     model.to(device).eval()
     tokenizer.to(device).eval()
     return MARGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
-                        method=settings.method, latent_scale=latent_scale, **settings.sampling)
+                        method=settings.method, latent_scale=latent_scale,
+                        **{k: v for k, v in asdict(settings.sampling).items() if k != "seed_init"})

@@ -17,7 +17,7 @@ decides which tokens a sub-layer computes (`TokenHooks` below; accel/methods/fas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Protocol
 
 import torch
@@ -28,7 +28,7 @@ from accel import flops as F_
 from accel import registry
 from accel.errors import ArgenError
 from accel.generator import BaseGenerator, require_weights, seeded_init
-from accel.options import check_option_names, option_flag, option_number
+from accel.options import check_option_names, parse_options
 from accel.checkpoints import check_keys, read_checkpoint, unwrap_state_dict
 from accel.sampling import categorical_rows
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, VQVAE, build_tokenizer
@@ -48,7 +48,7 @@ class VARConfig:
     norm_eps: float = 1e-6
     attn_l2_norm: bool = True
     tokenizer: str = "var_vqvae"
-    sampling: dict = field(default_factory=dict)  # sampling defaults that differ from SAMPLING_DEFAULTS
+    sampling: dict = field(default_factory=dict)  # sampling defaults that differ from Sampling's
 
     @property
     def C(self) -> int:
@@ -80,7 +80,28 @@ CONFIGS: dict[str, VARConfig] = {
                          tokenizer="var_vqvae_toy", sampling={"top_k": 0, "top_p": 0.96, "cfg": 5.0}),
 }
 
-SAMPLING_DEFAULTS = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling options of autoregressive_infer_cfg, with the release's defaults (a config's `sampling`
+    changes them for its model)."""
+
+    cfg: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+    more_smooth: bool = False
+
+    def check(self, vocab_size: int, default_top_k: int) -> None:
+        if self.cfg < 0:
+            raise ArgenError(f"cfg={self.cfg} is negative; the guidance scale must be >= 0 (0 = no guidance; VAR's "
+                             f"FID setting is 1.5)")
+        if not 0 <= self.top_k <= vocab_size:
+            raise ArgenError(f"top_k={self.top_k} is outside [0, {vocab_size}]; use 0 to switch top-k off "
+                             f"(this model's default: {default_top_k})")
+        if not 0 < self.top_p <= 1:
+            raise ArgenError(f"top_p={self.top_p} is outside (0, 1]; use 1.0 to switch top-p off (default 0.96)")
+
+
+SAMPLING_OPTIONS = tuple(f.name for f in fields(Sampling))
 
 
 class TokenHook(Protocol):
@@ -467,24 +488,16 @@ class VARGenerator(BaseGenerator):
 
 
 def check_sampling(options: dict[str, Any], vocab_size: int, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    model_defaults = {**SAMPLING_DEFAULTS, **(defaults or {})}
-    s = {**model_defaults, **options}
-    cfg, top_k = option_number("cfg", s["cfg"], float, "1.5"), option_number("top_k", s["top_k"], int, "900")
-    top_p = option_number("top_p", s["top_p"], float, "0.96")
-    if cfg < 0:
-        raise ArgenError(f"cfg={cfg} is negative; the guidance scale must be >= 0 (0 = no guidance; VAR's FID setting is 1.5)")
-    if not 0 <= top_k <= vocab_size:
-        raise ArgenError(f"top_k={top_k} is outside [0, {vocab_size}]; use 0 to switch top-k off "
-                         f"(this model's default: {model_defaults['top_k']})")
-    if not 0 < top_p <= 1:
-        raise ArgenError(f"top_p={top_p} is outside (0, 1]; use 1.0 to switch top-p off (default 0.96)")
-    return {"cfg": cfg, "top_k": top_k, "top_p": top_p, "more_smooth": option_flag("more_smooth", s["more_smooth"])}
+    """The sampling keywords of autoregressive_infer_cfg: the release's defaults, the model's, then options."""
+    defaults = defaults or {}
+    return asdict(parse_options(Sampling, {**defaults, **options}, "VAR sampling", vocab_size=vocab_size,
+                                default_top_k=defaults.get("top_k", Sampling.top_k)))
 
 
 def option_names(name: str, accel: str) -> tuple[str, ...]:
     """The options make_generator(name, accel=accel) takes; an accel VAR does not support is refused."""
     method = registry.method(accel, name)
-    return (*SAMPLING_DEFAULTS, *(method.option_names if method is not None else ()))
+    return (*SAMPLING_OPTIONS, *(method.option_names if method is not None else ()))
 
 
 @dataclass
@@ -503,7 +516,7 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
     (argen generate runs it before Ray starts; the files themselves may live on the workers only)."""
     cfg = config or _config(name)
     check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
-    sampling = check_sampling({k: v for k, v in options.items() if k in SAMPLING_DEFAULTS}, cfg.vocab_size,
+    sampling = check_sampling({k: v for k, v in options.items() if k in SAMPLING_OPTIONS}, cfg.vocab_size,
                               cfg.sampling)
     record = registry.method(accel, name)
     method = None
