@@ -1,7 +1,7 @@
 """What every family's generator shares: argument checks, per-sample random generators, device and precision,
 the one float -> uint8 rule, timing, and the rule that weights are given or random_init is asked for.
 
-Each family (accel/models/<family>.py) subclasses `BaseGenerator` and implements `_sample`.
+Each family (accel/families/<family>/family.py) subclasses `BaseGenerator` and implements `_sample`.
 """
 from __future__ import annotations
 

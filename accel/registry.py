@@ -1,7 +1,8 @@
 """Families and methods by name: the one path from (model name, accel) to a checked setting and a generator.
 
-A family is a module of accel/models (var, llamagen, mar): its network with the release's sampler, its configs
-(`CONFIGS`), and `build_model`, `conditions_of`, `check_settings`, `make_generator`. A family imports no method.
+A family is a package of accel/families (var, llamagen, mar): its configs (`CONFIGS`), the release's network and
+sampler, the hooks it offers, and `build_model`, `conditions_of`, `check_settings`, `make_generator`. A family
+imports no method.
 
 A method is a `Method` record in a module of accel/methods (`METHODS = (Method(...), ...)`). The registry finds
 the records by listing that package, so adding a method is one new file plus its YAML in jobs/conf/accel/. A
@@ -43,7 +44,7 @@ class Method:
 def family_module(family: str) -> ModuleType:
     if family not in FAMILIES:
         raise ArgenError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
-    return importlib.import_module(f"accel.models.{family}")
+    return importlib.import_module(f"accel.families.{family}")
 
 
 def known_model_names() -> list[str]:

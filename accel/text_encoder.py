@@ -10,7 +10,7 @@ What LlamaGen's t2i samplers do with a batch of prompts, and what `T5TextEncoder
   4. left padding (`left_pad`): rotate each row so its prompt tokens sit at the end of the window,
      flip the mask to match, and zero the features of the padding positions.
 
-The generator then attends only to the prompt positions (accel.models.llamagen: the mask hides the
+The generator then attends only to the prompt positions (accel.families.llamagen: the mask hides the
 padding keys, and every padding position still sees itself).
 
 The encoder is read from a local directory (`model.text_encoder=/path`), never downloaded here. It

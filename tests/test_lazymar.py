@@ -10,7 +10,7 @@ import torch
 from accel import flops as fl
 from accel.api import ArgenError, load_generator, seeded_generators
 from accel.methods.lazymar import LazyMAR
-from accel.models import mar
+from accel.families import mar
 
 SAMPLING = dict(num_iter=8, num_sampling_steps=4, cfg=3.0)
 EVERY_STEP = dict(refresh_interval=1, head_refresh_interval=1)
@@ -95,7 +95,7 @@ def test_lazy_flops_match_torch_flop_counter(monkeypatch):
 
     from accel.flops import FlopCounter
 
-    monkeypatch.setattr(mar.F, "scaled_dot_product_attention",
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, -1) @ v)
     method = LazyMAR(mar.CONFIGS["mar_tiny"], guided=True, warmup_steps=1, refresh_interval=3)
     cache, head = method.new_caches(2)

@@ -6,8 +6,8 @@ import torch
 from accel.api import ArgenError, load_generator
 from accel.flops import FlopCounter
 from accel.models import build_model as registry_build_model
-from accel.models import llamagen as lg
-from accel.models import llamagen_gpt as gpt
+from accel.families import llamagen as lg
+from accel.families.llamagen import network as gpt
 from accel.tokenizers import build_tokenizer
 
 

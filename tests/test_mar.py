@@ -10,8 +10,9 @@ import torch
 
 from accel import flops as fl
 from accel.api import ArgenError, load_generator
-from accel.models import build_model, mar
-from accel.models.mar_diffusion import RespacedDDPM, cosine_betas, space_timesteps
+from accel.families import mar
+from accel.models import build_model
+from accel.families.mar.diffusion import RespacedDDPM, cosine_betas, space_timesteps
 from accel.tokenizers import build_tokenizer
 
 FAST = dict(num_iter=4, num_sampling_steps=3)
@@ -291,7 +292,7 @@ def test_flop_formulas_match_torch_flop_counter(monkeypatch):
     from accel.flops import FlopCounter
 
     # torch's counter does not see the fused CPU attention kernel; count the same math as two matmuls
-    monkeypatch.setattr(mar.F, "scaled_dot_product_attention", math_attention)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", math_attention)
     model = build_model("mar_tiny").eval()
     gens = [torch.Generator().manual_seed(s) for s in range(2)]
     ours = FlopCounter()

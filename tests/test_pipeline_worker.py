@@ -107,7 +107,7 @@ def test_features_at_the_models_evaluation_size(tmp_path, worker_factory):
     import torch.nn.functional as F
 
     from accel.api import to_uint8
-    from accel.models.llamagen import CONFIGS
+    from accel.families.llamagen import CONFIGS
     from pipeline import quality
 
     assert CONFIGS["llamagen_xl_384"].eval_image_size == 256 and CONFIGS["llamagen_xl"].eval_image_size is None

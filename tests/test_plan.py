@@ -167,7 +167,7 @@ def test_every_class_conditional_model_knows_its_classes():
     from accel.models import conditions_of
 
     for family in ("var", "llamagen", "mar"):
-        for name in importlib.import_module(f"accel.models.{family}").CONFIGS:
+        for name in importlib.import_module(f"accel.families.{family}").CONFIGS:
             n, takes_prompts = conditions_of(name)
             assert (n is None) == takes_prompts, (name, n, takes_prompts)
             if not takes_prompts:

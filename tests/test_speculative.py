@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 from accel.api import ArgenError, load_generator
 from accel.methods import speculative as sp
 from accel.methods.lantern import LanternRule
-from accel.models import llamagen as lg
+from accel.families import llamagen as lg
 
 
 

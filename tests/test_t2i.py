@@ -9,7 +9,7 @@ from accel.flops import FlopCounter
 from accel.methods import speculative as sp
 from accel.methods.lantern import LanternRule
 from accel.models import build_model as registry_build_model
-from accel.models import llamagen as lg
+from accel.families import llamagen as lg
 
 
 

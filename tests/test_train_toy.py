@@ -79,7 +79,7 @@ def test_mar_entry_points_write_loadable_weights(tmp_path):
     record = _record(tmp_path, "mar_toy")
     assert record["init"]["earlier_record"]["steps"] == 2 and record["steps"] == 0
     assert record["head_refinement"]["head_check_before"]["eps_mse_at_t"]
-    from accel.models.mar import latent_scale_for
+    from accel.families.mar import latent_scale_for
 
     ckpt, tok = str(tmp_path / "mar_toy.safetensors"), str(tmp_path / "mar_kl_toy.safetensors")
     assert latent_scale_for("mar_toy", ckpt, tok, random_init=False) == pytest.approx(scale)
@@ -155,7 +155,7 @@ def test_head_refinement_sharpens_the_head_near_T():
     import torch
 
     from accel.api import seeded_init
-    from accel.models.mar import build_model, randomize_zero_init
+    from accel.families.mar import build_model, randomize_zero_init
     from training.mar import TrainingDiffusion, cached_conditions, refine_head
 
     diffusion = TrainingDiffusion()

@@ -7,7 +7,7 @@ import torch
 
 from accel.api import ArgenError, load_generator
 from accel.models import build_model, known_model_names
-from accel.models import var as V
+from accel.families import var as V
 from accel.tokenizers import build_tokenizer
 
 OFFICIAL = {"var_d16": (16, 1024, 680, False), "var_d20": (20, 1280, 680, False), "var_d24": (24, 1536, 680, False),

@@ -153,7 +153,7 @@ def load_toy_tokenizer(out_dir: Path):
 
 def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[str, float]) -> None:
     from accel.api import seeded_init
-    from accel.models.llamagen import Transformer, get_config
+    from accel.families.llamagen import Transformer, get_config
 
     threads = _threads(opts)
     cfg = get_config(name)

@@ -5,7 +5,7 @@ mar-tokenizer  mar_kl_toy: MAR's KL autoencoder layout (accel/tokenizers/kl_vae.
                plus a small KL term (no perceptual or GAN loss). Afterwards the latent scale factor is measured
                as 1 / std of posterior samples over training images (MAR's 0.2325 for kl16 is the same
                statistic over ImageNet; no mean shift) and stored in the weights' metadata.
-mar            mar_toy: MAR (accel/models/mar.py) with fewer, narrower layers, on the scaled latents of the
+mar            mar_toy: MAR (accel/families/mar) with fewer, narrower layers, on the scaled latents of the
                trained tokenizer, with the official objective (see `mar_loss`); then the diffusion head alone
                is refined near t = 999, where the sampler needs it precise (see `refine_head`).
 
@@ -157,7 +157,7 @@ class TrainingDiffusion:
     discretised Gaussian NLL), each averaged over the token's channels. Constants in float64, used as float32."""
 
     def __init__(self, num_steps: int = 1000):
-        from accel.models.mar_diffusion import cosine_betas
+        from accel.families.mar.diffusion import cosine_betas
 
         betas = cosine_betas(num_steps)
         ac = np.cumprod(1.0 - betas)
@@ -322,7 +322,7 @@ def head_check(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tenso
     diverges. Reported: the eps MSE at a few timesteps on held-out tokens (half of each image masked,
     conditions from the transformer), and the RMS error and RMS size of the tokens that the sampler's chain
     produces from those conditions (real tokens have RMS ~1)."""
-    from accel.models.mar_diffusion import RespacedDDPM
+    from accel.families.mar.diffusion import RespacedDDPM
 
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -419,7 +419,7 @@ def train_mar(opts: dict[str, str]) -> None:
     """
     from accel.api import seeded_init
     from accel.checkpoints import load_strict, read_checkpoint
-    from accel.models.mar import CONFIGS, build_model
+    from accel.families.mar import CONFIGS, build_model
     from accel.tokenizers import build_tokenizer
 
     torch.set_num_threads(int(opts.get("threads", 2)))
@@ -432,7 +432,7 @@ def train_mar(opts: dict[str, str]) -> None:
     vae_path = out_dir / f"{cfg['tokenizer']}.safetensors"
     if not vae_path.exists():
         raise SystemExit(f"{vae_path} does not exist: run `argen train-toy mar-tokenizer` first")
-    from accel.models.mar import stored_latent_scale
+    from accel.families.mar import stored_latent_scale
 
     latent_scale = stored_latent_scale(str(vae_path))
     if latent_scale is None:

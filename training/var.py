@@ -79,7 +79,7 @@ def train_var(opts: dict[str, str]) -> None:
     record then carries the earlier run's record, so the total training is on file."""
     from accel.api import seeded_init
     from accel.checkpoints import read_checkpoint
-    from accel.models.var import CONFIGS, VAR
+    from accel.families.var import CONFIGS, VAR
     from accel.tokenizers.msvq import build_tokenizer
 
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))

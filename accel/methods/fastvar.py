@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from accel.errors import ArgenError
-from accel.models.var import VARConfig
+from accel.families.var import VARConfig
 from accel.options import option_number
 from accel.registry import Method
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512
@@ -192,7 +192,7 @@ class ScaleTokens:
 
 
 class BlockTokens:
-    """The TokenHook of one block at one scale (see accel.models.var.TokenHook)."""
+    """The TokenHook of one block at one scale (accel.families.var.hooks.TokenHook)."""
 
     def __init__(self, scale: ScaleTokens, block: int):
         self.scale, self.block_idx = scale, block

@@ -162,7 +162,7 @@ class LazyMAR:
 
 
 class TransformerCache:
-    """Token cache and condition cache for one generate() call (the `cache` hooks of accel/models/mar.py)."""
+    """Token cache and condition cache for one generate() call (the TransformerCache hooks of accel/families/mar/hooks.py)."""
 
     def __init__(self, method: LazyMAR, batch: int):
         c, mc = method.config, method.model_config
@@ -332,7 +332,7 @@ class DecoderLayer:
 
 
 class HeadCache:
-    """The diffusion head's cache for one generate() call (the `head_cache` hooks of accel/models/mar.py)."""
+    """The diffusion head's cache for one generate() call (the HeadCache hooks of accel/families/mar/hooks.py)."""
 
     def __init__(self, method: LazyMAR):
         c = method.config

@@ -13,7 +13,7 @@ size. Each step, per row:
      norm(max(0, p - q)); if every allowed draft is kept a bonus token is drawn from p_gamma;
   4. every row advances by its own a + 1 tokens. The KV caches index keys by position and a query only
      sees keys at positions <= its own, so rolling a row back is just setting its length
-     (accel.models.llamagen_gpt.KVCache).
+     (accel.families.llamagen.network.KVCache).
 
 Greedy mode (greedy=True) replaces the draws by argmax: a draft is kept while it equals the argmax of
 the target (with p(d) replaced by p~(d) under LANTERN), which reproduces plain greedy decoding exactly
@@ -62,7 +62,7 @@ import torch
 
 from accel import flops as F_
 from accel.errors import ArgenError
-from accel.models import llamagen as lg
+from accel.families import llamagen as lg
 from accel.options import option_int
 from accel.registry import Method
 from accel.sampling import categorical_rows

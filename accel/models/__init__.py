@@ -1,8 +1,6 @@
-"""Generator networks, one module per family, in the official state_dict layout.
-
-Each family module exposes `CONFIGS` (model name -> config), `build_model(name)` (the network alone,
-buildable under torch.device("meta")), `conditions_of(name)` (number of classes, takes prompts),
-`check_settings(...)` and `make_generator(name, accel=..., ...)`. Names resolve through accel.registry.
+"""`accel.models.build_model(name)`: the generator network of any model name, in the official state_dict
+layout (buildable under torch.device("meta")). The families themselves are packages of accel/families/;
+names resolve through accel.registry.
 """
 from __future__ import annotations
 

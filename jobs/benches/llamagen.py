@@ -30,7 +30,7 @@ import torch
 
 from accel.api import load_generator
 from accel.flops import FlopCounter
-from accel.models import llamagen as lg
+from accel.families import llamagen as lg
 
 METHODS = {  # name: (accel, options)
     "none": ("none", {}),

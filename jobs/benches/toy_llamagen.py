@@ -17,7 +17,7 @@ and reports, against plain AR:
 
 The last row is plain AR again on other seeds: the seed noise of fid_change and of the wall-clock ratio.
 
-The sampling settings are the model's defaults (accel.models.llamagen CONFIGS["llamagen_toy"]) for every
+The sampling settings are the model's defaults (accel/families/llamagen/configs.py CONFIGS["llamagen_toy"]) for every
 method, so exact speculative decoding samples the same distribution as plain AR.
 
 `argen bench toy` (jobs/benches/toy.py) calls table_rows(); `python -m jobs.benches.toy_llamagen n=2000`

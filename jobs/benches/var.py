@@ -19,7 +19,7 @@ import statistics
 import numpy as np
 import torch
 
-from accel.models.var import config_with, make_generator
+from accel.families.var import config_with, make_generator
 from accel.tokenizers.msvq import PATCH_NUMS_512
 
 SETUPS = {

@@ -3,7 +3,7 @@
 Each token's 16 latent channels are denoised given its condition vector z from the MAR decoder: a small
 MLP of residual blocks with adaLN modulation (shift, scale, gate from the timestep embedding + z), a
 final adaLN layer predicting eps and the learned variance. Sampling runs the respaced DDPM of
-accel/models/mar_diffusion.py. Module names are the `diffloss.net.*` keys of the released checkpoints.
+diffusion.py. Module names are the `diffloss.net.*` keys of the released checkpoints.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from accel import flops as fl
-from accel.models.mar_diffusion import RespacedDDPM
+from accel.families.mar.diffusion import RespacedDDPM
+from accel.families.mar.hooks import HeadCache
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ class ResBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, channels))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, cache=None, index: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, cache: HeadCache | None = None, index: int = 0) -> torch.Tensor:
         n, w = x.shape
         shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(y).chunk(3, dim=-1)
         fl.count("head", fl.linear(n, w, 3 * w))
@@ -103,7 +104,8 @@ class SimpleMLPAdaLN(nn.Module):
             nn.init.constant_(layer.weight, 0)
             nn.init.constant_(layer.bias, 0)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cache: HeadCache | None = None
+                ) -> torch.Tensor:
         """x [N, 16] noisy latents, t [N] timesteps, c [N, D] conditions from the transformer -> [N, 32]."""
         n = x.shape[0]
         fl.count("head", fl.linear(n, self.in_channels, self.model_channels) + fl.linear(n, c.shape[1], self.model_channels))
@@ -129,7 +131,7 @@ class DiffLoss(nn.Module):
         self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth)  # eps + variance
 
     def sample(self, z: torch.Tensor, noise: torch.Tensor, ddpm: RespacedDDPM, temperature: float = 1.0,
-               cfg: float | torch.Tensor = 1.0, guided: bool = False, cache=None) -> torch.Tensor:
+               cfg: float | torch.Tensor = 1.0, guided: bool = False, cache: HeadCache | None = None) -> torch.Tensor:
         """Denoise one latent per row of z.
 
         Guided (`guided=True`): z = [z_cond; z_uncond] (2n rows) and the result has n rows (the conditional

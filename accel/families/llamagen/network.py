@@ -3,7 +3,8 @@
 Condition tokens (a class embedding, or FLAN-T5 caption features through an MLP), then the image
 tokens in raster order; 2D RoPE on interleaved pairs (zero on condition positions), SwiGLU, RMSNorm in
 fp32, no biases. Module names are the state_dict keys of the released c2i_*.pt / t2i_*.pt files. The
-configs, weight loading, the official sampling loop and the generator are in accel/models/llamagen.py.
+configs are in configs.py, the official sampling loop in sample.py, weight loading and the generator in
+family.py.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 
 from accel import flops as F_
 from accel.errors import ArgenError
-
 
 T2I_NULL_ROWS = 120  # rows of the stored null caption (the release's CaptionEmbedder token_num)
 
