@@ -102,6 +102,7 @@ def cosine_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+@torch.no_grad()
 def toy_codes(tokenizer_name: str, encode: Callable[[torch.Tensor], list[torch.Tensor]], seed: int, count: int,
               weights: Path) -> list[torch.Tensor]:
     """Code indices of ToyShapes(seed)[:count] under a trained tokenizer, cached by the weights' hash."""

@@ -71,7 +71,6 @@ def _psnr(vae: torch.nn.Module, images: np.ndarray) -> float:
     return 10 * np.log10(1 / mse)
 
 
-@torch.no_grad()
 def train_var(opts: dict[str, str]) -> None:
     """argen train-toy var [seed=0 train=30000 steps=1600 batch=32 lr=1e-3 bf16=1 threads=N init=PATH]
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from accel.errors import ArgenError
 from accel.flops import count
-from accel.options import option_flag, option_int
+from accel.options import option_int, parse_options
 from accel.registry import Method
 
 # Upstream's 64-entry RETAIN_RATIO_SCHEDULE as (progress from which it applies, ratio): steps 0-19 keep all,
@@ -93,39 +93,34 @@ def _retain_schedule(value: Any) -> tuple[tuple[float, float], ...]:
     return tuple(pairs)
 
 
-def parse_options(model_config: dict, guided: bool, **options) -> LazyMARConfig:
-    """Validated settings; unknown names are rejected by the caller (accel.options.check_option_names)."""
-    d = dataclasses.asdict(LazyMARConfig())
-    d.update(options)
+def check_options(model_config: dict, guided: bool, **options) -> LazyMARConfig:
+    """The settings for one MAR model: names and types through accel.options, then the ranges its depths allow."""
+    c = parse_options(LazyMARConfig, options, "accel=lazymar")
     dec_depth, head_depth = model_config["decoder_depth"], model_config["diffloss_d"]
-    for name in ("token_cache", "condition_cache", "head_cache"):
-        d[name] = option_flag(name, d[name])
-    d["warmup_steps"] = option_int("warmup_steps", d["warmup_steps"], 0, hint="full steps before caching starts")
-    d["refresh_interval"] = option_int("refresh_interval", d["refresh_interval"], 1, hint="1 = every step is full")
-    d["select_layer"] = option_int("select_layer", d["select_layer"], 0, dec_depth - 1,
-                                   hint=f"a decoder layer index; this model has {dec_depth} decoder layers")
-    d["keep_slack"] = option_int("keep_slack", d["keep_slack"], 0)
-    d["head_refresh_interval"] = option_int("head_refresh_interval", d["head_refresh_interval"], 1,
-                                            hint="1 = every DDPM timestep is full")
-    hw = d["head_warmup"]
-    if isinstance(hw, bool) or not isinstance(hw, (int, float)) or not 0.0 <= hw <= 1.0:
-        raise ArgenError(f"lazymar option head_warmup={hw!r}: expected a fraction of the DDPM chain in [0, 1]")
-    d["head_warmup"] = float(hw)
+    option_int("warmup_steps", c.warmup_steps, 0, hint="full steps before caching starts")
+    option_int("refresh_interval", c.refresh_interval, 1, hint="1 = every step is full")
+    option_int("select_layer", c.select_layer, 0, dec_depth - 1,
+               hint=f"a decoder layer index; this model has {dec_depth} decoder layers")
+    option_int("keep_slack", c.keep_slack, 0)
+    option_int("head_refresh_interval", c.head_refresh_interval, 1, hint="1 = every DDPM timestep is full")
+    if not 0.0 <= c.head_warmup <= 1.0:
+        raise ArgenError(f"lazymar option head_warmup={c.head_warmup!r}: expected a fraction of the DDPM chain in "
+                         f"[0, 1]")
     try:
-        blocks = tuple(sorted({int(b) for b in d["head_skip_blocks"]}))
+        blocks = tuple(sorted({int(b) for b in c.head_skip_blocks}))
     except (TypeError, ValueError):
         blocks = None
     if blocks is None or any(not 0 <= b < head_depth for b in blocks):
-        raise ArgenError(f"lazymar option head_skip_blocks={d['head_skip_blocks']!r}: expected a list of head block "
+        raise ArgenError(f"lazymar option head_skip_blocks={c.head_skip_blocks!r}: expected a list of head block "
                          f"indices in [0, {head_depth}) (this model's head has {head_depth} blocks)")
-    d["head_skip_blocks"] = blocks
-    d["retain_schedule"] = _retain_schedule(d["retain_schedule"])
-    if d["condition_cache"] and not guided:
+    condition_cache = c.condition_cache
+    if condition_cache and not guided:
         warnings.warn("lazymar: condition_cache needs the two CFG branches (conditional and unconditional), but "
                       "cfg=1.0 runs only one, so the condition cache is switched off (and the head cache does not "
                       "cache a CFG difference). Set cfg > 1, or condition_cache=false to silence this warning.")
-        d["condition_cache"] = False
-    return LazyMARConfig(**d)
+        condition_cache = False
+    return dataclasses.replace(c, head_skip_blocks=blocks, retain_schedule=_retain_schedule(c.retain_schedule),
+                               condition_cache=condition_cache)
 
 
 class LazyMAR:
@@ -134,7 +129,7 @@ class LazyMAR:
     def __init__(self, model_config: dict, guided: bool, **options):
         self.model_config = model_config
         self.guided = guided
-        self.config = parse_options(model_config, guided, **options)
+        self.config = check_options(model_config, guided, **options)
 
     def is_full_step(self, step: int) -> bool:
         c = self.config

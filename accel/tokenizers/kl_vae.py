@@ -15,7 +15,8 @@ import warnings
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from accel.tokenizers.blocks import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, swish
 
 LATENT_SCALE = 0.2325  # 1 / std of the ImageNet latents; no mean shift
 CONFIGS = {
@@ -26,73 +27,6 @@ CONFIGS = {
     # is 0.2325) is measured after training and stored in the weights' metadata ("latent_scale").
     "mar_kl_toy": dict(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, resolution=32),
 }
-
-
-def Normalize(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
-
-
-def swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = Normalize(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = Normalize(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
-        if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(swish(self.norm2(h)))  # dropout 0
-        if self.in_channels != self.out_channels:
-            x = self.nin_shortcut(x)
-        return x + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over the pixels of a feature map (1x1 conv projections)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = Normalize(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        q, k, v = self.q(h), self.k(h), self.v(h)
-        b, c, hh, ww = q.shape
-        q = q.reshape(b, c, hh * ww).permute(0, 2, 1)             # b, hw, c
-        w = torch.bmm(q, k.reshape(b, c, hh * ww)) * c ** -0.5    # b, hw(q), hw(k)
-        w = F.softmax(w, dim=2)
-        h = torch.bmm(v.reshape(b, c, hh * ww), w.permute(0, 2, 1)).reshape(b, c, hh, ww)
-        return x + self.proj_out(h)
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 2, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric padding, then stride 2
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Encoder(nn.Module):

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel.errors import ArgenError
+from accel.tokenizers.blocks import Downsample, Normalize, Upsample
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
@@ -48,16 +49,12 @@ TOKENIZER_CONFIGS = {
 # ---------------------------------------------------------------------------------------------
 # convolutional encoder / decoder (LDM layout)
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
-
-
 class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = Normalize(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = Normalize(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -72,7 +69,7 @@ class AttnBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = Normalize(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -82,24 +79,6 @@ class AttnBlock(nn.Module):
         attn = torch.softmax(torch.bmm(q.transpose(1, 2), k) * C ** -0.5, dim=-1)  # [B, HW(q), HW(k)]
         h = torch.bmm(v, attn.transpose(1, 2)).reshape(B, C, H, W)
         return x + self.proj_out(h)
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 2, 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as in LDM
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class Encoder(nn.Module):
@@ -124,7 +103,7 @@ class Encoder(nn.Module):
         self.mid.block_1 = ResnetBlock(block_in, block_in)
         self.mid.attn_1 = AttnBlock(block_in)
         self.mid.block_2 = ResnetBlock(block_in, block_in)
-        self.norm_out = group_norm(block_in)
+        self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +142,7 @@ class Decoder(nn.Module):
                 stage.upsample = Upsample(block_in)
             stages.insert(0, stage)
         self.up = nn.ModuleList(stages)
-        self.norm_out = group_norm(block_in)
+        self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
