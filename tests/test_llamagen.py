@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from accel.api import ArgenError, load_generator
-from accel.flops import FlopCounter
 from accel.models import build_model as registry_build_model
 from accel.families import llamagen as lg
 from accel.families.llamagen import network as gpt
@@ -124,7 +123,7 @@ def test_cached_decoding_equals_full_forward(tiny):
     with torch.no_grad():
         full = tiny(tokens, labels)  # [B, 1 + N, V]
         opts = lg.SamplingOptions(cfg=1.0)
-        run = lg.CFGModel(tiny, opts, B, 1 + N, FlopCounter(), "t")
+        run = lg.CFGModel(tiny, opts, B, 1 + N, "t")
         first = run.prefill(labels)
         # one token at a time for the first 20 tokens
         step = [run.decode(tokens[:, t:t + 1], torch.full((B, 1), t))[:, 0] for t in range(20)]
@@ -144,7 +143,7 @@ def test_per_row_positions_and_rollback(tiny):
     tokens = torch.randint(0, 16384, (B, N))
     with torch.no_grad():
         full = tiny(tokens, labels)
-        run = lg.CFGModel(tiny, lg.SamplingOptions(cfg=1.0), B, 1 + N + 8, FlopCounter(), "t")
+        run = lg.CFGModel(tiny, lg.SamplingOptions(cfg=1.0), B, 1 + N + 8, "t")
         run.prefill(labels)
         run.decode(tokens[:, :10], torch.arange(10)[None].expand(B, -1))
         # write garbage at token indices 10..17 for both rows (a rejected draft)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from accel.api import ArgenError
-from accel.flops import FlopCounter
 from accel.methods import speculative as sp
 from accel.methods.lantern import LanternRule
 from accel.models import build_model as registry_build_model
@@ -103,7 +102,7 @@ def test_full_and_cached_forward_follow_the_release_mask(pair):
             h = layer(h, freqs, mask)
         ref = model.output(model.norm(h)).float()
         full = model(tokens, cond.features, cond_mask=cond.mask)
-        run = lg.CFGModel(model, lg.SamplingOptions(cfg=1.0), B, T + N, FlopCounter(), "t")
+        run = lg.CFGModel(model, lg.SamplingOptions(cfg=1.0), B, T + N, "t")
         first = run.prefill(cond)
         steps = run.decode(tokens[:, :N - 1], torch.arange(N - 1)[None].expand(B, -1))
     assert torch.allclose(full, ref, atol=1e-5)
@@ -132,7 +131,7 @@ def test_null_condition_is_the_stored_embedding_under_the_prompt_mask(pair):
     null = model.cls_embedding.uncond_embedding[:12].expand(2, -1, -1)
     assert model.cls_embedding.uncond_embedding.shape == (120, 24)  # the release keeps 120 rows
     with torch.no_grad():
-        guided = lg.CFGModel(model, opts, 2, 12 + 64, FlopCounter(), "t").prefill(cond)
+        guided = lg.CFGModel(model, opts, 2, 12 + 64, "t").prefill(cond)
         c = model(torch.zeros(2, 0, dtype=torch.long), cond.features, cond_mask=cond.mask)[:, -1]
         u = model(torch.zeros(2, 0, dtype=torch.long), null, cond_mask=cond.mask)[:, -1]
     assert torch.allclose(guided, u + 7.5 * (c - u), atol=1e-4)

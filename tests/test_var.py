@@ -154,13 +154,14 @@ def test_analytic_flops_match_torch_flop_counter(tiny):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from accel.flops import FlopCounter
+    from accel.flops import FlopCounter, counting
 
     counter = FlopCounter()
     gens = [torch.Generator().manual_seed(0)]
     # the math backend spells attention out as matmuls, which the counter sees (the CPU kernel it does not)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as measured:
-        tiny.model.autoregressive_infer_cfg(tiny.vae.quantize, torch.tensor([1]), gens, top_k=1, flops=counter)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as measured, \
+            counting(counter):
+        tiny.model.autoregressive_infer_cfg(tiny.vae.quantize, torch.tensor([1]), gens, top_k=1)
     # ours leaves out the AdaLN projections and the phi convolutions (under 2% here)
     assert counter.total == pytest.approx(measured.get_total_flops(), rel=0.02)
     assert counter.total < measured.get_total_flops()

@@ -60,7 +60,6 @@ from dataclasses import dataclass
 
 import torch
 
-from accel import flops as F_
 from accel.errors import ArgenError
 from accel.families import llamagen as lg
 from accel.options import option_int
@@ -182,10 +181,10 @@ class ModelDrafter:
     def __init__(self, model: lg.Transformer, gamma: int, draft_mode: str = "sample"):
         self.model, self.gamma, self.draft_mode = model, gamma, draft_mode
 
-    def start(self, labels, seq, opts: lg.SamplingOptions, generators, flops: F_.FlopCounter, vocab: int) -> None:
+    def start(self, labels, seq, opts: lg.SamplingOptions, generators, vocab: int) -> None:
         B, N = seq.shape
         self.opts, self.generators = opts, generators
-        self.runner = lg.CFGModel(self.model, opts, B, self.model.cls_token_num + N + self.gamma + 2, flops, "drafter")
+        self.runner = lg.CFGModel(self.model, opts, B, self.model.cls_token_num + N + self.gamma + 2, "drafter")
         self.runner.prefill(labels)
         self.forwards = torch.ones(B)  # per row, counted while the row is active
         self.count = torch.zeros(B, dtype=torch.long, device=seq.device)  # image tokens in the drafter's cache
@@ -226,7 +225,7 @@ class JacobiDrafter:
     def __init__(self, window: int, init: str = "random", draft_mode: str = "sample"):
         self.gamma, self.init, self.draft_mode = window, init, draft_mode
 
-    def start(self, labels, seq, opts: lg.SamplingOptions, generators, flops, vocab: int) -> None:
+    def start(self, labels, seq, opts: lg.SamplingOptions, generators, vocab: int) -> None:
         B, self.N = seq.shape
         self.opts, self.generators, self.vocab = opts, generators, vocab
         self.grid = int(round(self.N ** 0.5))
@@ -293,18 +292,18 @@ class SpeculativeDecoder:
         self.target, self.drafter, self.rule, self.opts = target, drafter, rule, opts
 
     @torch.no_grad()
-    def generate(self, labels, generators: list[torch.Generator], flops: F_.FlopCounter | None = None):
-        """labels: class ids [B] (c2i) or a TextCondition (t2i) -> (tokens [B, N], counters)."""
-        flops = flops if flops is not None else F_.FlopCounter()
+    def generate(self, labels, generators: list[torch.Generator]):
+        """labels: class ids [B] (c2i) or a TextCondition (t2i) -> (tokens [B, N], counters); FLOPs are counted
+        into the scope of accel.flops.counting, where one is open."""
         opts, target, drafter = self.opts, self.target, self.drafter
         B, N, G, device = len(labels), target.block_size, drafter.gamma, labels.device
         if len(generators) != B:
             raise ArgenError(f"{B} labels but {len(generators)} generators")
-        runner = lg.CFGModel(target, opts, B, target.cls_token_num + N + G + 2, flops, "target")
+        runner = lg.CFGModel(target, opts, B, target.cls_token_num + N + G + 2, "target")
         seq = torch.zeros(B, N, dtype=torch.long, device=device)
         seq[:, 0] = lg.pick(lg.logits_to_probs(runner.prefill(labels), opts), opts, generators)
         n = torch.ones(B, dtype=torch.long, device=device)  # committed tokens per row
-        drafter.start(labels, seq, opts, generators, flops, target.vocab_size)
+        drafter.start(labels, seq, opts, generators, target.vocab_size)
         target_forwards = torch.ones(B)
         steps = drafted = accepted_total = 0
         while True:

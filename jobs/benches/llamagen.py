@@ -29,7 +29,7 @@ import time
 import torch
 
 from accel.api import load_generator
-from accel.flops import FlopCounter
+from accel.flops import FlopCounter, counting
 from accel.families import llamagen as lg
 
 METHODS = {  # name: (accel, options)
@@ -66,13 +66,13 @@ def tokens_only(gen, cond, seeds: list[int]):
     if gen.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with torch.inference_mode(), gen.autocast():
+    with torch.inference_mode(), gen.autocast(), counting(flops):
         if gen.decoder is None:
-            lg.generate_tokens(gen.model, cond, gen.opts, generators, flops)
+            lg.generate_tokens(gen.model, cond, gen.opts, generators)
             counters = {"accepted_length": 1.0, "target_forwards_per_image": float(gen.model.block_size),
                         "target_forward_calls": float(gen.model.block_size), "drafter_forwards_per_image": 0.0}
         else:
-            _, counters = gen.decoder.generate(cond, generators, flops)
+            _, counters = gen.decoder.generate(cond, generators)
     if gen.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, {**counters, **flops.per_image(len(seeds))}

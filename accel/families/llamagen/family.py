@@ -92,42 +92,38 @@ class LlamaGenGenerator(BaseGenerator):
         self.conditions_are_prompts = config.takes_prompts
         self.eval_image_size = config.eval_image_size
 
-    def encode_prompts(self, prompts: list[str], flops: F_.FlopCounter | None = None) -> tuple[TextCondition, dict]:
+    def encode_prompts(self, prompts: list[str]) -> tuple[TextCondition, dict]:
         """Prompts -> the t2i condition (T5 features, left-padded, in one batch) and its counters."""
         enc = self.text_encoder.encode(prompts)
-        if flops is not None:
-            flops.add("text_encoder", self.text_encoder.flops_per_prompt * len(prompts))
+        F_.count("text_encoder", self.text_encoder.flops_per_prompt * len(prompts))
         cond = TextCondition(enc.features, enc.mask)
         return cond, {"prompt_truncated_fraction": sum(enc.truncated) / len(prompts),
                       "prompt_tokens": sum(min(n, self.text_encoder.window) for n in enc.lengths) / len(prompts)}
 
     def _sample(self, conditions, generators):
-        flops = F_.FlopCounter()
         B, N = len(conditions), self.model.block_size
         text_counters: dict = {}
-        if self.config.takes_prompts:
-            cond, text_counters = self.encode_prompts(conditions, flops)
-        else:
-            cond = torch.tensor(conditions, dtype=torch.long, device=self.device)
-        if self.decoder is None:
-            tokens = generate_tokens(self.model, cond, self.opts, generators, flops)
-            counters = {"accepted_length": 1.0, "target_forwards_per_image": float(N),
-                        "target_forward_calls": float(N), "drafter_forwards_per_image": 0.0}
-        else:
-            tokens, counters = self.decoder.generate(cond, generators, flops)
-        with torch.autocast(self.device.type, enabled=False):  # the release decodes in fp32, outside autocast
-            images = decode_tokens(self.tokenizer, tokens, self.config.grid, flops)
+        with F_.counting(F_.FlopCounter()) as flops:
+            if self.config.takes_prompts:
+                cond, text_counters = self.encode_prompts(conditions)
+            else:
+                cond = torch.tensor(conditions, dtype=torch.long, device=self.device)
+            if self.decoder is None:
+                tokens = generate_tokens(self.model, cond, self.opts, generators)
+                counters = {"accepted_length": 1.0, "target_forwards_per_image": float(N),
+                            "target_forward_calls": float(N), "drafter_forwards_per_image": 0.0}
+            else:
+                tokens, counters = self.decoder.generate(cond, generators)
+            with torch.autocast(self.device.type, enabled=False):  # the release decodes in fp32, outside autocast
+                images = decode_tokens(self.tokenizer, tokens, self.config.grid)
         return images.float().clamp(-1, 1), {**flops.per_image(B), **counters, **text_counters}
 
 
-def decode_tokens(tokenizer, tokens: torch.Tensor, grid: int, flops: F_.FlopCounter | None = None) -> torch.Tensor:
+def decode_tokens(tokenizer, tokens: torch.Tensor, grid: int) -> torch.Tensor:
     B = tokens.shape[0]
     embed_dim = tokenizer.quantize.embedding.weight.shape[1]
-    if flops is not None:
-        from accel.flops import measured_flops
-
-        key = ("llamagen_vq16", tokenizer.config_key, grid)
-        flops.add("tokenizer", B * measured_flops(key, tokenizer, (1, embed_dim, grid, grid), method="decode"))
+    key = ("llamagen_vq16", tokenizer.config_key, grid)
+    F_.count("tokenizer", B * F_.measured_flops(key, tokenizer, (1, embed_dim, grid, grid), method="decode"))
     return tokenizer.decode_code(tokens, (B, embed_dim, grid, grid))
 
 
@@ -197,7 +193,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
     tokenizer = load_tokenizer(settings.tokenizer_checkpoint, device=device, random_init=random_init,
                                name=cfg.tokenizer_name, **cfg.tokenizer)
     decoder = None
-    if accel != "none":  # the method's decoder replaces the token loop: decoder.generate(cond, generators, flops)
+    if accel != "none":  # the method's decoder replaces the token loop: decoder.generate(cond, generators)
         decoder = registry.method(accel, name).attach(settings.decoder_spec, target=model, target_name=name,
                                                       opts=opts, tokenizer=tokenizer, device=device,
                                                       random_init=random_init)

@@ -12,12 +12,12 @@ from typing import Any, Protocol
 
 import torch
 
-from accel import flops as F_
 from accel.families.llamagen.network import TextCondition
 
 
 class Decoder(Protocol):
-    def generate(self, cond: torch.Tensor | TextCondition, generators: list[torch.Generator],
-                 flops: F_.FlopCounter) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Class ids [B] (or a TextCondition) -> tokens [B, N] and the method's counters for the call."""
+    def generate(self, cond: torch.Tensor | TextCondition, generators: list[torch.Generator]
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Class ids [B] (or a TextCondition) -> tokens [B, N] and the method's counters for the call; its
+        forwards count their FLOPs with accel.flops.count (the generator opens the scope)."""
         ...

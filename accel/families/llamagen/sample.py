@@ -69,9 +69,8 @@ class CFGModel:
     """A Transformer with its KV cache and CFG doubling: the object that both the plain loop and
     speculative decoding drive. Rows are samples (the null half is handled inside)."""
 
-    def __init__(self, model: Transformer, opts: SamplingOptions, batch: int, max_seq: int, flops: F_.FlopCounter,
-                 component: str):
-        self.model, self.opts, self.flops, self.component = model, opts, flops, component
+    def __init__(self, model: Transformer, opts: SamplingOptions, batch: int, max_seq: int, component: str):
+        self.model, self.opts, self.component = model, opts, component
         dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         self.rows = batch * (2 if opts.cfg > 1.0 else 1)
@@ -100,7 +99,7 @@ class CFGModel:
 
     def _count(self, n_q: int, prefill: bool = False) -> None:
         self.calls += 1
-        self.flops.add(self.component, self.model.forward_flops(self.rows, n_q, self.cache.kv_len, prefill))
+        F_.count(self.component, self.model.forward_flops(self.rows, n_q, self.cache.kv_len, prefill))
 
 
 def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Generator],
@@ -111,14 +110,13 @@ def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Gene
     return categorical_rows(probs[:, None], generators, rows)[:, 0]
 
 
-def generate_tokens(model: Transformer, labels, opts: SamplingOptions,
-                    generators: list[torch.Generator], flops: F_.FlopCounter | None = None) -> torch.Tensor:
+def generate_tokens(model: Transformer, labels, opts: SamplingOptions, generators: list[torch.Generator]
+                    ) -> torch.Tensor:
     """The official loop (accel=none): prefill samples token 0, then one cached step per token.
 
     labels: class ids [B] (c2i) or a TextCondition (t2i)."""
-    flops = flops if flops is not None else F_.FlopCounter()
     B, N = len(labels), model.block_size
-    runner = CFGModel(model, opts, B, model.cls_token_num + N, flops, "target")
+    runner = CFGModel(model, opts, B, model.cls_token_num + N, "target")
     seq = torch.empty(B, N, dtype=torch.long, device=labels.device)
     seq[:, 0] = pick(logits_to_probs(runner.prefill(labels), opts), opts, generators)
     for t in range(1, N):

@@ -67,9 +67,10 @@ class VARGenerator(BaseGenerator):
         labels = torch.tensor(conditions, dtype=torch.long, device=self.device)
         counter = F_.FlopCounter()
         run = self.method.start(batch_rows=2 * B) if self.method is not None else None
-        f_hat = self.model.autoregressive_infer_cfg(
-            self.vae.quantize, labels, generators, **self.sampling, token_hooks=run,
-            num_scales=run.num_scales if run is not None else None, flops=counter)
+        with F_.counting(counter):
+            f_hat = self.model.autoregressive_infer_cfg(
+                self.vae.quantize, labels, generators, **self.sampling, token_hooks=run,
+                num_scales=run.num_scales if run is not None else None)
         images = self.vae.fhat_to_img(f_hat)
         counter.add("tokenizer", self._decode_flops * B)
         counters = counter.per_image(B)

@@ -61,8 +61,8 @@ class SelfAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(C))  # keys carry no bias
         self.proj = nn.Linear(C, C)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_bias: torch.Tensor | None = None,
-                flops: F_.FlopCounter | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_bias: torch.Tensor | None = None
+                ) -> torch.Tensor:
         B, L, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
@@ -75,9 +75,7 @@ class SelfAttention(nn.Module):
             k, v = kv_cache.append(k, v)
         mask = None if attn_bias is None else attn_bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        if flops is not None:
-            flops.add("transformer", F_.linear(B * L, C, 3 * C) + F_.attention(B * L, k.shape[2], C)
-                      + F_.linear(B * L, C, C))
+        F_.count("transformer", F_.linear(B * L, C, 3 * C) + F_.attention(B * L, k.shape[2], C) + F_.linear(B * L, C, C))
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
 
@@ -88,11 +86,10 @@ class FFN(nn.Module):
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, C)
 
-    def forward(self, x: torch.Tensor, flops: F_.FlopCounter | None = None) -> torch.Tensor:
-        if flops is not None:
-            n = x.shape[0] * x.shape[1]
-            flops.add("transformer", F_.linear(n, self.fc1.in_features, self.fc1.out_features)
-                      + F_.linear(n, self.fc2.in_features, self.fc2.out_features))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0] * x.shape[1]
+        F_.count("transformer", F_.linear(n, self.fc1.in_features, self.fc1.out_features)
+                 + F_.linear(n, self.fc2.in_features, self.fc2.out_features))
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -112,18 +109,17 @@ class AdaLNSelfAttn(nn.Module):
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
     def forward(self, x: torch.Tensor, cond_BD: torch.Tensor, kv_cache: KVCache | None = None,
-                attn_bias: torch.Tensor | None = None, tokens: TokenHook | None = None,
-                flops: F_.FlopCounter | None = None) -> torch.Tensor:
+                attn_bias: torch.Tensor | None = None, tokens: TokenHook | None = None) -> torch.Tensor:
         if self.shared_aln:  # cond_BD is already shared_ada_lin(cond): [rows, 1, 6, C]
             g1, g2, s1, s2, b1, b2 = (self.ada_gss + cond_BD).unbind(2)
         else:
             g1, g2, s1, s2, b1, b2 = self.ada_lin(cond_BD).view(-1, 1, 6, self.C).unbind(2)
 
         def attn(t: torch.Tensor) -> torch.Tensor:
-            return self.attn(self.ln_wo_grad(t).mul(s1.add(1)).add_(b1), kv_cache, attn_bias, flops).mul_(g1)
+            return self.attn(self.ln_wo_grad(t).mul(s1.add(1)).add_(b1), kv_cache, attn_bias).mul_(g1)
 
         def ffn(t: torch.Tensor) -> torch.Tensor:
-            return self.ffn(self.ln_wo_grad(t).mul(s2.add(1)).add_(b2), flops).mul(g2)
+            return self.ffn(self.ln_wo_grad(t).mul(s2.add(1)).add_(b2)).mul(g2)
 
         if tokens is None:
             x = x + attn(x)
@@ -222,9 +218,8 @@ class VAR(nn.Module):
             self.head_nm.ada_lin[1].weight.mul_(0.5)
         self.init_buffers()
 
-    def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor, flops: F_.FlopCounter | None = None) -> torch.Tensor:
-        if flops is not None:
-            flops.add("head", F_.linear(h.shape[0] * h.shape[1], self.cfg.C, self.cfg.vocab_size))
+    def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        F_.count("head", F_.linear(h.shape[0] * h.shape[1], self.cfg.C, self.cfg.vocab_size))
         return self.head(self.head_nm(h.float(), cond_BD).float()).float()
 
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
@@ -243,10 +238,12 @@ class VAR(nn.Module):
     def autoregressive_infer_cfg(self, quant, label_B: torch.Tensor, generators: list[torch.Generator],
                                  cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                                  token_hooks: TokenHooks | None = None, num_scales: int | None = None,
-                                 flops: F_.FlopCounter | None = None, record: dict | None = None) -> torch.Tensor:
+                                 record: dict | None = None) -> torch.Tensor:
         """Sample B images' latents f_hat [B, Cvae, H, W] by next-scale prediction with CFG.
 
-        token_hooks: the method's hooks for this call (TokenHooks), or None for the release's loop. num_scales: run only the first num_scales scales (f_hat then holds their sum).
+        token_hooks: the method's hooks for this call (TokenHooks), or None for the release's loop.
+        num_scales: run only the first num_scales scales (f_hat then holds their sum). FLOPs are counted into
+        the scope of accel.flops.counting, where one is open.
         record: if given, receives per scale the sampled code indices ("idx_Bl"), the CFG logits ("logits")
         and every block's KV-cache length ("kv_len").
         """
@@ -266,8 +263,8 @@ class VAR(nn.Module):
             hooks = token_hooks.begin_scale(si, pn) if token_hooks is not None else None
             x = next_map
             for i, b in enumerate(self.blocks):
-                x = b(x, cond, caches[i], tokens=hooks.block(i) if hooks is not None else None, flops=flops)
-            logits = self.get_logits(x, cond_BD, flops)
+                x = b(x, cond, caches[i], tokens=hooks.block(i) if hooks is not None else None)
+            logits = self.get_logits(x, cond_BD)
             t = cfg * ratio  # guidance ramps from 0 at the first scale to cfg at the last
             logits = (1 + t) * logits[:B] - t * logits[B:]
             filtered = filter_top_k_top_p(logits, top_k=top_k, top_p=top_p)
@@ -287,8 +284,7 @@ class VAR(nn.Module):
             if si != S - 1:
                 pn_next = self.patch_nums[si + 1]
                 next_map = self.word_embed(next_in.view(B, self.Cvae, -1).transpose(1, 2))
-                if flops is not None:
-                    flops.add("transformer", F_.linear(2 * B * pn_next ** 2, self.Cvae, self.cfg.C))
+                F_.count("transformer", F_.linear(2 * B * pn_next ** 2, self.Cvae, self.cfg.C))
                 next_map = (next_map + lvl_pos[:, cur_L: cur_L + pn_next ** 2]).repeat(2, 1, 1)
         return f_hat
 
