@@ -13,13 +13,13 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from accel import registry
 from accel.errors import ArgenError
 from accel.generator import (BaseGenerator, GenerationOutput, require_weights, resolve_device, seeded_generators,
                              seeded_init, to_uint8)
 from accel.options import check_option_names, option_flag, option_int, option_number
 from accel.registry import (check_settings, conditions_of, eval_image_size_of, family_of, known_model_names,
                             method_names)
-from accel import registry
 
 __all__ = ["ArgenError", "BaseGenerator", "GenerationOutput", "Generator", "check_option_names", "check_settings",
            "conditions_of", "eval_image_size_of", "family_of", "known_model_names", "load_generator",

@@ -1,5 +1,6 @@
 """The same config writes the same bytes: shard tars of the trained toys against sha256s recorded before the
-redesign of accel/ (families, methods, registry) and of the output keys (pipeline/layout.py).
+redesign of accel/ (families, methods, registry) and of the output keys (pipeline/layout.py); and the same
+generation counts the same analytic FLOPs.
 
 Each case is one shard of `argen generate` as a worker writes it (the config composed by Hydra, the worker
 spec and the plan built by the driver's own functions), run in this process: Ray adds nothing to the bytes.
@@ -42,6 +43,27 @@ RECORDED = {  # recorded on the code before the redesign (commit 6137414)
     "var_toy-none": "cdfc152e188f177f3c6859138787825a9fca95b98bb4cf4e57e139c9d1dc632c",
 }
 
+# the analytic FLOPs per image (GenerationOutput.stats flops*) of two samples (classes 1, 2; seeds 0, 1), recorded
+# on 77c4690, before the counting moved from a counter passed through the forwards to accel.flops.counting
+FLOPS_CASES = {
+    "var_tiny-none": ("var_tiny", "none", {}),
+    "var_tiny-fastvar": ("var_tiny", "fastvar", {}),
+    "llamagen_tiny-none": ("llamagen_tiny", "none", {}),
+    "llamagen_tiny-lantern": ("llamagen_tiny", "lantern", {}),
+    "llamagen_tiny-sjd": ("llamagen_tiny", "sjd", {}),
+    "llamagen_toy-speculative": ("llamagen_toy", "speculative", {'drafter': 'llamagen_toy_draft'}),
+    "mar_tiny-lazymar": ("mar_tiny", "lazymar", {'num_iter': 4, 'num_sampling_steps': '5'}),
+}
+RECORDED_FLOPS = {
+    "var_tiny-none": {"flops": 20715659264.0, "flops_head": 1426063360.0, "flops_tokenizer": 15966142464.0, "flops_transformer": 3323453440.0},
+    "var_tiny-fastvar": {"flops": 19065184256.0, "flops_head": 1426063360.0, "flops_tokenizer": 15966142464.0, "flops_transformer": 1672978432.0},
+    "llamagen_tiny-none": {"flops": 12278038528.0, "flops_target": 1216479232.0, "flops_tokenizer": 11061559296.0},
+    "llamagen_tiny-lantern": {"flops": 12872645376.0, "flops_drafter": 569892608.0, "flops_target": 1241193472.0, "flops_tokenizer": 11061559296.0},
+    "llamagen_tiny-sjd": {"flops": 27294630912.0, "flops_target": 16233071616.0, "flops_tokenizer": 11061559296.0},
+    "llamagen_toy-speculative": {"flops": 3707338752.0, "flops_drafter": 531595264.0, "flops_target": 2763849728.0, "flops_tokenizer": 411893760.0},
+    "mar_tiny-lazymar": {"flops": 19232106496.0, "flops_decoder": 2768240640.0, "flops_embed": 12550144.0, "flops_encoder": 282667008.0, "flops_head": 417857536.0, "flops_tokenizer": 15750791168.0},
+}
+
 
 def shard_tar(overrides: list[str], out: Path) -> bytes:
     """Shard 0 of the run these overrides describe, written by a ShardWorker exactly as in `argen generate`."""
@@ -69,6 +91,17 @@ def shard_tar(overrides: list[str], out: Path) -> bytes:
 def test_shard_bytes_are_as_recorded(case, tmp_path):
     digest = hashlib.sha256(shard_tar(CASES[case], tmp_path / case)).hexdigest()
     assert digest == RECORDED[case], f"{case}: shard bytes changed (sha256 {digest})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(FLOPS_CASES))
+def test_flops_are_as_recorded(case):
+    from accel.api import load_generator
+
+    name, accel, options = FLOPS_CASES[case]
+    gen = load_generator(name, accel=accel, device="cpu", random_init=not name.endswith("toy"), **options)
+    stats = gen.generate([1, 2], seeds=[0, 1]).stats
+    assert {k: v for k, v in stats.items() if k.startswith("flops")} == RECORDED_FLOPS[case]
 
 
 if __name__ == "__main__":  # print the digests of the code as it is, to record them
