@@ -1,8 +1,12 @@
 """`argen <job> [hydra overrides]`: the same as `python -m jobs.<job> [overrides]`."""
 from __future__ import annotations
 
+import atexit
 import importlib
+import logging
+import os
 import sys
+import traceback
 
 JOBS = {
     "generate": "jobs.generate",
@@ -38,5 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The console script: main(), then exit with its status at once. Exit handlers run, but not the
+    interpreter's teardown of native libraries, where pyarrow (with torch loaded) can abort after the job has
+    finished and turn its status into 134."""
+    try:
+        code = main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()  # Ray's shutdown, tempfile clean-up ...
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(int(code))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -26,9 +26,7 @@ class_consistency, extractor, and `eval` with the details) and printed.
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from accel.api import ArgenError
@@ -188,22 +186,13 @@ def print_results(r: dict[str, Any], uri: str) -> None:
 
 
 def main() -> int:
-    import hydra
+    from jobs.common import run_job
 
-    failed: list[ArgenError] = []
+    def task(cfg: Any) -> int:
+        evaluate(cfg)
+        return 0
 
-    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
-    def _app(cfg: Any) -> None:
-        try:
-            evaluate(cfg)
-        except ArgenError as e:
-            failed.append(e)
-
-    _app()
-    if failed:
-        print(f"argen evaluate: error: {failed[0]}", file=sys.stderr)
-        return 2
-    return 0
+    return run_job("evaluate", task)
 
 
 if __name__ == "__main__":

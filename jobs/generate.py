@@ -6,35 +6,31 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from accel.api import ArgenError
+from jobs.common import run_job
 
 
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _generate(cfg: DictConfig) -> None:
+def _generate(cfg: DictConfig) -> int:
     from pipeline.driver import run
+    from pipeline.redaction import redact
     from pipeline.scheduler import ShardFailed
+    from pipeline.sinks import StorageUnavailable
 
     try:
         run(cfg)
-    except ArgenError as e:  # bad input: named, with the fix, before any generation where possible
-        print(f"argen generate: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except ShardFailed as e:  # shards kept failing; committed shards stay, rerun to resume
-        print(f"argen generate: failed: {e}\nCommitted shards are kept; run the same command again to resume.",
-              file=sys.stderr, flush=True)
-        sys.exit(1)
+    except (ShardFailed, StorageUnavailable) as e:  # shards kept failing or the store stayed down
+        print(f"argen generate: failed: {redact(str(e))}\nCommitted shards are kept; run the same command again "
+              f"to resume.", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 def main() -> int:
-    _generate()
+    code = run_job("generate", _generate)
+    if code:
+        sys.exit(code)
     return 0
 
 

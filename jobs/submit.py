@@ -55,14 +55,16 @@ def compose(job: str, overrides: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from jobs.generate import CONF_DIR
+    from jobs.common import CONF_DIR, check_config_keys
 
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=f"argen-{job}"):
-            return hydra_compose("config", overrides=overrides)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=f"argen-{job}"):
+            cfg = hydra_compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         said = " ".join(str(e).split("\nConfig search path:")[0].split())  # keeps Hydra's hint (+key=..., options)
         raise ArgenError(f"bad override for argen {job}: {said}; see jobs/conf/config.yaml for the keys") from None
+    check_config_keys(cfg)
+    return cfg
 
 
 def jobs_api_address(cfg: Any) -> str:
@@ -170,12 +172,12 @@ def job_overrides(overrides: list[str], conditions_file: str | None = None) -> l
 
 def submission_record(cfg: Any, job: str, submission_id: str, address: str, overrides: list[str]) -> dict[str, Any]:
     from pipeline.driver import code_version, plain_config
-    from pipeline.sinks import redact_url
+    from pipeline.redaction import redact, redact_url
     from pipeline.stats import utc_now
 
     return {"submission_id": submission_id, "job": job, "address": redact_url(address), "started_at": utc_now(),
             "argen": code_version(), "config": plain_config(cfg),
-            "overrides": [o for o in overrides if not _secret_override(o)]}
+            "overrides": [redact(o) for o in overrides if not _secret_override(o)]}
 
 
 def _secret_override(override: str) -> bool:

@@ -23,16 +23,13 @@ import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from accel.api import ArgenError
 from pipeline import layout
 
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 MEMBER = re.compile(r"^(\d{6})_(\d{6})\.(cls|txt|json|png)$")
 SHOW = 100  # problems printed in full; the rest are counted
 
@@ -314,29 +311,29 @@ def print_verdict(v: Verdict, where: str) -> None:
         print(f"  note: {n}", flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _verify(cfg: DictConfig) -> None:
-    from pipeline.sinks import S3Sink, open_sink, redact_url
+def _verify(cfg: DictConfig) -> int:
+    from pipeline.redaction import describe_error, redact_url
+    from pipeline.sinks import S3Sink, open_sink
 
     where = redact_url(str(cfg.output.uri))
     try:
         sink = open_sink(str(cfg.output.uri), cfg.get("storage"))
         where = sink.describe() if isinstance(sink, S3Sink) else sink.uri
         verdict = verify_output(sink)
-    except ArgenError as e:
-        print(f"argen verify: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except ArgenError:
+        raise
     except Exception as e:  # storage unreachable, credentials refused ...
-        print(f"argen verify: error: cannot read output.uri={where}: {type(e).__name__}: {e}", file=sys.stderr,
+        print(f"argen verify: error: cannot read output.uri={where}: {describe_error(e)}", file=sys.stderr,
               flush=True)
-        sys.exit(2)
+        return 2
     print_verdict(verdict, where)
-    sys.exit(0 if verdict.ok else 1)
+    return 0 if verdict.ok else 1
 
 
 def main() -> int:
-    _verify()
-    return 0
+    from jobs.common import run_job
+
+    sys.exit(run_job("verify", _verify))  # 0, 1 or 2, always as the exit status
 
 
 if __name__ == "__main__":

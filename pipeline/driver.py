@@ -30,7 +30,8 @@ from pipeline import layout
 from pipeline.plan import Plan, build_plan, diff_settings
 from pipeline.report import write_pictures
 from pipeline.scheduler import ShardScheduler, workers_record
-from pipeline.sinks import LocalSink, S3Sink, open_sink, redact_url
+from pipeline.redaction import redact, redact_url
+from pipeline.sinks import LocalSink, S3Settings, S3Sink, open_sink
 from pipeline.stats import check_stats, manifest_parquet, summarize, utc_now
 from pipeline.worker import ShardWorker, WorkerSpec
 
@@ -50,6 +51,7 @@ def check_config(cfg: Any) -> None:
     if accel not in method_names():
         raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(method_names())}")
     ray_counts(cfg)
+    S3Settings.from_config(cfg.get("storage"))  # checked also for a local output.uri: a typo fails now, not later
     timeout = cfg.ray.get("start_timeout_s", 900)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ArgenError(f"ray.start_timeout_s={timeout!r}; expected seconds > 0 to wait for a worker to be placed "
@@ -415,7 +417,7 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
             for key in EVAL_REPORT_KEYS:
                 report.pop(key, None)
     report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
-    sink.write(layout.REPORT_JSON, json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
+    sink.write(layout.REPORT_JSON, redact(json.dumps(report, indent=1, sort_keys=True)).encode("utf-8"))
     if records:
         write_pictures(sink, [r["shard"] for r in records], report)
     return report

@@ -128,7 +128,8 @@ def _parse_prompt(value: Any, where: str) -> str:
     return text
 
 
-def read_conditions_file(path: str | Path, prompts: bool = False) -> list[Condition]:
+def read_conditions_file(path: str | Path, prompts: bool = False, locations: list[str] | None = None
+                         ) -> list[Condition]:
     """Class ids or prompts, one sample per entry, from a .txt, .jsonl or .parquet file (UTF-8).
 
     Class ids (prompts=False):
@@ -141,6 +142,7 @@ def read_conditions_file(path: str | Path, prompts: bool = False) -> list[Condit
       jsonl: per line a JSON string, or an object with a "prompt" field.
       parquet: a "prompt" column, or a single column of strings.
     An empty prompt, a non-text value or a file that is not UTF-8 is an error naming its line or row.
+    `locations`, when given, receives "file:line" (or "file row n") of each condition, for later checks' errors.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -148,7 +150,12 @@ def read_conditions_file(path: str | Path, prompts: bool = False) -> list[Condit
                          f"pass a .txt, .jsonl or .parquet file of {'prompts' if prompts else 'class ids or prompts'}")
     suffix = p.suffix.lower()
     out: list[Condition] = []
-    parse = _parse_prompt if prompts else _parse_condition
+    where: list[str] = [] if locations is None else locations
+    _parse = _parse_prompt if prompts else _parse_condition
+
+    def parse(value: Any, at: str) -> Condition:
+        where.append(at)
+        return _parse(value, at)
     fields = ("prompt",) if prompts else ("condition", "class", "prompt")
     if suffix == ".txt":
         blank = 0
@@ -203,16 +210,18 @@ def read_conditions_file(path: str | Path, prompts: bool = False) -> list[Condit
 
 
 def check_conditions(conditions: Sequence[Condition], num_classes: int | None, takes_prompts: bool,
-                     model: str) -> None:
-    """Every condition is a class id in [0, num_classes), or a prompt for a text model."""
+                     model: str, locations: Sequence[str] | None = None) -> None:
+    """Every condition is a class id in [0, num_classes), or a prompt for a text model. `locations`: where each
+    came from (read_conditions_file's "file:line"), named in the error."""
     for i, c in enumerate(conditions):
+        at = f"{locations[i]}: " if locations else ""
         if isinstance(c, str):
             if not takes_prompts:
-                raise ArgenError(f"condition {i} is the prompt {c[:60]!r}, but {model} is class-conditional; "
+                raise ArgenError(f"{at}condition {i} is the prompt {c[:60]!r}, but {model} is class-conditional; "
                                  f"pass class ids (integers)")
             continue
         if num_classes is not None and not 0 <= c < num_classes:
-            raise ArgenError(f"class id {c} (condition {i}) is outside [0, {num_classes}) for {model}; "
+            raise ArgenError(f"{at}class id {c} (condition {i}) is outside [0, {num_classes}) for {model}; "
                              f"pass class ids from 0 to {num_classes - 1}")
 
 
@@ -277,8 +286,10 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
     if not 0 <= settings["output.png_compress_level"] <= 9:
         raise ArgenError(f"output.png_compress_level={settings['output.png_compress_level']}; expected 0 to 9")
 
+    locations: list[str] | None = None
     if data.get("conditions_file"):
-        conditions = read_conditions_file(data.conditions_file, prompts=takes_prompts)
+        locations = []
+        conditions = read_conditions_file(data.conditions_file, prompts=takes_prompts, locations=locations)
         settings["data.conditions_file"] = conditions_digest(conditions)  # the contents, not the path
     elif takes_prompts:
         raise ArgenError(f"{model} is a text-to-image model: pass data.conditions_file=<a .txt, .jsonl or .parquet "
@@ -315,7 +326,7 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
         conditions = balanced_conditions(parsed, per_class)
         settings["data.classes"] = parsed
         settings["data.per_class"] = per_class
-    check_conditions(conditions, num_classes, takes_prompts, model)
+    check_conditions(conditions, num_classes, takes_prompts, model, locations)
     check_shard_count(len(conditions), shard_size)
     settings["num_samples"] = len(conditions)
     return Plan(conditions=tuple(conditions), seed=seed, shard_size=shard_size, settings=settings,

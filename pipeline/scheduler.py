@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterable
 
 from accel.api import ArgenError
 from pipeline.plan import ShardTask
+from pipeline.redaction import redact
+from pipeline.sinks import backoff_s
 
 log = logging.getLogger("argen.pipeline")
 
@@ -35,11 +37,12 @@ class ShardScheduler:
 
     def __init__(self, make_actor: Callable[[int], Any], num_workers: int, max_attempts: int = 3, depth: int = 2,
                  on_commit: Callable[[dict[str, Any]], None] = lambda r: None,
-                 on_tick: Callable[[], None] = lambda: None, poll_s: float = 1.0, start_timeout_s: float = 900.0):
+                 on_tick: Callable[[], None] = lambda: None, poll_s: float = 1.0, start_timeout_s: float = 900.0,
+                 max_backoff_s: float = 60.0):
         self.make_actor, self.num_workers = make_actor, num_workers
         self.max_attempts, self.depth = max_attempts, depth
         self.on_commit, self.on_tick, self.poll_s = on_commit, on_tick, poll_s
-        self.start_timeout_s = start_timeout_s
+        self.start_timeout_s, self.max_backoff_s = start_timeout_s, max_backoff_s
         self.actors: dict[int, Any] = {}
         self.load: dict[int, int] = {}
         self.ready: set[int] = set()           # actors whose load() returned: the ones given shards
@@ -141,20 +144,31 @@ class ShardScheduler:
         avoid: dict[int, set[int]] = {}
         inflight: dict[Any, tuple[ShardTask, int]] = {}
         idle_since: float | None = None  # when the last ready actor was lost
+        backing_off: list[tuple[float, ShardTask]] = []  # failed shards and when they may run again
 
         def failed(task: ShardTask, index: int, why: str) -> None:
+            why = redact(why)
             n = attempts.get(task.shard, 0) + 1
             attempts[task.shard] = n
             avoid.setdefault(task.shard, set()).add(index)
             self.failures.append(f"shard {task.shard} attempt {n - 1} on worker w{index}: {why}")
-            log.warning("shard %d failed on worker w%d (attempt %d of %d): %s", task.shard, index, n,
-                        self.max_attempts, why)
             if n >= self.max_attempts:
+                log.warning("shard %d failed on worker w%d (attempt %d of %d): %s", task.shard, index, n,
+                            self.max_attempts, why)
                 raise ShardFailed(f"shard {task.shard} failed {n} time(s) (ray.max_attempts={self.max_attempts}); "
                                   f"last error: {why}")
-            pending.appendleft(task)
+            # a failure that is the cluster's or the store's (a lost node, an outage) is often shared by the
+            # next try: wait before it, longer each time
+            wait = backoff_s(n - 1, cap=self.max_backoff_s)
+            log.warning("shard %d failed on worker w%d (attempt %d of %d): %s; retrying in %.1f s", task.shard,
+                        index, n, self.max_attempts, why, wait)
+            backing_off.append((time.monotonic() + wait, task))
 
-        while pending or inflight:
+        while pending or inflight or backing_off:
+            now = time.monotonic()
+            for due, task in [b for b in backing_off if b[0] <= now]:
+                backing_off.remove((due, task))
+                pending.appendleft(task)
             for index in sorted(self.ready):
                 while self.load.get(index, self.depth) < self.depth and pending:
                     task = self._pick(pending, index, avoid)
@@ -163,6 +177,10 @@ class ShardScheduler:
                     ref = self.actors[index].run_shard.remote(task, attempts.get(task.shard, 0))
                     inflight[ref] = (task, index)
                     self.load[index] += 1
+            if not inflight and not pending and backing_off:
+                time.sleep(max(0.0, min(self.poll_s, min(d for d, _ in backing_off) - time.monotonic())))
+                self.on_tick()
+                continue
             if not inflight:
                 if not self.loading:
                     raise ShardFailed("no worker can take the remaining shards")  # cannot happen with live actors

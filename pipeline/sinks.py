@@ -8,21 +8,34 @@ boto3's usual chain and never appear in a sink's description, errors or logs.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import random
 import shutil
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from accel.api import ArgenError
 from pipeline import layout
+from pipeline.redaction import add_url_secrets, describe_error, redact, redact_url
+
+log = logging.getLogger("argen.storage")
 
 PROBE_PREFIX = "_argen_probe/"
 MiB = 1024 * 1024
+PREFLIGHT_BUDGET_S = 20.0  # the probe's retries: a store that is down or never answers fails the start in ~30 s
+MAX_BACKOFF_S = 30.0
+
+
+class StorageUnavailable(RuntimeError):
+    """The store did not answer within storage.retry_budget_s. Not bad input: the shard is retried, or the run
+    stops with its committed shards kept."""
 
 
 @runtime_checkable
@@ -32,6 +45,7 @@ class Sink(Protocol):
     def write(self, key: str, data: bytes) -> None: ...
     def read(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int | None: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def preflight(self) -> None: ...
@@ -43,6 +57,30 @@ def is_run_object(key: str) -> bool:
     """What a run writes under output.uri (which may be a bucket's root, shared with other data): the clean-up
     of writes that died half-way touches only these."""
     return key.startswith(layout.RUN_FOLDERS) or key in layout.RUN_FILES
+
+
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "RequestLimitExceeded"}
+
+
+def is_transient(e: BaseException) -> bool:
+    """A storage error that waiting may cure: no connection, a timeout, a dropped stream, a 5xx or throttling."""
+    from botocore.exceptions import (ClientError, ConnectionError, HTTPClientError, IncompleteReadError,
+                                     SSLError)
+
+    if isinstance(e, ClientError):
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or e.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+    if isinstance(e, SSLError):
+        return False  # a certificate problem does not go away by waiting
+    return isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError))
+
+
+def backoff_s(attempt: int, cap: float = MAX_BACKOFF_S) -> float:
+    """Exponential backoff with jitter: 1, 2, 4 ... s (at most `cap`), each between half and all of it, so that
+    many workers retrying at once do not hit a recovering store together."""
+    ceiling = min(cap, 2.0 ** attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def _check_key(key: str) -> str:
@@ -97,6 +135,14 @@ class LocalSink:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        """The file's size in bytes, None when it does not exist."""
+        try:
+            path = self._path(key)
+            return path.stat().st_size if path.is_file() else None
+        except FileNotFoundError:
+            return None
 
     def list(self, prefix: str = "") -> list[str]:
         base = self.root / prefix if prefix.endswith("/") or not prefix else (self.root / prefix).parent
@@ -172,9 +218,10 @@ class S3Settings:
     multipart_threshold_mb: float = 64
     multipart_chunksize_mb: float = 16
     max_concurrency: int = 4
-    max_attempts: int = 5             # total tries per request, first included (AWS_MAX_ATTEMPTS)
-    connect_timeout_s: float = 10
-    read_timeout_s: float = 60
+    max_attempts: int = 3             # botocore's tries per request, first included (its own quick retries)
+    connect_timeout_s: float = 5
+    read_timeout_s: float = 30
+    retry_budget_s: float = 300       # argen's retries of a storage operation (backoff with jitter) over this time
 
     @classmethod
     def from_config(cls, storage: Any) -> "S3Settings":
@@ -188,6 +235,15 @@ class S3Settings:
             raise ArgenError(f"storage.addressing_style={s.addressing_style!r}; expected auto, path or virtual")
         if s.multipart_chunksize_mb < 5:
             raise ArgenError(f"storage.multipart_chunksize_mb={s.multipart_chunksize_mb}; S3 parts are at least 5 MiB")
+        for name in ("connect_timeout_s", "read_timeout_s", "retry_budget_s"):
+            value = getattr(s, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+                    (value == 0 and name != "retry_budget_s"):
+                raise ArgenError(f"storage.{name}={value!r}; expected seconds > 0 (retry_budget_s may be 0: no "
+                                 f"retries beyond botocore's own)")
+        if isinstance(s.max_attempts, bool) or not isinstance(s.max_attempts, int) or s.max_attempts < 1:
+            raise ArgenError(f"storage.max_attempts={s.max_attempts!r}; expected an integer >= 1")
+        add_url_secrets(s.endpoint_url)
         return s
 
     def checksum_mode(self) -> str:
@@ -195,19 +251,6 @@ class S3Settings:
         if self.checksum == "auto":
             return "when_required" if self.endpoint_url else "when_supported"
         return self.checksum
-
-
-def redact_url(url: str | None) -> str | None:
-    """Drop user:password@ from a URL."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
 
 
 class S3Sink:
@@ -232,21 +275,46 @@ class S3Sink:
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
             s = self.settings
-            style = s.addressing_style
-            if style == "auto":
-                style = "path" if s.endpoint_url else "virtual"
-            mode = s.checksum_mode()
-            config = Config(retries={"mode": "standard", "total_max_attempts": int(s.max_attempts)},
-                            connect_timeout=s.connect_timeout_s, read_timeout=s.read_timeout_s,
-                            s3={"addressing_style": style}, signature_version="s3v4",
-                            request_checksum_calculation=mode, response_checksum_validation=mode)
-            self._client = boto3.session.Session().client("s3", endpoint_url=s.endpoint_url,
-                                                          region_name=s.region, config=config)
+            self._client = self._make_client(s.connect_timeout_s, s.read_timeout_s, s.max_attempts)
         return self._client
+
+    def _make_client(self, connect_timeout_s: float, read_timeout_s: float, max_attempts: int):
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        style = s.addressing_style
+        if style == "auto":
+            style = "path" if s.endpoint_url else "virtual"
+        mode = s.checksum_mode()
+        config = Config(retries={"mode": "standard", "total_max_attempts": int(max_attempts)},
+                        connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
+                        s3={"addressing_style": style}, signature_version="s3v4",
+                        request_checksum_calculation=mode, response_checksum_validation=mode)
+        return boto3.session.Session().client("s3", endpoint_url=s.endpoint_url, region_name=s.region,
+                                              config=config)
+
+    def _retrying(self, what: str, call, budget_s: float | None = None):
+        """call() again while it fails with a transient error, backing off, for at most storage.retry_budget_s;
+        then StorageUnavailable. Other errors go through at once."""
+        budget = self.settings.retry_budget_s if budget_s is None else budget_s
+        deadline = time.monotonic() + budget
+        for attempt in range(10_000):  # bounded by the deadline long before this
+            try:
+                return call()
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StorageUnavailable(f"{what} at {self.describe()}: the store did not answer for {budget:.0f} s "
+                                             f"(storage.retry_budget_s): {describe_error(e)}") from None
+                wait = min(left, backoff_s(attempt))
+                log.warning("storage: %s at %s failed (%s); retrying in %.1f s (%.0f s of storage.retry_budget_s "
+                            "left)", what, self.describe(), describe_error(e), wait, left)
+                time.sleep(wait)
+        raise StorageUnavailable(f"{what} at {self.describe()}: too many retries")
 
     def _key(self, key: str) -> str:
         key = _check_key(key)
@@ -258,10 +326,11 @@ class S3Sink:
 
     def write(self, key: str, data: bytes) -> None:
         threshold = int(self.settings.multipart_threshold_mb * MiB)
+        full = self._key(key)
         if len(data) < max(threshold, 5 * MiB):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self._retrying(f"writing {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data))
         else:
-            self._multipart(self._key(key), data)
+            self._retrying(f"writing {key}", lambda: self._multipart(full, data))
 
     def _multipart(self, full_key: str, data: bytes) -> None:
         """Upload in parts; complete, or abort so no incomplete upload is left behind."""
@@ -289,36 +358,56 @@ class S3Sink:
             raise
 
     def read(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        full = self._key(key)
+        return self._retrying(f"reading {key}",
+                              lambda: self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
 
-    def exists(self, key: str) -> bool:
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes (a HEAD request), None when it does not exist."""
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        full = self._key(key)
+
+        def head() -> int | None:
+            try:
+                return int(self.client.head_object(Bucket=self.bucket, Key=full)["ContentLength"])
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
+        return self._retrying(f"checking {key}", head)
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
 
     def list(self, prefix: str = "") -> list[str]:
         full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         cut = len(self.prefix) + 1 if self.prefix else 0
-        out = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            out.extend(obj["Key"][cut:] for obj in page.get("Contents", []))
-        return sorted(out)
+
+        def listing() -> list[str]:
+            out = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                out.extend(obj["Key"][cut:] for obj in page.get("Contents", []))
+            return sorted(out)
+
+        return self._retrying(f"listing {prefix or 'the output'}", listing)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        full = self._key(key)
+        self._retrying(f"deleting {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
 
     def _uploads(self) -> list[dict]:
         prefix = f"{self.prefix}/" if self.prefix else ""
-        out = []
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
-            out.extend(page.get("Uploads", []))
-        return out
+
+        def listing() -> list[dict]:
+            out = []
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                      Prefix=prefix):
+                out.extend(page.get("Uploads", []))
+            return out
+
+        return self._retrying("listing multipart uploads", listing)
 
     def incomplete_uploads(self) -> list[str]:
         """Keys with multipart uploads in progress under this prefix (for checks and clean-up)."""
@@ -337,19 +426,30 @@ class S3Sink:
         """Abort the multipart uploads that writers of this run's objects left when they died; returns how many."""
         dead = self._dead_uploads()
         for u in dead:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+            self._retrying(f"aborting an upload of {u['Key']}", lambda u=u: self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"]))
         return len(dead)
 
     def preflight(self) -> None:
-        """Write, read back and delete a probe object: a wrong bucket or missing credentials fail here."""
+        """Write, read back and delete a probe object: a wrong bucket or missing credentials fail here, and a store
+        that is down or never answers within ~PREFLIGHT_BUDGET_S (short timeouts, few retries)."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         where = self.describe()
+        s = self.settings
+        quick = self._make_client(min(s.connect_timeout_s, 5.0), min(s.read_timeout_s, 5.0), 1)
+        full = self._key(key)
+        budget = min(s.retry_budget_s, PREFLIGHT_BUDGET_S)
         try:
-            self.write(key, b"argen probe")
-            ok = self.read(key) == b"argen probe"
-            self.delete(key)
+            self._retrying("a test write", lambda: quick.put_object(Bucket=self.bucket, Key=full, Body=b"argen probe"),
+                           budget)
+            ok = self._retrying("a test read", lambda: quick.get_object(Bucket=self.bucket, Key=full)["Body"].read(),
+                                budget) == b"argen probe"
+            self._retrying("a test delete", lambda: quick.delete_object(Bucket=self.bucket, Key=full), budget)
+        except StorageUnavailable as e:
+            raise ArgenError(f"cannot reach S3 for output.uri: {e}; check storage.endpoint_url and the "
+                             f"network") from None
         except NoCredentialsError:
             raise ArgenError(f"no S3 credentials for output.uri={where}: set AWS_ACCESS_KEY_ID and "
                              f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment") from None
@@ -359,13 +459,13 @@ class S3Sink:
             if code == "NoSuchBucket":
                 raise ArgenError(f"bucket {self.bucket!r} does not exist ({where}); create it or fix output.uri") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-                raise ArgenError(f"S3 refused a test write to {where} ({code}: {msg}); check the credentials "
-                                 f"in the environment and their permissions on the bucket") from None
-            raise ArgenError(f"S3 test write to {where} failed ({code}: {msg}); for S3-compatible stores try "
-                             f"storage.checksum=when_required and storage.addressing_style=path") from None
+                raise ArgenError(redact(f"S3 refused a test write to {where} ({code}: {msg}); check the credentials "
+                                    f"in the environment and their permissions on the bucket")) from None
+            raise ArgenError(redact(f"S3 test write to {where} failed ({code}: {msg}); for S3-compatible stores "
+                                    f"try storage.checksum=when_required and storage.addressing_style=path")) from None
         except BotoCoreError as e:
-            raise ArgenError(f"cannot reach S3 for output.uri={where}: {e}; check storage.endpoint_url "
-                             f"and the network") from None
+            raise ArgenError(f"cannot reach S3 for output.uri={where}: {describe_error(e)}; check "
+                             f"storage.endpoint_url and the network") from None
         if not ok:
             raise ArgenError(f"S3 test object at {where} read back different bytes")
 

@@ -7,6 +7,8 @@ dummy S3 credentials set here, so actors can reach the moto server.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 
 import pytest
@@ -73,3 +75,119 @@ def s3_bucket(moto_server):
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket=name)
     return moto_server, name
+
+
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 in front of `target` (host, port), for storage outages in tests.
+
+    down(): stop listening and cut every open connection (clients get refused / reset, as when a store or
+    its network goes away); up(): listen again on the same port. silent=True: accept connections and never
+    answer (an endpoint that hangs)."""
+
+    def __init__(self, target: tuple[str, int] | None, silent: bool = False):
+        import socket
+
+        self.target, self.silent = target, silent
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._lock = threading.Lock()
+        self._conns: list = []
+        self._listener = None
+        self._stop = threading.Event()
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        import socket
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for _ in range(50):  # the port may linger a moment after down()
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                time.sleep(0.1)
+        listener.listen(64)
+        listener.settimeout(0.2)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            listener.close()
+        for c in conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.down()
+
+    def _accept(self, listener) -> None:
+        import socket
+
+        while not self._stop.is_set():
+            with self._lock:
+                if self._listener is not listener:
+                    return
+            try:
+                client, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(client)
+            if self.silent:
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+@pytest.fixture()
+def tcp_proxy():
+    """Factory of TcpProxy objects, all closed after the test."""
+    made: list[TcpProxy] = []
+
+    def make(target: tuple[str, int] | None, silent: bool = False) -> TcpProxy:
+        made.append(TcpProxy(target, silent))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()

@@ -48,7 +48,6 @@ def test_secrets_stay_out_and_user_text_stays_in_payloads(ray_cluster, s3_bucket
 
     endpoint, bucket = s3_bucket
     planted = {
-        "config": f"planted-config-secret-{uuid.uuid4().hex}",
         "password": f"planted-password-{uuid.uuid4().hex}",
         "session": f"planted-session-token-{uuid.uuid4().hex}",
         "worker env": aws_env["AWS_SECRET_ACCESS_KEY"],  # the Ray workers' credentials
@@ -62,8 +61,8 @@ def test_secrets_stay_out_and_user_text_stays_in_payloads(ray_cluster, s3_bucket
     uri = f"s3://{bucket}/sec"
     argen(["generate", "model=llamagen_t2i_tiny", f"model.text_encoder={t5}", f"data.conditions_file={prompts}",
            "device=cpu", "batch_size=3", "output.shard_size=3", "progress=false", "ray.num_workers=1",
-           f"output.uri={uri}", "storage=s3_compatible", f"storage.endpoint_url={endpoint}",
-           f"+storage.aws_secret_access_key={planted['config']}", f"+storage.password={planted['password']}"])
+           f"output.uri={uri}", "storage=s3_compatible",
+           f"storage.endpoint_url={endpoint.replace('http://', 'http://argen:' + planted['password'] + '@')}"])
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     sink = S3Sink(uri, S3Settings(endpoint_url=endpoint, region="us-east-1"))
     verdict = verify_output(sink)
@@ -95,8 +94,15 @@ def test_secrets_stay_out_and_user_text_stays_in_payloads(ray_cluster, s3_bucket
         leaks = [where for where, data in blobs.items() if secret.encode() in data]
         assert leaks == [], f"the {what} secret is in {leaks}"
     run = json.loads(sink.read("run.json"))
-    assert "aws_secret_access_key" not in run["config"]["storage"] and "password" not in run["config"]["storage"]
+    assert run["config"]["storage"]["endpoint_url"] == endpoint  # without its user:password@
     assert run["config"]["data"]["conditions_file"] == str(prompts)  # the rest of the config is all there
+
+    # a secret passed as a config key is refused as an unknown key, and not echoed
+    with pytest.raises(SystemExit) as e:
+        argen(["generate", f"output.uri={uri}", f"+storage.aws_secret_access_key={planted['session']}"])
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and "unknown config key(s): storage.aws_secret_access_key" in err
+    assert planted["session"] not in err
 
 
 class CodeInPickle:

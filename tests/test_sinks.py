@@ -9,7 +9,8 @@ import boto3
 import pytest
 
 from accel.api import ArgenError
-from pipeline.sinks import LocalSink, S3Settings, S3Sink, open_sink, redact_url
+from pipeline.redaction import redact_url
+from pipeline.sinks import LocalSink, S3Settings, S3Sink, open_sink
 
 
 def test_local_sink_roundtrip(tmp_path):

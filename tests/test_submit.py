@@ -158,7 +158,7 @@ def test_in_job_mode_saves_the_resolved_config_without_secrets(tmp_path, monkeyp
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret-in-job")
     with pytest.raises(SystemExit) as e:
         submit.main(["--in-job", "argen-verify-test", "http://user:pw@h:8265", "verify", f"output.uri={out}",
-                     "+storage.aws_secret_access_key=planted-secret-in-job", "ray.address=null"])
+                     "storage.endpoint_url=http://u:planted-secret-in-job@h:9000", "ray.address=null"])
     # verify of an empty folder: no run.json, bad input (exit 2); the record was written first
     assert e.value.code == 2 and "has no run.json" in capsys.readouterr().err
     record_path = out / "submits" / "argen-verify-test.json"
@@ -167,7 +167,12 @@ def test_in_job_mode_saves_the_resolved_config_without_secrets(tmp_path, monkeyp
     record = json.loads(text)
     assert record["job"] == "verify" and record["address"] == "http://h:8265"
     assert record["config"]["output"]["uri"] == str(out) and record["config"]["ray"]["address"] is None
-    assert "aws_secret_access_key" not in record["config"]["storage"]
+    assert record["config"]["storage"]["endpoint_url"] == "http://h:9000"
+    code = submit.main(["--in-job", "argen-verify-typo", "http://h:8265", "verify", f"output.uri={out}",
+                        "+storage.aws_secret_access_key=planted-secret-in-job"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown config key(s): storage.aws_secret_access_key" in err
+    assert "planted-secret-in-job" not in err and not (out / "submits" / "argen-verify-typo.json").exists()
 
 
 # -- a real head --------------------------------------------------------------------------------

@@ -214,3 +214,23 @@ def test_a_resumed_generate_drops_an_evaluation_of_fewer_samples(run_copy):
     after = write_outputs(sink, records, records[-1:], 1.0, job.plan, {})
     assert not {"fid", "precision", "eval"} & set(after)
     assert not {"fid", "precision", "eval"} & set(json.loads(sink.read("report.json")))
+
+
+@pytest.mark.heavy
+def test_the_exit_status_is_reliable_over_100_runs(clean_run):
+    """The installed command, 100 times on a good output: always 0 (no abort at interpreter shutdown)."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    command = [str(Path(sys.executable).parent / "argen"), "verify", f"output.uri={clean_run}"]
+
+    def once(_: int) -> tuple[int, str]:
+        r = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        return r.returncode, r.stdout[-300:] + r.stderr[-2000:]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(once, range(100)))
+    bad = [(code, said) for code, said in results if code != 0]
+    assert bad == [], f"{len(bad)} of 100 runs exited non-zero, first: {bad[0]}"
+    assert all(": OK" in said for _, said in results)

@@ -183,9 +183,9 @@ def measure_run(cfg: Any, interval: float = 2.0, trace_heap: bool = True) -> Loa
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from jobs.generate import CONF_DIR
+    from jobs.common import CONF_DIR
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
