@@ -14,13 +14,14 @@ from jobs.common import run_job
 
 def _generate(cfg: DictConfig) -> int:
     from pipeline.driver import run
+    from pipeline.lease import LeaseLost
     from pipeline.redaction import redact
     from pipeline.scheduler import ShardFailed
     from pipeline.sinks import StorageUnavailable
 
     try:
         run(cfg)
-    except (ShardFailed, StorageUnavailable) as e:  # shards kept failing or the store stayed down
+    except (ShardFailed, StorageUnavailable, LeaseLost) as e:  # shards kept failing, the store stayed down ...
         print(f"argen generate: failed: {redact(str(e))}\nCommitted shards are kept; run the same command again "
               f"to resume.", file=sys.stderr, flush=True)
         return 1

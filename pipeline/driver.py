@@ -27,10 +27,11 @@ from typing import Any, Callable, Sequence
 
 from accel.api import ArgenError, option_int
 from pipeline import layout
+from pipeline.lease import Lease, LeaseLost, acquire
 from pipeline.plan import Plan, build_plan, diff_settings
 from pipeline.report import write_pictures
 from pipeline.scheduler import ShardScheduler, workers_record
-from pipeline.redaction import redact, redact_url
+from pipeline.redaction import describe_error, redact, redact_url
 from pipeline.sinks import LocalSink, S3Settings, S3Sink, open_sink
 from pipeline.stats import check_stats, manifest_parquet, summarize, utc_now
 from pipeline.worker import ShardWorker, WorkerSpec
@@ -52,6 +53,11 @@ def check_config(cfg: Any) -> None:
         raise ArgenError(f"unknown accel {accel!r}; known: {', '.join(method_names())}")
     ray_counts(cfg)
     S3Settings.from_config(cfg.get("storage"))  # checked also for a local output.uri: a typo fails now, not later
+    ttl = cfg.output.get("lease_ttl_s", 60)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl < 3:
+        raise ArgenError(f"output.lease_ttl_s={ttl!r}; expected seconds >= 3 (the lease is renewed every third)")
+    if str(cfg.output.get("check", "size")) not in CHECKS:
+        raise ArgenError(f"output.check={cfg.output.check!r}; expected one of {', '.join(CHECKS)}")
     timeout = cfg.ray.get("start_timeout_s", 900)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ArgenError(f"ray.start_timeout_s={timeout!r}; expected seconds > 0 to wait for a worker to be placed "
@@ -194,31 +200,69 @@ def kept(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in KEPT_FIELDS}
 
 
-def committed_shards(sink: LocalSink | S3Sink, plan: Plan) -> dict[int, dict[str, Any]]:
-    """The kept fields of the shards already committed (valid stats file, matching count)."""
+CHECKS = ("size", "sha256")
+
+
+def committed_shards(sink: LocalSink | S3Sink, plan: Plan, check: str = "size"
+                     ) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    """The kept fields of the shards already committed and intact, and the damaged ones found.
+
+    A shard is kept when its stats file is valid for this plan and its tar exists with the recorded size
+    (check="size": a stat or HEAD) and, with check="sha256", the recorded hash (the tar is read); with
+    eval.features its features file must exist too. A damaged shard loses its commit marker here, so that
+    nothing trusts it while it is regenerated; it is returned as {"shard", "problem"}.
+    """
+    if check not in CHECKS:
+        raise ArgenError(f"output.check={check!r}; expected size (resume checks each shard's tar size, cheap) or "
+                         f"sha256 (reads every tar and checks its hash)")
     keys = {}
     for key in sink.list(layout.SHARDS):
         s = layout.shard_of_stats_key(key)
         if s is not None and s < plan.num_shards:
             keys[s] = key
+    with_features = str(plan.settings.get("eval.features", "none")) != "none"
 
-    def read(item: tuple[int, str]) -> tuple[int, dict[str, Any] | None]:
+    def damage(s: int, record: dict[str, Any]) -> str | None:
+        size = sink.size(layout.tar_key(s))
+        if size is None:
+            return "its tar is missing"
+        if size != int(record["bytes"]):
+            return f"its tar has {size} bytes, the stats record {record['bytes']}"
+        if check == "sha256":
+            from pipeline.shards import sha256_hex
+
+            digest = sha256_hex(sink.read(layout.tar_key(s)))
+            if digest != record["sha256"]:
+                return f"its tar's sha256 is {digest[:12]}..., the stats record {str(record['sha256'])[:12]}..."
+        if with_features and sink.size(layout.features_key(s)) is None:
+            return "its features file is missing"
+        return None
+
+    def read(item: tuple[int, str]) -> tuple[int, dict[str, Any] | None, str | None]:
         s, key = item
         try:
             record = json.loads(sink.read(key))
-        except Exception as e:  # unreadable marker: the shard is redone
-            log.warning("shard %d: unreadable stats file (%s); it will be regenerated", s, e)
-            return s, None
+        except ValueError as e:  # unreadable marker: the shard is redone
+            return s, None, f"unreadable stats file ({e})"
         problems = check_stats(record)
         if not problems and (record["shard"] != s or record["count"] != plan.count(s)):
             problems.append(f"shard/count {record['shard']}/{record['count']}, expected {s}/{plan.count(s)}")
         if problems:
-            log.warning("shard %d: bad stats file (%s); it will be regenerated", s, "; ".join(problems))
-            return s, None
-        return s, kept(record)
+            return s, None, "bad stats file (" + "; ".join(problems) + ")"
+        problem = damage(s, record)
+        return (s, None, problem) if problem else (s, kept(record), None)
 
+    committed: dict[int, dict[str, Any]] = {}
+    damaged: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {s: r for s, r in pool.map(read, sorted(keys.items())) if r is not None}
+        for s, record, problem in pool.map(read, sorted(keys.items())):
+            if record is not None:
+                committed[s] = record
+                continue
+            log.warning("shard %d: %s; it is regenerated", s, problem)
+            sink.delete(keys[s])  # uncommitted from now on: readers and later resumes do not trust it
+            damaged.append({"shard": s, "problem": problem})
+    return committed, damaged
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -229,10 +273,13 @@ class Run:
     sink: LocalSink | S3Sink
     committed: dict[int, dict[str, Any]]
     resumed: bool
+    repaired: list[dict[str, Any]]  # committed shards found damaged, regenerated by this run
+    lease: Lease | None = None      # this run's hold on the output (prepare(take_lease=True))
 
 
-def prepare(cfg: Any) -> Run:
-    """All checks and the output's set-up, before Ray starts; errors here cost seconds."""
+def prepare(cfg: Any, take_lease: bool = False) -> Run:
+    """All checks and the output's set-up, before Ray starts; errors here cost seconds. With take_lease, the
+    output's lease is taken before anything is written there (released by the caller, or here on an error)."""
     from accel.api import conditions_of
 
     check_config(cfg)
@@ -240,15 +287,23 @@ def prepare(cfg: Any) -> Run:
     plan = build_plan(cfg, num_classes, takes_prompts)
     sink = open_sink(str(cfg.output.uri), cfg.get("storage"))
     sink.preflight()
-    resumed = check_run_json(sink, plan, plain_config(cfg))
-    stale = sink.clean_incomplete()  # one run per output at a time: what is half-written now is abandoned
-    if stale:
-        log.info("removed %d incomplete write(s) left by an earlier run", stale)
-    return Run(plan=plan, sink=sink, committed=committed_shards(sink, plan), resumed=resumed)
+    lease = (acquire(sink, float(cfg.output.get("lease_ttl_s", 60)), bool(cfg.output.get("force_takeover", False)))
+             if take_lease else None)
+    try:
+        resumed = check_run_json(sink, plan, plain_config(cfg))
+        stale = sink.clean_incomplete()  # this run holds the output: what is half-written now is abandoned
+        if stale:
+            log.info("removed %d incomplete write(s) left by an earlier run", stale)
+        committed, damaged = committed_shards(sink, plan, str(cfg.output.get("check", "size")))
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    return Run(plan=plan, sink=sink, committed=committed, resumed=resumed, repaired=damaged, lease=lease)
 
 
-def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition: int | str | None = None
-                ) -> WorkerSpec:
+def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition: int | str | None = None,
+                lease_owner: str | None = None) -> WorkerSpec:
     from omegaconf import OmegaConf
 
     testing = cfg.get("testing") or {}
@@ -265,7 +320,7 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
         features=str(OmegaConf.select(cfg, "eval.features", default="none") or "none"),
         eval_cfg=_plain(eval_cfg) if eval_cfg is not None else None,
         warmup_condition=warmup_condition, code_version=code_version(), kill_shard=testing.get("kill_shard"),
-        kill_point=str(testing.get("kill_point") or "generate"),
+        kill_point=str(testing.get("kill_point") or "generate"), lease_owner=lease_owner,
     )
 
 
@@ -357,8 +412,8 @@ def _nodes() -> int:
         return 1
 
 
-def actor_factory(cfg: Any, sink: LocalSink | S3Sink, warmup_condition: int | str | None = None
-                  ) -> Callable[[int], Any]:
+def actor_factory(cfg: Any, sink: LocalSink | S3Sink, warmup_condition: int | str | None = None,
+                  lease_owner: str | None = None) -> Callable[[int], Any]:
     import ray
 
     remote_cls = ray.remote(ShardWorker)
@@ -366,7 +421,7 @@ def actor_factory(cfg: Any, sink: LocalSink | S3Sink, warmup_condition: int | st
                    max_concurrency=2, max_restarts=0, max_task_retries=0)
 
     def make(index: int):
-        return remote_cls.options(**options).remote(worker_spec(cfg, sink, index, warmup_condition))
+        return remote_cls.options(**options).remote(worker_spec(cfg, sink, index, warmup_condition, lease_owner))
 
     return make
 
@@ -419,19 +474,23 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
     report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
     sink.write(layout.REPORT_JSON, redact(json.dumps(report, indent=1, sort_keys=True)).encode("utf-8"))
     if records:
-        write_pictures(sink, [r["shard"] for r in records], report)
+        try:  # the pictures are a view of the shards: they never fail a run whose shards are committed
+            write_pictures(sink, [r["shard"] for r in records], report)
+        except Exception as e:
+            log.warning("could not write contact_sheet.png / report.html: %s", describe_error(e))
     return report
 
 
 def run(cfg: Any) -> dict[str, Any]:
     """`argen generate`: make every shard of the plan exist under output.uri. Returns report.json's content."""
     t0 = time.perf_counter()
-    job = prepare(cfg)
+    job = prepare(cfg, take_lease=True)
     plan, sink, committed = job.plan, job.sink, dict(job.committed)
+    job.lease.start_heartbeat()
     todo = [plan.shard(s) for s in range(plan.num_shards) if s not in committed]
     new: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"model": str(cfg.model.name), "accel": str(cfg.accel.name), "plan_hash": plan.hash,
-                             "finished_at": None}
+                             "finished_at": None, "repaired_shards": job.repaired}
     interval = float(cfg.output.get("manifest_interval_s", 30))
     last_manifest = [time.perf_counter()]
     started_ray = False
@@ -447,7 +506,7 @@ def run(cfg: Any) -> dict[str, Any]:
                 log.warning("output.uri=%s is a local folder but the Ray cluster has %d nodes: each node writes "
                             "to its own disk unless the folder is on a shared filesystem; use s3://... instead",
                             sink.uri, _nodes())
-            scheduler = ShardScheduler(actor_factory(cfg, sink, warmup_condition=plan.conditions[0]),
+            scheduler = ShardScheduler(actor_factory(cfg, sink, plan.conditions[0], job.lease.owner),
                                        num_workers=min(num_workers, len(todo)), max_attempts=max_attempts,
                                        start_timeout_s=float(cfg.ray.get("start_timeout_s", 900)))
             infos = scheduler.start()
@@ -470,7 +529,12 @@ def run(cfg: Any) -> dict[str, Any]:
                                     "at the end", type(e).__name__, e)
                     last_manifest[0] = time.perf_counter()
 
-            scheduler.on_commit, scheduler.on_tick = on_commit, progress.tick
+            def on_tick() -> None:
+                progress.tick()
+                if job.lease.lost.is_set():
+                    raise LeaseLost(f"another run took over output.uri={sink.uri}; this run stopped")
+
+            scheduler.on_commit, scheduler.on_tick = on_commit, on_tick
             scheduler.run(todo)
         ok = True
     finally:
@@ -495,10 +559,12 @@ def run(cfg: Any) -> dict[str, Any]:
                 log.error("could not write manifest.parquet / report.json after the failure: %s", e)
             else:
                 log.exception("could not write manifest.parquet / report.json after the failure")
-        if started_ray:
-            import ray
+        finally:
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+            job.lease.release()  # last: the output is this run's until its report is written
     print_summary(report, sink, job.resumed)
     return report
 

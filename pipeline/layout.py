@@ -1,6 +1,7 @@
 """Every key of a run's output under output.uri, in one place (ARCHITECTURE's output layout).
 
     run.json                      written first: the resolved config, plan hash, code version
+    lease.json                    while a run writes: its owner and heartbeat (one writer per output)
     shards/NNNNNN.tar             WebDataset members NNNNNN_iiiiii.{png,json,cls|txt}
     shards/NNNNNN.features.npy    optional quality features (+ .logits.npy where the extractor classifies)
     shards/NNNNNN.stats.json      written last: the shard's commit marker
@@ -12,13 +13,14 @@ Shard ids and in-shard indices are written with 6 digits; no user text ever reac
 from __future__ import annotations
 
 RUN_JSON = "run.json"
+LEASE = "lease.json"
 MANIFEST = "manifest.parquet"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 CONTACT_SHEET = "contact_sheet.png"
 SHARDS = "shards/"
 SUBMITS = "submits/"
-RUN_FILES = (RUN_JSON, MANIFEST, REPORT_JSON, REPORT_HTML, CONTACT_SHEET)
+RUN_FILES = (RUN_JSON, LEASE, MANIFEST, REPORT_JSON, REPORT_HTML, CONTACT_SHEET)
 RUN_FOLDERS = (SHARDS, SUBMITS)
 
 TAR_SUFFIX = ".tar"

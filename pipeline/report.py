@@ -9,13 +9,17 @@ from __future__ import annotations
 import html
 import io
 import json
+import logging
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from pipeline.shards import decode_png, read_shard
 from pipeline import layout
+from pipeline.redaction import describe_error
+from pipeline.shards import decode_png, read_shard
+
+log = logging.getLogger("argen.pipeline")
 
 SHEET_KEY, HTML_KEY = layout.CONTACT_SHEET, layout.REPORT_HTML
 
@@ -88,8 +92,12 @@ def write_pictures(sink: Any, committed_shards: Sequence[int], report: dict[str,
     max_shards: small shards hold only a few samples of each class), then report.html."""
     picker = SheetRows(per_row, max_rows)
     for shard in sorted(committed_shards)[:max_shards]:
-        for sample in read_shard(sink.read(layout.tar_key(shard))):
-            picker.add(sample)
+        try:
+            for sample in read_shard(sink.read(layout.tar_key(shard))):
+                picker.add(sample)
+        except Exception as e:  # a shard damaged since it was checked: the sheet is made of the others
+            log.warning("contact sheet: shard %d could not be read (%s); skipped", shard, describe_error(e))
+            continue
         if picker.full():
             break
     rows = picker.rows()

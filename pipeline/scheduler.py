@@ -11,6 +11,7 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 from accel.api import ArgenError
+from pipeline.lease import LeaseLost
 from pipeline.plan import ShardTask
 from pipeline.redaction import redact
 from pipeline.sinks import backoff_s
@@ -203,6 +204,8 @@ class ShardScheduler:
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, ArgenError):
                         raise ArgenError(str(cause)) from None
+                    if isinstance(cause, LeaseLost):
+                        raise LeaseLost(str(cause)) from None
                     failed(task, index, f"{type(cause).__name__ if cause else 'error'}: {cause or e}")
                 except RayActorError:
                     if index in self.actors:

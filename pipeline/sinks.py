@@ -46,6 +46,9 @@ class Sink(Protocol):
     def read(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int | None: ...
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
+    def create_if_absent(self, key: str, data: bytes) -> bool: ...
+    def replace_if_unchanged(self, key: str, data: bytes, version: str) -> bool: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def preflight(self) -> None: ...
@@ -143,6 +146,49 @@ class LocalSink:
             return path.stat().st_size if path.is_file() else None
         except FileNotFoundError:
             return None
+
+    # compare-and-swap, for the lease: under an exclusive lock on the folder itself (flock: one machine, or a
+    # shared filesystem that implements it), so that no lock file is left among the outputs
+    def _locked(self):
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def hold():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+        return hold()
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a version token (their sha256), None when absent."""
+        import hashlib
+
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        with self._locked():
+            if self.exists(key):
+                return False
+            self.write(key, data)
+            return True
+
+    def replace_if_unchanged(self, key: str, data: bytes, version: str) -> bool:
+        with self._locked():
+            current = self.read_versioned(key)
+            if current is None or current[1] != version:
+                return False
+            self.write(key, data)
+            return True
 
     def list(self, prefix: str = "") -> list[str]:
         base = self.root / prefix if prefix.endswith("/") or not prefix else (self.root / prefix).parent
@@ -380,6 +426,57 @@ class S3Sink:
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
+
+    # conditional writes, for the lease (S3's If-None-Match / If-Match on PUT)
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and its ETag, None when absent."""
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                r = self.client.get_object(Bucket=self.bucket, Key=full)
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+            return r["Body"].read(), r["ETag"]
+
+        return self._retrying(f"reading {key}", get)
+
+    def _conditional_put(self, key: str, data: bytes, **condition: str) -> bool:
+        """PUT with a condition; False when the store says it does not hold (412, or 409 for a concurrent
+        conditional write). A store without conditional writes (501 / NotImplemented): the condition is
+        checked by a read first, a best effort that two writers in the same instant can both pass."""
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+        try:
+            self._retrying(f"writing {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                                                            **condition))
+            return True
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = e.response.get("Error", {}).get("Code")
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            if status != 501 and code not in ("NotImplemented", "InvalidArgument"):
+                raise
+        log.warning("storage: %s does not support conditional writes; %s is checked by a read first (best effort)",
+                    self.describe(), key)
+        current = self.read_versioned(key)
+        if ("IfNoneMatch" in condition and current is not None) or \
+                ("IfMatch" in condition and (current is None or current[1] != condition["IfMatch"])):
+            return False
+        self.write(key, data)
+        return True
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def replace_if_unchanged(self, key: str, data: bytes, version: str) -> bool:
+        return self._conditional_put(key, data, IfMatch=version)
 
     def list(self, prefix: str = "") -> list[str]:
         full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")

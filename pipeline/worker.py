@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import layout
+from pipeline.lease import LeaseLost, holds
 from pipeline.plan import ShardTask
 from pipeline.shards import ShardTarWriter, sample_metadata, sha256_hex
 from pipeline.sinks import LocalSink, S3Sink
@@ -53,6 +54,7 @@ class WorkerSpec:
     code_version: str = ""                                  # the driver's argen version, into every stats record
     kill_shard: int | None = None                           # test hook: this process dies on that shard
     kill_point: str = "generate"                            # "generate" (after batch 1) or "write" (tar written)
+    lease_owner: str | None = None                          # the run's lease id: commit only while it holds
 
 
 class ShardWorker:
@@ -231,6 +233,8 @@ class ShardWorker:
             "flops": flops, "flops_per_image": flops / task.count, "counters": counters.result(), "bytes": len(data), "sha256": digest,
             "first_sample": task.start, "quality": quality_record, "argen": s.code_version,
         }
+        if s.lease_owner is not None and not holds(s.sink, s.lease_owner):  # fencing: an orphan commits nothing
+            raise LeaseLost(f"shard {task.shard} not committed: this run no longer holds output.uri's lease")
         s.sink.write(layout.stats_key(task.shard), dumps_stats(record))  # the commit marker, last
         return record
 

@@ -66,3 +66,21 @@ def test_sheet_reads_small_shards_until_every_row_is_full(tmp_path):
     sheet = np.asarray(Image.open(io.BytesIO(sink.read(SHEET_KEY))))
     assert sheet.shape[:2] == (10 * 66 + 2, 8 * 66 + 2)  # 10 full rows of 8 cells of 64 + 2 px padding
     assert sheet[2 + 9 * 66, 2 + 7 * 66, 0] == 20 * 9 + 7  # class 9's eighth image comes from shard 7
+
+
+def test_a_damaged_shard_is_left_out_of_the_sheet_not_fatal(tmp_path, caplog):
+    from pipeline.layout import tar_key
+    from pipeline.report import HTML_KEY, SHEET_KEY, write_pictures
+    from pipeline.shards import ShardTarWriter
+    from pipeline.sinks import LocalSink
+
+    sink = LocalSink(str(tmp_path))
+    for shard in range(2):
+        writer = ShardTarWriter()
+        writer.add(f"{shard:06d}_000000", np.full((8, 8, 3), 100 + shard, np.uint8), {"condition": shard})
+        sink.write(tar_key(shard), writer.finish())
+    sink.write(tar_key(0), sink.read(tar_key(0))[:300])  # truncated after it was checked
+    write_pictures(sink, [0, 1], {"images": 2})
+    sheet = np.asarray(Image.open(io.BytesIO(sink.read(SHEET_KEY))))
+    assert sheet.shape[:2] == (66 + 2, 66 + 2) and sheet[2, 2, 0] == 101  # shard 1's sample only
+    assert sink.exists(HTML_KEY) and "shard 0 could not be read" in caplog.text
