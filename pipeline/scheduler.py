@@ -160,7 +160,7 @@ class ShardScheduler:
                                   f"last error: {why}")
             # a failure that is the cluster's or the store's (a lost node, an outage) is often shared by the
             # next try: wait before it, longer each time
-            wait = backoff_s(n - 1, cap=self.max_backoff_s)
+            wait = backoff_s(n - 1, cap=self.max_backoff_s, first=1.0)
             log.warning("shard %d failed on worker w%d (attempt %d of %d): %s; retrying in %.1f s", task.shard,
                         index, n, self.max_attempts, why, wait)
             backing_off.append((time.monotonic() + wait, task))

@@ -79,10 +79,11 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError))
 
 
-def backoff_s(attempt: int, cap: float = MAX_BACKOFF_S) -> float:
-    """Exponential backoff with jitter: 1, 2, 4 ... s (at most `cap`), each between half and all of it, so that
-    many workers retrying at once do not hit a recovering store together."""
-    ceiling = min(cap, 2.0 ** attempt)
+def backoff_s(attempt: int, cap: float = MAX_BACKOFF_S, first: float = 0.25) -> float:
+    """Exponential backoff with jitter: `first` s after the first failure, doubling up to `cap`, each wait between
+    half and all of that, so that many workers retrying at once do not hit a recovering store together.
+    (botocore's own quick retries have run inside each attempt already.)"""
+    ceiling = min(cap, first * 2.0 ** attempt)
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

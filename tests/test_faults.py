@@ -23,7 +23,7 @@ import pytest
 
 from jobs.cli import main as argen
 from jobs.verify import verify_output
-from pipeline.sinks import LocalSink, S3Settings, S3Sink
+from pipeline.sinks import LocalSink, S3Settings, S3Sink, StorageUnavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -304,10 +304,12 @@ def test_s3_multipart_through_faults_completes_or_leaves_nothing(s3_bucket):
     assert direct.read("shards/000000.tar") == data and direct.incomplete_uploads() == []
 
     with FaultyS3Proxy(endpoint, every=10 ** 9, always="shards/000001.tar") as proxy:
-        sink = S3Sink(f"s3://{bucket}/mp", S3Settings(endpoint_url=proxy.endpoint, **settings))
-        with pytest.raises(Exception) as e:
+        sink = S3Sink(f"s3://{bucket}/mp", S3Settings(endpoint_url=proxy.endpoint, retry_budget_s=3, **settings))
+        t0 = time.monotonic()
+        with pytest.raises(StorageUnavailable) as e:
             sink.write("shards/000001.tar", data)
-    assert "SlowDown" in str(e.value) and "max retries" in str(e.value).lower()
+    assert time.monotonic() - t0 < 30  # retried for storage.retry_budget_s, then given up
+    assert "SlowDown" in str(e.value) and "storage.retry_budget_s" in str(e.value)
     assert not direct.exists("shards/000001.tar")
     assert direct.incomplete_uploads() == []  # the upload was aborted, not left open
     assert direct.list() == ["shards/000000.tar"]
