@@ -133,7 +133,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
         "extractor": name, "resize": resize, "weights": weights, "feature_dim": rf.stats.dim,
         "samples": rf.stats.n, "shards": rf.shards, "features_computed_here": len(added),
         "reference": None if ref is None else {
-            "uri": ref.uri, "kind": ref.kind, "samples": ref.n, "cached": ref.cached,
+            "uri": ref.uri, "kind": ref.kind, "samples": ref.n, "cached": ref.cached, "statistics": ref.statistics,
             "prc_samples": None if ref.features is None else min(int(ref.features.shape[0]), cap or 1 << 62)},
         "prc_k": k, "prc_samples": None if rf.kept is None else int(rf.kept.shape[0]),
         "is_splits": splits, "class_consistency_samples": rf.class_consistency_samples,
@@ -174,8 +174,8 @@ def print_results(r: dict[str, Any], uri: str) -> None:
     print(f"argen evaluate {uri}: {d['samples']} samples in {d['shards']} shards, extractor {r['extractor']} "
           f"({d['feature_dim']}-d; resize: {d['resize']}; weights: {d['weights']})")
     if ref:
-        print(f"  reference: {ref['uri']} ({ref['kind']}, "
-              f"{'mu/sigma only' if ref['samples'] is None else str(ref['samples']) + ' samples'}"
+        print(f"  reference: {ref['uri']} ({ref['kind']}; FID statistics: {ref['statistics']}"
+              f"{'' if ref['samples'] is None else '; ' + str(ref['samples']) + ' images for precision/recall'}"
               f"{', cached features' if ref['cached'] else ''})")
     print(f"  FID {_fmt(r['fid'])}  IS {_fmt(r['inception_score'], 3)} +- {_fmt(r['inception_score_std'], 3)}  "
           f"precision {_fmt(r['precision'])}  recall {_fmt(r['recall'])} (k={d['prc_k']})  "

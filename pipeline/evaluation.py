@@ -367,6 +367,7 @@ class Reference:
     features: np.ndarray | None = None   # float32 [m, D] for precision/recall
     notes: list[str] = field(default_factory=list)
     cached: bool = False
+    statistics: str = ""                 # where mu/sigma come from, said in the report and the printout
 
 
 def _local_path(uri: str) -> Path:
@@ -517,16 +518,27 @@ def _cached_extraction(content_hash: str, extractor: quality.FeatureExtractor,
     return stats, feats, False
 
 
+def _check_arr0(uri: str, members: dict[str, tuple[tuple[int, ...], np.dtype]]) -> tuple[int, ...]:
+    shape, dtype = members["arr_0"]
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise ArgenError(f"eval.reference={uri!r}: arr_0 has dtype {dtype} and shape {shape}; expected uint8 images "
+                         f"[N, H, W, 3]")
+    return shape
+
+
 def check_reference(uri: str, cfg: Any, run_dim: int, run_extractor: str | None) -> str:
     """Cheap checks before the heavy work: the reference exists; an .npz has mu/sigma of the run's dimension."""
     kind = reference_kind(uri)
     if kind == "npz":
         members = npz_members(_npz_local(uri, cfg_get(cfg, "storage")))
         if "mu" not in members or "sigma" not in members:
-            raise ArgenError(f"eval.reference={uri!r} has no 'mu'/'sigma' arrays (it holds: "
+            if "arr_0" in members:  # images only: statistics computed from them with the run's extractor
+                _check_arr0(uri, members)
+                return kind
+            raise ArgenError(f"eval.reference={uri!r} has neither 'mu'/'sigma' nor 'arr_0' arrays (it holds: "
                              f"{', '.join(sorted(members)) or 'nothing'}); an ADM-style reference batch stores the "
-                             f"FID statistics as mu [D] and sigma [D, D] (e.g. VIRTUAL_imagenet256_labeled.npz); "
-                             f"add them, or pass a folder of images as eval.reference")
+                             f"FID statistics as mu [D] and sigma [D, D] and/or the images as arr_0 [N, H, W, 3] "
+                             f"uint8 (e.g. VIRTUAL_imagenet256_labeled.npz); or pass a folder of images")
         mu_shape, sigma_shape = members["mu"][0], members["sigma"][0]
         if mu_shape != (run_dim,) or sigma_shape != (run_dim, run_dim):
             raise ArgenError(f"feature dimension mismatch: the run's features are {run_dim}-d "
@@ -558,27 +570,34 @@ def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Calla
                              f"but the run's were made with {run_weights}: two feature spaces, no FID between them; "
                              f"compare runs whose eval.features used the same weights")
         rf = read_run_features(sink, scan, need_features, None, None, "eval.reference")
-        return Reference(kind, uri, rf.stats.mean, rf.stats.covariance(), rf.stats.n, rf.kept)
+        return Reference(kind, uri, rf.stats.mean, rf.stats.covariance(), rf.stats.n, rf.kept,
+                         statistics=f"computed from the run's features ({rf.stats.n} samples)")
     if kind == "npz":
         path = _npz_local(uri, cfg_get(cfg, "storage"))
         members = npz_members(path)
-        with np.load(path, allow_pickle=False) as z:
-            ref = Reference(kind, uri, np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64))
-        ref.notes.append("FID uses the reference .npz's mu/sigma as stored (ADM's are from the TF Inception "
-                         "graph; argen's features from torch-fidelity's port of it)")
+        stored = "mu" in members and "sigma" in members
+        if stored:
+            with np.load(path, allow_pickle=False) as z:
+                ref = Reference(kind, uri, np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64),
+                                statistics="mu/sigma as stored in the .npz")
+            ref.notes.append("FID uses the reference .npz's mu/sigma as stored (ADM's are from the TF Inception "
+                             "graph; argen's features from torch-fidelity's port of it)")
+        if not (need_features or not stored):
+            return ref
+        if "arr_0" not in members:
+            ref.notes.append("the reference .npz has no arr_0 images: no precision/recall")
+            return ref
+        shape = _check_arr0(uri, members)
+        extractor = get_extractor()
+        stats, feats, cached = _cached_extraction(
+            "npz-arr_0:" + _sha256_file(path).hexdigest(), extractor,
+            lambda: _extract(iter_npz_rows(path, "arr_0", batch), shape[0], extractor))
+        if not stored:  # as OpenAI's evaluator does with a batch of images only
+            ref = Reference(kind, uri, stats.mean, stats.covariance(), statistics=(
+                f"computed from its arr_0 ({stats.n} images) with the run's extractor {extractor.name}"))
+        ref.cached, ref.n = cached, stats.n
         if need_features:
-            if "arr_0" not in members:
-                ref.notes.append("the reference .npz has no arr_0 images: no precision/recall")
-                return ref
-            shape, dtype = members["arr_0"]
-            if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
-                raise ArgenError(f"eval.reference={uri!r}: arr_0 has dtype {dtype} and shape {shape}; expected "
-                                 f"uint8 images [N, H, W, 3]")
-            extractor = get_extractor()
-            stats, feats, ref.cached = _cached_extraction(
-                "npz-arr_0:" + _sha256_file(path).hexdigest(), extractor,
-                lambda: _extract(iter_npz_rows(path, "arr_0", batch), shape[0], extractor))
-            ref.features, ref.n = feats, stats.n
+            ref.features = feats
         return ref
     folder = _local_path(uri)
     files = _image_files(folder)
@@ -595,4 +614,4 @@ def load_reference(uri: str, cfg: Any, need_features: bool, get_extractor: Calla
                                               lambda: _extract(_iter_folder_images(files, batch), len(files),
                                                                extractor))
     return Reference(kind, uri, stats.mean, stats.covariance(), stats.n, feats if need_features else None,
-                     cached=cached)
+                     cached=cached, statistics=f"computed from the folder's {stats.n} images")

@@ -190,9 +190,33 @@ def test_npz_with_arr_0_images_gives_precision_recall(tmp_path, cache_dir):
     assert (out["precision"], out["recall"]) == pytest.approx((p, r), abs=1e-12)
     assert out["fid"] == pytest.approx(direct_fid(f_run, f_ref), rel=1e-6) and out["fid"] > 1e-3
     assert out["eval"]["reference"]["samples"] == 22
+    assert out["eval"]["reference"]["statistics"] == "mu/sigma as stored in the .npz"
     rows = list(evaluation.iter_npz_rows(tmp_path / "ref.npz", "arr_0", 5))
     assert [len(r) for r in rows] == [5, 5, 5, 5, 2]
     np.testing.assert_array_equal(np.concatenate(rows), arr_0)
+
+
+def test_npz_with_only_arr_0_gets_statistics_from_its_images(tmp_path, cache_dir, capsys):
+    """OpenAI's evaluator computes a reference batch's statistics from arr_0 when it has no mu/sigma; so does
+    argen, with the run's extractor, cached by the file's content."""
+    rng = np.random.default_rng(12)
+    toy = quality.make_extractor("toy", None, "cpu")
+    f_run, _ = toy(rng.integers(0, 256, (25, 20, 20, 3), dtype=np.uint8) // np.uint8(2))
+    run = LocalSink(tmp_path / "run")
+    write_run(run, [f_run], weights=toy.weights)
+    arr_0 = rng.integers(0, 256, (30, 20, 20, 3), dtype=np.uint8)
+    f_ref, _ = toy(arr_0)
+    np.savez(tmp_path / "images.npz", arr_0=arr_0)
+    cfg = compose(**{"output.uri": run.uri, "eval.reference": tmp_path / "images.npz", "eval.batch_size": 8,
+                     "eval.precision_recall": False})
+
+    out = ev.evaluate(cfg)
+    assert out["fid"] == pytest.approx(direct_fid(f_run, f_ref), rel=1e-6) and out["fid"] > 1e-3
+    ref = out["eval"]["reference"]
+    assert ref["statistics"] == "computed from its arr_0 (30 images) with the run's extractor toy"
+    assert ref["cached"] is False and out["precision"] is None
+    assert "FID statistics: computed from its arr_0 (30 images)" in capsys.readouterr().out
+    assert ev.evaluate(cfg)["eval"]["reference"]["cached"] is True  # the second time from the cache
 
 
 @pytest.mark.slow
@@ -277,9 +301,12 @@ def test_bad_references(tmp_path, cache_dir):
     run = LocalSink(tmp_path / "run")
     write_run(run, [features(24, 30)])
     cfg = lambda ref: compose(**{"output.uri": run.uri, "eval.reference": ref})  # noqa: E731
-    no_stats = save_npz(tmp_path / "images_only.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
-    with pytest.raises(ArgenError, match=r"has no 'mu'/'sigma' arrays \(it holds: arr_0\)"):
-        ev.evaluate(cfg(no_stats))
+    neither = save_npz(tmp_path / "labels_only.npz", arr_1=np.zeros(4, np.int64))
+    with pytest.raises(ArgenError, match=r"has neither 'mu'/'sigma' nor 'arr_0' arrays \(it holds: arr_1\)"):
+        ev.evaluate(cfg(neither))
+    bad_images = save_npz(tmp_path / "floats.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    with pytest.raises(ArgenError, match=r"arr_0 has dtype float32 .* expected uint8 images"):
+        ev.evaluate(cfg(bad_images))
     inception_sized = save_npz(tmp_path / "adm.npz", mu=np.zeros(2048), sigma=np.eye(2048, dtype=np.float32))
     with pytest.raises(ArgenError, match=r"dimension mismatch: the run's features are 24-d \(toy\) but "
                                          r".*mu of shape \(2048,\)"):
