@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,6 +18,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("model", "accel", "storage")
 # nodes whose keys are free: sampling options, checked by the generator against its own option names
 FREE_FORM = ("model.options", "accel.options")
+# libraries whose INFO lines ("Found credentials in environment variables.") are noise on a console
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "filelock")
 
 
 def _leaf_paths(node: Any, prefix: str = "") -> Iterator[str]:
@@ -84,6 +87,8 @@ def run_job(job: str, task: Callable[[Any], int | None]) -> int:
     def app(cfg: Any) -> None:
         state["started"] = True
         install_log_redaction()
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         try:
             check_config_keys(cfg)
             state["code"] = int(task(cfg) or 0)

@@ -346,12 +346,15 @@ def start_ray(cfg: Any) -> bool:
         kwargs = dict(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
                       include_dashboard=False)
         tried = "a new local Ray instance (ray.address=null)"
+        # Ray turns on token auth for a new local instance and says so on the console each time: it stays
+        # on, the line goes (a user who sets RAY_AUTH_MODE chooses for themselves)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     else:
         kwargs, tried = dict(address=address, log_to_driver=True), f"ray.address={redact_url(address)}"
     if address is not None:
         _check_reachable(address, tried)
     try:
-        ray.init(**kwargs)
+        ray.init(**kwargs, logging_level=logging.WARNING)  # Ray's start-up lines go to its log files only
     except Exception as e:
         if address == "auto":
             fix = ("ray.address=auto joins a Ray cluster already running on this machine (`ray start --head`); "

@@ -87,6 +87,7 @@ def test_secrets_stay_out_and_user_text_stays_in_payloads(ray_cluster, s3_bucket
     # or the Ray logs written during the run (workers' stdout/stderr included)
     blobs = {k: sink.read(k[len("sec/"):]) for k in keys}
     blobs["stdout+stderr"] = (captured.out + captured.err).encode()
+    assert "Found credentials" not in captured.out + captured.err  # botocore's INFO lines stay off the console
     logs = ray_log_files(ray_cluster, since)
     assert logs, "no Ray log file written during the run"
     blobs.update({str(p): p.read_bytes() for p in logs})
