@@ -18,7 +18,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from accel.api import ArgenError, option_int
 from pipeline import layout
 from pipeline.lease import Lease, LeaseLost, acquire
 from pipeline.plan import Plan, build_plan, diff_settings
+from pipeline.progress import Progress, ProgressBoard, board_reader
 from pipeline.report import write_pictures
 from pipeline.scheduler import ShardScheduler, workers_record
 from pipeline.redaction import describe_error, redact, redact_url
@@ -303,7 +303,7 @@ def prepare(cfg: Any, take_lease: bool = False) -> Run:
 
 
 def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition: int | str | None = None,
-                lease_owner: str | None = None) -> WorkerSpec:
+                lease_owner: str | None = None, progress: Any = None) -> WorkerSpec:
     from omegaconf import OmegaConf
 
     testing = cfg.get("testing") or {}
@@ -320,7 +320,7 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
         features=str(OmegaConf.select(cfg, "eval.features", default="none") or "none"),
         eval_cfg=_plain(eval_cfg) if eval_cfg is not None else None,
         warmup_condition=warmup_condition, code_version=code_version(), kill_shard=testing.get("kill_shard"),
-        kill_point=str(testing.get("kill_point") or "generate"), lease_owner=lease_owner,
+        kill_point=str(testing.get("kill_point") or "generate"), lease_owner=lease_owner, progress=progress,
     )
 
 
@@ -416,7 +416,7 @@ def _nodes() -> int:
 
 
 def actor_factory(cfg: Any, sink: LocalSink | S3Sink, warmup_condition: int | str | None = None,
-                  lease_owner: str | None = None) -> Callable[[int], Any]:
+                  lease_owner: str | None = None, progress: Any = None) -> Callable[[int], Any]:
     import ray
 
     remote_cls = ray.remote(ShardWorker)
@@ -424,38 +424,13 @@ def actor_factory(cfg: Any, sink: LocalSink | S3Sink, warmup_condition: int | st
                    max_concurrency=2, max_restarts=0, max_task_retries=0)
 
     def make(index: int):
-        return remote_cls.options(**options).remote(worker_spec(cfg, sink, index, warmup_condition, lease_owner))
+        return remote_cls.options(**options).remote(worker_spec(cfg, sink, index, warmup_condition, lease_owner,
+                                                                progress))
 
     return make
 
 
 RUN_ONLY_KEYS = ("workers", "startup_seconds", "retries", "replaced_workers", "images_per_second_after_startup")
-
-
-class Progress:
-    """tqdm bar over images: shards done, images, images/s, ETA."""
-
-    def __init__(self, total_images: int, total_shards: int, done_shards: int, enabled: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total_images, unit="img", desc="generate", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True, smoothing=0.1)
-        self.total_shards, self.done_shards = total_shards, done_shards
-        self._post()
-
-    def _post(self) -> None:
-        self.bar.set_postfix_str(f"shards {self.done_shards}/{self.total_shards}", refresh=False)
-
-    def shard_done(self, count: int) -> None:
-        self.done_shards += 1
-        self._post()
-        self.bar.update(count)
-
-    def tick(self) -> None:
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
@@ -509,7 +484,11 @@ def run(cfg: Any) -> dict[str, Any]:
                 log.warning("output.uri=%s is a local folder but the Ray cluster has %d nodes: each node writes "
                             "to its own disk unless the folder is on a shared filesystem; use s3://... instead",
                             sink.uri, _nodes())
-            scheduler = ShardScheduler(actor_factory(cfg, sink, plan.conditions[0], job.lease.owner),
+            import ray
+
+            board = ray.remote(ProgressBoard).options(num_cpus=0).remote()  # batches reported by the workers
+            read_board = board_reader(board)
+            scheduler = ShardScheduler(actor_factory(cfg, sink, plan.conditions[0], job.lease.owner, board),
                                        num_workers=min(num_workers, len(todo)), max_attempts=max_attempts,
                                        start_timeout_s=float(cfg.ray.get("start_timeout_s", 900)))
             infos = scheduler.start()
@@ -523,7 +502,8 @@ def run(cfg: Any) -> dict[str, Any]:
                 record = kept(record)
                 committed[int(record["shard"])] = record
                 new.append(record)
-                progress.shard_done(int(record["count"]))
+                progress.shard_done(int(record["shard"]), int(record["count"]))
+                board.forget.remote(int(record["shard"]))
                 if time.perf_counter() - last_manifest[0] >= interval:
                     try:  # a progress copy: the shards are committed, and the end of the run writes it again
                         sink.write(layout.MANIFEST, manifest_parquet(committed.values()))
@@ -533,7 +513,9 @@ def run(cfg: Any) -> dict[str, Any]:
                     last_manifest[0] = time.perf_counter()
 
             def on_tick() -> None:
-                progress.tick()
+                partial = read_board()
+                if partial is not None:
+                    progress.batches(partial)
                 if job.lease.lost.is_set():
                     raise LeaseLost(f"another run took over output.uri={sink.uri}; this run stopped")
 
@@ -575,6 +557,10 @@ def run(cfg: Any) -> dict[str, Any]:
 def print_summary(report: dict[str, Any], sink: LocalSink | S3Sink, resumed: bool) -> None:
     skipped = report["shards"] - report["generated_shards"]
     where = sink.describe() if isinstance(sink, S3Sink) else sink.uri
+    if report["generated_shards"] == 0 and report["complete"] and not report.get("repaired_shards"):
+        print(f"argen generate: nothing left to do: all {report['shards']} shards ({report['images']} images) are "
+              f"committed in {where}", flush=True)
+        return
     print(f"argen generate: {report['shards']} shards, {report['images']} images "
           f"({report['generated_images']} generated in this run, {skipped} shards already there"
           f"{', resumed' if resumed else ''}); {report['seconds']:.1f} s, "

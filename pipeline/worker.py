@@ -55,6 +55,7 @@ class WorkerSpec:
     kill_shard: int | None = None                           # test hook: this process dies on that shard
     kill_point: str = "generate"                            # "generate" (after batch 1) or "write" (tar written)
     lease_owner: str | None = None                          # the run's lease id: commit only while it holds
+    progress: Any = None                                    # the driver's ProgressBoard actor: told every batch
 
 
 class ShardWorker:
@@ -192,6 +193,8 @@ class ShardWorker:
                 while len(pending) >= MAX_PENDING_BATCHES:
                     encode_seconds += pending.popleft().result()
                 pending.append(self._encoder.submit(self._encode_batch, tar, task, first, images))
+                if s.progress is not None:  # not waited for: the bar is told, the accelerator goes on
+                    s.progress.update.remote(task.shard, attempt, first + len(conds))
                 self._maybe_die(task, attempt, "generate")
         # outside the lock: the next shard can generate while this one finishes and uploads
         while pending:

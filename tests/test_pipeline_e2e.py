@@ -133,7 +133,7 @@ def check_run(store: Store, tmp_path: Path, features: bool = False) -> dict[int,
     return stats
 
 
-def test_local_run_resume_and_rerun(ray_cluster, tmp_path):
+def test_local_run_resume_and_rerun(ray_cluster, tmp_path, capsys):
     out = tmp_path / "out"
     generate(f"output.uri={out}")
     store = Store(root=out)
@@ -155,8 +155,11 @@ def test_local_run_resume_and_rerun(ray_cluster, tmp_path):
     for s in (0, 2):
         assert second[s] == first[s]  # committed shards untouched
 
-    # a complete output: nothing to generate, no workers started
+    # a complete output: nothing to generate, no workers started, and the summary says so
+    capsys.readouterr()
     generate(f"output.uri={out}")
+    assert f"argen generate: nothing left to do: all {NUM_SHARDS} shards ({NUM_IMAGES} images) are committed" in \
+        capsys.readouterr().out
     report = store.json("report.json")
     assert report["generated_shards"] == 0 and report["images"] == NUM_IMAGES and "workers" not in report
     assert check_run(store, tmp_path) == second
