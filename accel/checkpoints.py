@@ -10,7 +10,7 @@ import argparse
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 import torch
@@ -48,18 +48,41 @@ def local_folder(uri: str | os.PathLike, what: str, how: str) -> Path:
     return local_path(text, what)
 
 
-def _local_copy(uri: str) -> Path:
-    """Download an s3:// object once into the cache (file name = hash of the URI, never user text)."""
-    import boto3  # the usual credential chain; AWS_ENDPOINT_URL selects an S3-compatible store
+_s3_client_factory: Callable[[], Any] | None = None
 
+
+def use_s3_client(factory: Callable[[], Any] | None) -> None:
+    """Where s3:// inputs are read from in this process: a function making a boto3 S3 client (argen's jobs and
+    workers pass the run's storage settings); None = boto3's defaults (AWS_ENDPOINT_URL, the credential chain)."""
+    global _s3_client_factory
+    _s3_client_factory = factory
+
+
+def s3_client() -> Any:
+    if _s3_client_factory is not None:
+        return _s3_client_factory()
+    import boto3
+
+    return boto3.client("s3")
+
+
+def cached_s3_object(uri: str, folder: str = "checkpoints", client: Any = None) -> Path:
+    """A local copy of an s3:// object, downloaded once into the cache. The cache entry is keyed by the store's
+    endpoint, the bucket and key, and the object's ETag and size (a HEAD request each time): an object replaced
+    under the same key is downloaded again, and the same s3://bucket/key on two stores are two entries. The
+    file name is a hash, never user text."""
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket or not key:
-        raise ArgenError(f"checkpoint URI {uri!r} is not of the form s3://bucket/key")
-    dest = CACHE_DIR / "checkpoints" / (hashlib.sha256(uri.encode()).hexdigest()[:32] + Path(key).suffix)
+        raise ArgenError(f"{uri!r} is not of the form s3://bucket/key")
+    client = client or s3_client()
+    head = client.head_object(Bucket=bucket, Key=key)
+    ident = "\0".join([str(client.meta.endpoint_url), bucket, key, str(head.get("ETag")),
+                       str(head.get("ContentLength"))])
+    dest = CACHE_DIR / folder / (hashlib.sha256(ident.encode()).hexdigest()[:32] + Path(key).suffix)
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(dest.suffix + f".part{os.getpid()}")
-        boto3.client("s3").download_file(bucket, key, str(tmp))
+        tmp = dest.with_name(dest.name + f".part{os.getpid()}")
+        client.download_file(bucket, key, str(tmp))
         tmp.replace(dest)
     return dest
 
@@ -89,13 +112,13 @@ def read_checkpoint(path_or_uri: str | os.PathLike, what: str = "checkpoint") ->
     uri = str(path_or_uri)
     if uri.startswith("s3://"):
         try:
-            path = _local_copy(uri)
+            path = cached_s3_object(uri)
         except ArgenError:
             raise
         except Exception as e:  # botocore's errors name neither the setting nor the object
             raise ArgenError(f"{_setting(what)}={uri!r} could not be downloaded ({type(e).__name__}: {str(e)[:200]}); check "
                              f"the bucket and key, the credentials (AWS_* or the instance role) and, for an "
-                             f"S3-compatible store, AWS_ENDPOINT_URL") from None
+                             f"S3-compatible store, storage.endpoint_url") from None
     else:
         path = existing_file(uri, what)
     if path.suffix == ".safetensors":

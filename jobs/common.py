@@ -80,6 +80,7 @@ def run_job(job: str, task: Callable[[Any], int | None]) -> int:
     import hydra
 
     from pipeline.redaction import install_log_redaction, redact
+    from pipeline.sinks import read_inputs_with
 
     state: dict[str, Any] = {"started": False, "code": 0}
 
@@ -91,6 +92,7 @@ def run_job(job: str, task: Callable[[Any], int | None]) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
         try:
             check_config_keys(cfg)
+            read_inputs_with(cfg.get("storage"))
             state["code"] = int(task(cfg) or 0)
         except ArgenError as e:
             print(f"argen {job}: error: {redact(str(e))}", file=sys.stderr, flush=True)

@@ -321,6 +321,7 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
         eval_cfg=_plain(eval_cfg) if eval_cfg is not None else None,
         warmup_condition=warmup_condition, code_version=code_version(), kill_shard=testing.get("kill_shard"),
         kill_point=str(testing.get("kill_point") or "generate"), lease_owner=lease_owner, progress=progress,
+        storage=_plain(cfg.get("storage")) or None,
     )
 
 

@@ -19,7 +19,6 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -406,17 +405,9 @@ def _npz_local(uri: str, storage: Any) -> Path:
     if not uri.startswith("s3://"):
         return _local_path(uri)
     from accel import checkpoints
-    from pipeline.sinks import S3Settings, S3Sink
+    from pipeline.sinks import S3Settings, make_s3_client
 
-    parts = urlsplit(uri)
-    dest = Path(checkpoints.CACHE_DIR) / "eval" / "downloads" / (hashlib.sha256(uri.encode()).hexdigest()[:32] + ".npz")
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.stem + f".part{os.getpid()}")
-        sink = S3Sink(f"s3://{parts.netloc}", S3Settings.from_config(storage))
-        sink.client.download_file(parts.netloc, parts.path.lstrip("/"), str(tmp))
-        tmp.replace(dest)
-    return dest
+    return checkpoints.cached_s3_object(uri, "eval/downloads", make_s3_client(S3Settings.from_config(storage)))
 
 
 def _read_npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:

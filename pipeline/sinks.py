@@ -300,6 +300,34 @@ class S3Settings:
         return self.checksum
 
 
+def make_s3_client(settings: S3Settings, connect_timeout_s: float | None = None, read_timeout_s: float | None = None,
+                   max_attempts: int | None = None):
+    """A boto3 S3 client with these storage settings (endpoint, region, addressing, checksums, timeouts)."""
+    import boto3
+    from botocore.config import Config
+
+    s = settings
+    style = s.addressing_style
+    if style == "auto":
+        style = "path" if s.endpoint_url else "virtual"
+    mode = s.checksum_mode()
+    config = Config(retries={"mode": "standard", "total_max_attempts": int(max_attempts or s.max_attempts)},
+                    connect_timeout=connect_timeout_s or s.connect_timeout_s,
+                    read_timeout=read_timeout_s or s.read_timeout_s,
+                    s3={"addressing_style": style}, signature_version="s3v4",
+                    request_checksum_calculation=mode, response_checksum_validation=mode)
+    return boto3.session.Session().client("s3", endpoint_url=s.endpoint_url, region_name=s.region, config=config)
+
+
+def read_inputs_with(storage: Any) -> None:
+    """s3:// inputs of this process (checkpoints, Inception weights, references) are read through the run's
+    storage settings (storage.endpoint_url and the rest), like its outputs."""
+    from accel import checkpoints
+
+    settings = S3Settings.from_config(storage)
+    checkpoints.use_s3_client(lambda: make_s3_client(settings))
+
+
 class S3Sink:
     """s3://bucket/prefix through boto3; works with AWS and S3-compatible stores (endpoint_url)."""
 
@@ -327,20 +355,7 @@ class S3Sink:
         return self._client
 
     def _make_client(self, connect_timeout_s: float, read_timeout_s: float, max_attempts: int):
-        import boto3
-        from botocore.config import Config
-
-        s = self.settings
-        style = s.addressing_style
-        if style == "auto":
-            style = "path" if s.endpoint_url else "virtual"
-        mode = s.checksum_mode()
-        config = Config(retries={"mode": "standard", "total_max_attempts": int(max_attempts)},
-                        connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
-                        s3={"addressing_style": style}, signature_version="s3v4",
-                        request_checksum_calculation=mode, response_checksum_validation=mode)
-        return boto3.session.Session().client("s3", endpoint_url=s.endpoint_url, region_name=s.region,
-                                              config=config)
+        return make_s3_client(self.settings, connect_timeout_s, read_timeout_s, max_attempts)
 
     def _retrying(self, what: str, call, budget_s: float | None = None):
         """call() again while it fails with a transient error, backing off, for at most storage.retry_budget_s;

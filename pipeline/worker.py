@@ -26,7 +26,7 @@ from pipeline import layout
 from pipeline.lease import LeaseLost, holds
 from pipeline.plan import ShardTask
 from pipeline.shards import ShardTarWriter, sample_metadata, sha256_hex
-from pipeline.sinks import LocalSink, S3Sink
+from pipeline.sinks import LocalSink, S3Sink, read_inputs_with
 from pipeline.stats import CounterMerger, dumps_stats, image_moments, moments_to_mean_std, utc_now
 
 MAX_PENDING_BATCHES = 2  # batches generated but not yet encoded: bounds the worker's memory
@@ -56,6 +56,7 @@ class WorkerSpec:
     kill_point: str = "generate"                            # "generate" (after batch 1) or "write" (tar written)
     lease_owner: str | None = None                          # the run's lease id: commit only while it holds
     progress: Any = None                                    # the driver's ProgressBoard actor: told every batch
+    storage: dict[str, Any] | None = None                   # the run's storage settings: s3:// inputs read so
 
 
 class ShardWorker:
@@ -82,6 +83,7 @@ class ShardWorker:
                 from accel.api import load_generator
 
                 s = self.spec
+                read_inputs_with(s.storage)  # checkpoints from s3:// through the run's endpoint and settings
                 if s.torch_threads:
                     torch.set_num_threads(int(s.torch_threads))
                 self.generator = load_generator(s.model, accel=s.accel, device=s.device, checkpoint=s.checkpoint,
