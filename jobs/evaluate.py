@@ -35,7 +35,7 @@ from pipeline.evaluation import (Reference, add_missing_features, cfg_get, check
                                  first_feature_dim, load_reference, missing_features, read_run_features,
                                  reference_kind, run_extractor_info, scan_run, subsample)
 from pipeline.metrics import frechet_distance, precision_recall
-from pipeline.report import HTML_KEY, SHEET_KEY, report_html
+from pipeline.report import write_report_html
 
 
 # -- the job ---------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def evaluate(cfg: Any) -> dict[str, Any]:
             raise ArgenError(f"{uri}/report.json holds a {type(report).__name__}, expected a JSON object")
     report.update(results)
     sink.write(layout.REPORT_JSON, json.dumps(report, indent=1, sort_keys=True).encode("utf-8"))
-    sink.write(HTML_KEY, report_html(report, has_sheet=sink.exists(SHEET_KEY)).encode("utf-8"))
+    write_report_html(sink, report)
     print_results(results, uri)
     return results
 

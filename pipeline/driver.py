@@ -193,11 +193,11 @@ def _ended_without_shards(sink: LocalSink | S3Sink, plan_hash: str) -> bool:
 # what the driver keeps of each committed shard: the manifest row's and the report's fields, no more, so
 # that its memory per shard stays small however many shards a run has
 KEPT_FIELDS = ("shard", "count", "bytes", "sha256", "seconds", "generate_seconds", "images_per_second", "flops",
-               "worker", "attempt", "finished_at", "argen")
+               "worker", "attempt", "finished_at", "argen", "counters", "quality")
 
 
 def kept(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in KEPT_FIELDS}
+    return {k: record.get(k) for k in KEPT_FIELDS}
 
 
 CHECKS = ("size", "sha256")
@@ -454,7 +454,7 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
     sink.write(layout.REPORT_JSON, redact(json.dumps(report, indent=1, sort_keys=True)).encode("utf-8"))
     if records:
         try:  # the pictures are a view of the shards: they never fail a run whose shards are committed
-            write_pictures(sink, [r["shard"] for r in records], report)
+            write_pictures(sink, records, report)
         except Exception as e:
             log.warning("could not write contact_sheet.png / report.html: %s", describe_error(e))
     return report

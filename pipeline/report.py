@@ -6,7 +6,6 @@ class ids) for class-conditional runs, in plan order for prompts.
 """
 from __future__ import annotations
 
-import html
 import io
 import json
 import logging
@@ -17,6 +16,7 @@ from PIL import Image
 
 from pipeline import layout
 from pipeline.redaction import describe_error
+from pipeline.report_page import report_html
 from pipeline.shards import decode_png, read_shard
 
 log = logging.getLogger("argen.pipeline")
@@ -41,6 +41,7 @@ class SheetRows:
         self.per_row, self.max_rows, self.cell = per_row, max_rows, cell
         self.by_class: dict[int, list[np.ndarray]] = {}
         self.in_order: list[np.ndarray] = []
+        self.prompts: list[str] = []  # prompt runs: the text of each image in in_order
 
     def _image(self, png: bytes) -> np.ndarray:
         img = decode_png(png)
@@ -51,6 +52,7 @@ class SheetRows:
         if label is None:  # prompts: plan order
             if len(self.in_order) < self.per_row * self.max_rows:
                 self.in_order.append(self._image(sample["png"]))
+                self.prompts.append(str(sample.get("txt", "")))
             return
         row = self.by_class.get(label)
         if row is None:
@@ -67,6 +69,12 @@ class SheetRows:
         if self.in_order:
             return len(self.in_order) >= self.per_row * self.max_rows
         return len(self.by_class) >= self.max_rows and all(len(r) >= self.per_row for r in self.by_class.values())
+
+    def labels(self) -> list[str]:
+        """What each row shows: its class id, or for prompts the first prompt of the row."""
+        if self.in_order:
+            return [self.prompts[i] for i in range(0, len(self.in_order), self.per_row)]
+        return [f"class {k}" for k in sorted(self.by_class)]
 
     def rows(self) -> list[list[np.ndarray]]:
         if self.in_order:
@@ -86,10 +94,10 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], cell: int = 64, pad: int
     return buf.getvalue()
 
 
-def write_pictures(sink: Any, committed_shards: Sequence[int], report: dict[str, Any], per_row: int = 8,
-                   max_rows: int = 10, max_shards: int = 16) -> None:
-    """contact_sheet.png from the first committed shards (read one at a time until the rows are full, at most
-    max_shards: small shards hold only a few samples of each class), then report.html."""
+def build_sheet(sink: Any, committed_shards: Sequence[int], per_row: int = 8, max_rows: int = 10,
+                max_shards: int = 16) -> tuple[bytes | None, list[str]]:
+    """The contact sheet's PNG from the first committed shards (read one at a time until the rows are full, at most
+    max_shards: small shards hold only a few samples of each class) and each row's label."""
     picker = SheetRows(per_row, max_rows)
     for shard in sorted(committed_shards)[:max_shards]:
         try:
@@ -101,21 +109,38 @@ def write_pictures(sink: Any, committed_shards: Sequence[int], report: dict[str,
         if picker.full():
             break
     rows = picker.rows()
-    if rows:
-        sink.write(SHEET_KEY, contact_sheet(rows))
-    sink.write(HTML_KEY, report_html(report, has_sheet=bool(rows)).encode("utf-8"))
+    return (contact_sheet(rows) if rows else None), picker.labels()
 
 
-def report_html(report: dict[str, Any], has_sheet: bool) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in sorted(report.items()) if not isinstance(v, (dict, list)))
-    sheet = f'<h2>Samples</h2><img src="{SHEET_KEY}" alt="contact sheet">' if has_sheet else ""
-    details = html.escape(json.dumps({k: v for k, v in report.items() if isinstance(v, (dict, list))},
-                                     indent=1, sort_keys=True))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>argen run report</title></head><body>"
-            f"<h1>argen run report</h1><table>{rows}</table>{sheet}<h2>Details</h2><pre>{details}</pre>"
-            f"</body></html>\n")
+def write_pictures(sink: Any, records: Sequence[dict[str, Any]], report: dict[str, Any], per_row: int = 8,
+                   max_rows: int = 10, max_shards: int = 16) -> None:
+    """contact_sheet.png, then report.html (which shows it inline, rows labelled)."""
+    sheet, labels = build_sheet(sink, [int(r["shard"]) for r in records], per_row, max_rows, max_shards)
+    if sheet is not None:
+        sink.write(SHEET_KEY, sheet)
+    write_report_html(sink, report, records, sheet, labels)
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def write_report_html(sink: Any, report: dict[str, Any], records: Sequence[dict[str, Any]] | None = None,
+                      sheet: bytes | None = None, labels: Sequence[str] | None = None) -> None:
+    """report.html from report.json's content and what the output holds (run.json, the manifest's rows and the
+    contact sheet, read from the sink where not given)."""
+    def read_json(key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(sink.read(key)) if sink.exists(key) else None
+        except Exception:
+            return None
+
+    run = read_json(layout.RUN_JSON)
+    if records is None:
+        try:
+            import pyarrow.parquet as pq
+
+            records = pq.read_table(io.BytesIO(sink.read(layout.MANIFEST))).to_pylist()
+        except Exception:
+            records = []
+    if sheet is None and sink.exists(SHEET_KEY):
+        sheet = sink.read(SHEET_KEY)
+    if labels is None:
+        labels = report.get("contact_sheet_rows") or []
+    sink.write(HTML_KEY, report_html(report, run, records, sheet, labels).encode("utf-8"))

@@ -43,10 +43,35 @@ def test_prompt_samples_fill_rows_in_plan_order():
     assert [int(img[0, 0, 0]) for r in rows for img in r] == list(range(10))
 
 
-def test_report_html_escapes_and_links_the_sheet():
-    page = report_html({"images": 40, "model": "<b>x</b>", "eval": {"fid": 1.5}}, has_sheet=True)
-    assert "contact_sheet.png" in page and "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
-    assert "contact_sheet.png" not in report_html({"images": 1}, has_sheet=False)
+def test_report_html_is_a_self_contained_page_with_every_section():
+    run = {"argen": "0.1.0+gabc", "created_at": "2026-12-07T10:00:00+00:00", "output": "/data/run",
+           "plan": {"hash": "h", "num_samples": 6, "num_shards": 3,
+                    "settings": {"data.classes": [3, 7], "data.per_class": 3}},
+           "config": {"model": {"name": "var_toy", "options": {"cfg": 4.0}, "checkpoint": None},
+                      "accel": {"name": "fastvar", "options": {"cache_scale": 8}}, "data": {"classes": [3, 7]},
+                      "output": {"shard_size": 2}, "batch_size": 2, "seed": 0, "device": "cpu",
+                      "ray": {"num_workers": 2, "gpus_per_worker": 0}}}
+    records = [{"shard": s, "count": 2, "seconds": 1.0 + s, "images_per_second": 2 / (1.0 + s), "flops": 4e9,
+                "worker": f"w{s % 2}@host:1", "attempt": int(s == 2), "finished_at": f"2026-12-07T10:00:0{s}+00:00",
+                "counters": {"kept_fraction": 0.5 + 0.1 * s}} for s in range(3)]
+    report = {"model": "<b>x</b>", "accel": "fastvar", "images": 6, "planned_images": 6, "shards": 3,
+              "planned_shards": 3, "complete": True, "generated_images": 6, "images_per_second": 1.5, "seconds": 4.0,
+              "flops": 12e9, "bytes": 3e5, "retries": ["shard 2 attempt 0 on worker w0: OSError: disk"],
+              "repaired_shards": [{"shard": 1, "problem": "its tar is missing"}], "fid": 12.5,
+              "class_consistency": 0.9, "extractor": "toy",
+              "eval": {"feature_dim": 64, "samples": 6, "reference": {"uri": "/ref.npz", "statistics": "stored"}}}
+    sheet = contact_sheet([[np.zeros((8, 8, 3), np.uint8)], [np.ones((8, 8, 3), np.uint8)]])
+    page = report_html(report, run, records, sheet, ["class 3", "class <7>"])
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page  # escaped
+    assert page.count("data:image/png;base64,") == 2  # the sheet and the speed plot, inline
+    for text in ("var_toy", "cfg=4.0", "cache_scale=8", "classes 3, 7 (2) x 3 per class", "3 of 2 samples",
+                 "6 / 6", "GFLOP", "FID", "12.5", "/ref.npz", "class 3", "class &lt;7&gt;", "kept_fraction",
+                 "0.6", "shard 2 attempt 0 on worker w0: OSError: disk", "shard 1 was damaged (its tar is missing)",
+                 "<a href='manifest.parquet'>", "<a href='run.json'>", "w1@host:1"):
+        assert text in page, text
+    assert "None" not in page.replace("null", "")  # no Python values shown raw
+    bare = report_html({"images": 0, "complete": False})
+    assert "Not evaluated yet" in bare and "No samples yet" in bare and "incomplete" in bare
 
 
 def test_sheet_reads_small_shards_until_every_row_is_full(tmp_path):
@@ -62,7 +87,7 @@ def test_sheet_reads_small_shards_until_every_row_is_full(tmp_path):
         for c in range(10):
             writer.add(f"{shard:05d}{c:02d}", np.full((8, 8, 3), 20 * c + shard, np.uint8), {"condition": c})
         sink.write(tar_key(shard), writer.finish())
-    write_pictures(sink, list(range(12)), {"images": 120}, per_row=8, max_rows=10)
+    write_pictures(sink, [{"shard": s} for s in range(12)], {"images": 120}, per_row=8, max_rows=10)
     sheet = np.asarray(Image.open(io.BytesIO(sink.read(SHEET_KEY))))
     assert sheet.shape[:2] == (10 * 66 + 2, 8 * 66 + 2)  # 10 full rows of 8 cells of 64 + 2 px padding
     assert sheet[2 + 9 * 66, 2 + 7 * 66, 0] == 20 * 9 + 7  # class 9's eighth image comes from shard 7
@@ -80,7 +105,7 @@ def test_a_damaged_shard_is_left_out_of_the_sheet_not_fatal(tmp_path, caplog):
         writer.add(f"{shard:06d}_000000", np.full((8, 8, 3), 100 + shard, np.uint8), {"condition": shard})
         sink.write(tar_key(shard), writer.finish())
     sink.write(tar_key(0), sink.read(tar_key(0))[:300])  # truncated after it was checked
-    write_pictures(sink, [0, 1], {"images": 2})
+    write_pictures(sink, [{"shard": 0}, {"shard": 1}], {"images": 2})
     sheet = np.asarray(Image.open(io.BytesIO(sink.read(SHEET_KEY))))
     assert sheet.shape[:2] == (66 + 2, 66 + 2) and sheet[2, 2, 0] == 101  # shard 1's sample only
     assert sink.exists(HTML_KEY) and "shard 0 could not be read" in caplog.text
