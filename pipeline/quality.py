@@ -324,6 +324,14 @@ def classifier_quality(logits: np.ndarray | None, conditions: Sequence[int | str
     class_consistency_absent saying why when the class ids fall outside the classifier's classes."""
     cc = class_consistency(np.asarray(logits), conditions) if logits is not None and aligned else None
     out: dict[str, Any] = {"class_consistency": cc}
+    if cc is not None:  # per class id: [samples assigned to it, samples], summed over shards by the report
+        hits = np.argmax(np.asarray(logits), axis=1) == np.asarray(list(conditions), dtype=np.int64)
+        by_class: dict[str, list[int]] = {}
+        for c, hit in zip(conditions, hits):
+            counts = by_class.setdefault(str(int(c)), [0, 0])
+            counts[0] += int(hit)
+            counts[1] += 1
+        out["class_consistency_by_class"] = by_class
     if cc is None and logits is not None and aligned and not any(isinstance(c, str) for c in conditions):
         out["class_consistency_absent"] = (f"class ids outside the classifier's {np.shape(logits)[1]} classes: "
                                            f"it was trained on other classes than the model's")

@@ -113,7 +113,26 @@ def workers_quality(records: Sequence[dict[str, Any]]) -> str:
     if not weight:
         return ""
     return _table([("class-consistency", total / weight),
-                   ("measured by", f"the workers' {extractor or 'feature'} extractor, {weight:.0f} images")])
+                   ("measured by", f"the workers' {extractor or 'feature'} extractor, {weight:.0f} images")]
+                  ) + per_class_table(records)
+
+
+def per_class_table(records: Sequence[dict[str, Any]], show: int = 20) -> str:
+    """Class-consistency of each class id over the shards (the `show` lowest when there are more)."""
+    totals: dict[int, list[int]] = {}
+    for r in records:
+        for c, (hits, n) in ((r.get("quality") or {}).get("class_consistency_by_class") or {}).items():
+            t = totals.setdefault(int(c), [0, 0])
+            t[0] += int(hits)
+            t[1] += int(n)
+    if not totals:
+        return ""
+    ranked = sorted(totals.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[0]))[:show]
+    title = "per class" if len(totals) <= show else f"the {show} lowest of {len(totals)} classes"
+    cells = "".join(f"<tr><td class='n'>{c}</td><td class='n'>{h}/{n}</td><td class='n'>{h / n:.2f}</td></tr>"
+                    for c, (h, n) in sorted(ranked))
+    return (f"<p class='sub'>Class-consistency {title}:</p><table><tr><th>class</th><th>assigned</th>"
+            f"<th>share</th></tr>{cells}</table>")
 
 
 def quality_section(report: dict[str, Any], records: Sequence[dict[str, Any]] = ()) -> str:

@@ -401,3 +401,13 @@ def test_trace_sqrt_routes_agree_and_the_singular_case_takes_the_svd_route(monke
     assert metrics.trace_sqrt_product(s1, few) == pytest.approx(np.trace(scipy.linalg.sqrtm(s1 @ few)).real,
                                                                 rel=1e-6)
     assert len(calls) == 2
+
+
+def test_class_consistency_is_also_counted_per_class():
+    from pipeline.quality import classifier_quality
+
+    logits = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    q = classifier_quality(logits, [0, 0, 1, 1], aligned=True)
+    assert q["class_consistency"] == 0.5
+    assert q["class_consistency_by_class"] == {"0": [1, 2], "1": [1, 2]}
+    assert "class_consistency_by_class" not in classifier_quality(logits, ["a", "b", "c", "d"], aligned=True)

@@ -53,7 +53,9 @@ def test_report_html_is_a_self_contained_page_with_every_section():
                       "ray": {"num_workers": 2, "gpus_per_worker": 0}}}
     records = [{"shard": s, "count": 2, "seconds": 1.0 + s, "images_per_second": 2 / (1.0 + s), "flops": 4e9,
                 "worker": f"w{s % 2}@host:1", "attempt": int(s == 2), "finished_at": f"2026-12-07T10:00:0{s}+00:00",
-                "counters": {"kept_fraction": 0.5 + 0.1 * s}} for s in range(3)]
+                "counters": {"kept_fraction": 0.5 + 0.1 * s},
+                "quality": {"class_consistency": 0.5, "extractor": "toy",
+                            "class_consistency_by_class": {"3": [1, 1], "7": [0, 1]}}} for s in range(3)]
     report = {"model": "<b>x</b>", "accel": "fastvar", "images": 6, "planned_images": 6, "shards": 3,
               "planned_shards": 3, "complete": True, "generated_images": 6, "images_per_second": 1.5, "seconds": 4.0,
               "flops": 12e9, "bytes": 3e5, "retries": ["shard 2 attempt 0 on worker w0: OSError: disk"],
@@ -70,6 +72,11 @@ def test_report_html_is_a_self_contained_page_with_every_section():
                  "<a href='manifest.parquet'>", "<a href='run.json'>", "w1@host:1"):
         assert text in page, text
     assert "None" not in page.replace("null", "")  # no Python values shown raw
+    # the workers' class-consistency, also per class (summed over the shards), before argen evaluate
+    workers = report_html({k: v for k, v in report.items() if k not in ("fid", "class_consistency")}, run, records)
+    for text in ("the workers&#x27; toy extractor, 6 images", "<td class='n'>3</td><td class='n'>3/3</td>",
+                 "<td class='n'>7</td><td class='n'>0/3</td><td class='n'>0.00</td>"):
+        assert text in workers, text
     bare = report_html({"images": 0, "complete": False})
     assert "Not evaluated yet" in bare and "No samples yet" in bare and "incomplete" in bare
 
