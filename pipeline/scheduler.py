@@ -153,16 +153,15 @@ class ShardScheduler:
             attempts[task.shard] = n
             avoid.setdefault(task.shard, set()).add(index)
             self.failures.append(f"shard {task.shard} attempt {n - 1} on worker w{index}: {why}")
-            if n >= self.max_attempts:
-                log.warning("shard %d failed on worker w%d (attempt %d of %d): %s", task.shard, index, n,
-                            self.max_attempts, why)
-                raise ShardFailed(f"shard {task.shard} failed {n} time(s) (ray.max_attempts={self.max_attempts}); "
-                                  f"last error: {why}")
             # a failure that is the cluster's or the store's (a lost node, an outage) is often shared by the
             # next try: wait before it, longer each time
             wait = backoff_s(n - 1, cap=self.max_backoff_s, first=1.0)
-            log.warning("shard %d failed on worker w%d (attempt %d of %d): %s; retrying in %.1f s", task.shard,
-                        index, n, self.max_attempts, why, wait)
+            last = n >= self.max_attempts
+            log.warning("shard %d failed on worker w%d (attempt %d of %d): %s%s", task.shard, index, n,
+                        self.max_attempts, why, "" if last else f"; retrying in {wait:.1f} s")
+            if last:
+                raise ShardFailed(f"shard {task.shard} failed {n} time(s) (ray.max_attempts={self.max_attempts}); "
+                                  f"last error: {why}")
             backing_off.append((time.monotonic() + wait, task))
 
         while pending or inflight or backing_off:

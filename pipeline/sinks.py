@@ -340,6 +340,7 @@ class S3Sink:
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.settings = settings or S3Settings()
         self._client = None
+        self._said_no_conditional = False
 
     # a sink travels to Ray workers; the boto3 client does not
     def __getstate__(self) -> dict:
@@ -479,8 +480,10 @@ class S3Sink:
                 return False
             if status != 501 and code not in ("NotImplemented", "InvalidArgument"):
                 raise
-        log.warning("storage: %s does not support conditional writes; %s is checked by a read first (best effort)",
-                    self.describe(), key)
+        if not self._said_no_conditional:  # once per sink: the lease's heartbeat comes here every ttl/3
+            log.warning("storage: %s does not support conditional writes; %s is checked by a read first (best "
+                        "effort)", self.describe(), key)
+            self._said_no_conditional = True
         current = self.read_versioned(key)
         if ("IfNoneMatch" in condition and current is not None) or \
                 ("IfMatch" in condition and (current is None or current[1] != condition["IfMatch"])):

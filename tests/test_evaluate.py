@@ -171,14 +171,19 @@ def test_image_folder_reference_with_toy_extractor_is_cached(tmp_path, cache_dir
     assert third["eval"]["reference"]["cached"] is False and third["fid"] != first["fid"]
 
 
-def test_npz_with_arr_0_images_gives_precision_recall(tmp_path, cache_dir):
-    rng = np.random.default_rng(11)
+def toy_run_and_images(tmp_path, seed: int, references: int):
+    """A 25-sample run with toy features, and `references` other images with their toy features."""
+    rng = np.random.default_rng(seed)
     toy = quality.make_extractor("toy", None, "cpu")
     f_run, _ = toy(rng.integers(0, 256, (25, 20, 20, 3), dtype=np.uint8) // np.uint8(2))
     run = LocalSink(tmp_path / "run")
     write_run(run, [f_run], weights=toy.weights)
-    arr_0 = rng.integers(0, 256, (22, 20, 20, 3), dtype=np.uint8)
-    f_ref, _ = toy(arr_0)
+    arr_0 = rng.integers(0, 256, (references, 20, 20, 3), dtype=np.uint8)
+    return run, f_run, arr_0, toy(arr_0)[0]
+
+
+def test_npz_with_arr_0_images_gives_precision_recall(tmp_path, cache_dir):
+    run, f_run, arr_0, f_ref = toy_run_and_images(tmp_path, seed=11, references=22)
     # an ADM batch compresses nothing, but a compressed one must stream too
     np.savez_compressed(tmp_path / "ref.npz", mu=f_ref.astype(np.float64).mean(0),
                         sigma=np.cov(f_ref.astype(np.float64), rowvar=False), arr_0=arr_0)
@@ -199,13 +204,7 @@ def test_npz_with_arr_0_images_gives_precision_recall(tmp_path, cache_dir):
 def test_npz_with_only_arr_0_gets_statistics_from_its_images(tmp_path, cache_dir, capsys):
     """OpenAI's evaluator computes a reference batch's statistics from arr_0 when it has no mu/sigma; so does
     argen, with the run's extractor, cached by the file's content."""
-    rng = np.random.default_rng(12)
-    toy = quality.make_extractor("toy", None, "cpu")
-    f_run, _ = toy(rng.integers(0, 256, (25, 20, 20, 3), dtype=np.uint8) // np.uint8(2))
-    run = LocalSink(tmp_path / "run")
-    write_run(run, [f_run], weights=toy.weights)
-    arr_0 = rng.integers(0, 256, (30, 20, 20, 3), dtype=np.uint8)
-    f_ref, _ = toy(arr_0)
+    run, f_run, arr_0, f_ref = toy_run_and_images(tmp_path, seed=12, references=30)
     np.savez(tmp_path / "images.npz", arr_0=arr_0)
     cfg = compose(**{"output.uri": run.uri, "eval.reference": tmp_path / "images.npz", "eval.batch_size": 8,
                      "eval.precision_recall": False})
