@@ -35,15 +35,17 @@ ENTRY_POINTS: dict[str, Callable[[dict[str, str]], None]] = {
 
 # the key=value options each entry point reads (a misspelt one would otherwise be ignored after a long run)
 _GENERATOR = ("seed", "train", "steps", "batch", "lr", "out_dir", "threads")
+# data version, EMA, earlier weights, a resumable state, class-consistency probes while training
+_LONG_RUN = ("data", "ema", "init", "state", "save_every", "stop_at", "probe_every", "probe_samples")
 OPTION_KEYS = {
-    "classifier": ("seed", "train", "test", "epochs", "batch", "lr", "out_dir"),
-    "var-tokenizer": ("seed", "train", "steps", "batch", "lr", "out_dir"),
-    "var": (*_GENERATOR, "bf16", "init"),
-    "llamagen-tokenizer": (*_GENERATOR, "test", "beta", "restart_every"),
-    "llamagen": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay"),
-    "llamagen-draft": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay"),
-    "mar-tokenizer": (*_GENERATOR, "bf16", "kl_weight"),
-    "mar": (*_GENERATOR, "bf16", "init", "warmup", "ema", "diffusion_batch_mul", "held_out", "head_steps",
+    "classifier": ("seed", "train", "test", "epochs", "batch", "lr", "out_dir", "data"),
+    "var-tokenizer": ("seed", "train", "steps", "batch", "lr", "out_dir", "data"),
+    "var": (*_GENERATOR, "bf16", *_LONG_RUN),
+    "llamagen-tokenizer": (*_GENERATOR, "test", "beta", "restart_every", "data"),
+    "llamagen": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay", *_LONG_RUN),
+    "llamagen-draft": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay", *_LONG_RUN),
+    "mar-tokenizer": (*_GENERATOR, "bf16", "kl_weight", "data"),
+    "mar": (*_GENERATOR, "bf16", "init", "data", "warmup", "ema", "diffusion_batch_mul", "held_out", "head_steps",
             "head_batch", "head_images", "head_lr"),
 }
 

@@ -54,6 +54,7 @@ def assert_complete(sink, shards: int, images: int) -> None:
 
 # -- workers ----------------------------------------------------------------------------------
 
+@pytest.mark.heavy  # ~27 s; one killed worker is covered in make test (test_pipeline_e2e)
 def test_several_workers_killed_at_once_mid_shard(ray_cluster, tmp_path, capsys):
     """Both actors die together while each holds shards in flight; replacements finish every shard once."""
     out = tmp_path / "out"

@@ -111,6 +111,7 @@ def test_storage_retries_end_at_the_budget_and_refusals_pass_at_once(s3_bucket, 
     assert time.monotonic() - t0 < 3
 
 
+@pytest.mark.heavy  # ~26 s: the quick client's own timeouts, by design
 def test_preflight_fails_fast_on_an_endpoint_that_never_answers(tcp_proxy, tmp_path, capsys):
     silent = tcp_proxy(None, silent=True)
     t0 = time.monotonic()

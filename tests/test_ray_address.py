@@ -45,7 +45,7 @@ def generate(ray_tmpdir: str, address: str, out: Path) -> subprocess.CompletedPr
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ~55 s: a whole argen generate in a fresh process that starts its own Ray
 @pytest.mark.timeout(500)
 def test_null_address_starts_its_own_ray_despite_a_stale_address_file(stale_ray_tmpdir, tmp_path):
     run = generate(stale_ray_tmpdir, "null", tmp_path / "out")

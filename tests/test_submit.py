@@ -344,7 +344,7 @@ def _drivers_on(head: Head) -> int:
     return sum(1 for job in json.loads(body) if job.get("type") == "DRIVER")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ~47 s; test_submit_generate_then_verify_on_a_local_head covers the head in make test
 @pytest.mark.timeout(600)
 def test_generate_beside_a_live_local_head(ray_head, tmp_path):
     """With a head of `ray start` running (its address file where Ray looks), ray.address=null starts Ray of

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from accel.toy import WEIGHTS_DIR, bundled_weights
+from accel.toy import WEIGHTS_DIR, bundled_weights, data_version
 from accel.toy.data import CLASSES, NUM_CLASSES, ToyShapes, to_uint8_images
 
 RECORD_KEYS = ("what", "dataset", "train_seed", "command")  # every training record carries these
@@ -75,7 +75,8 @@ def test_var_tokenizer_reconstructs_held_out_images():
     vae = build_tokenizer("var_vqvae_toy")
     vae.load_state_dict(read_checkpoint(bundled_weights("var_vqvae_toy")))
     vae.eval()
-    x, _ = ToyShapes(seed=9, length=100).batch(0, 100)  # a seed no training used
+    # a seed no training used, of the version the tokenizer was trained on
+    x, _ = ToyShapes(seed=9, length=100, version=data_version("var_vqvae_toy")).batch(0, 100)
     with torch.no_grad():
         rec = vae.fhat_to_img(vae.quantize(vae.quant_conv(vae.encoder(x)))[0])
     mse = float(((rec.clamp(-1, 1) - x) / 2).pow(2).mean())
@@ -201,7 +202,8 @@ def test_mar_tokenizer_reconstructs_held_out_images():
     vae = build_tokenizer("mar_kl_toy")
     load_kl16(vae, str(bundled_weights("mar_kl_toy")))
     vae.eval()
-    x, _ = ToyShapes(seed=9, length=100).batch(0, 100)  # a seed no training used
+    # a seed no training used, of the version the tokenizer was trained on
+    x, _ = ToyShapes(seed=9, length=100, version=data_version("mar_kl_toy")).batch(0, 100)
     with torch.no_grad():
         mean, _ = vae.encode(x)
         rec = vae.decode(mean)

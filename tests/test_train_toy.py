@@ -88,6 +88,74 @@ def test_mar_entry_points_write_loadable_weights(tmp_path):
     _check_images(gen)
 
 
+def test_training_state_resumes_to_the_same_weights_and_ema(tmp_path):
+    """TrainingState + EMA + skip_batches: 3 steps, a stop, 3 more give what 6 steps in one go give."""
+    import torch
+
+    from training.common import EMA, TrainingState, batches, cosine_schedule, skip_batches
+
+    data = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+
+    def sitting(state: TrainingState, steps: int, stop_at: int | None) -> dict:
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+        model.register_buffer("mask", torch.full((2,), float("-inf")))  # a buffer the EMA must leave alone
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sched = cosine_schedule(opt, steps, warmup=2)
+        ema = EMA(model, 0.9)
+        start = state.restore(model, opt, sched, ema)
+        order = batches(len(data), 8, steps, seed=3)
+        skip_batches(order, start)
+        for step, idx in enumerate(order, start=start):
+            loss = model(data[idx]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ema.update(model, step)
+            state.maybe_save(step + 1, steps, model, opt, sched, ema)
+            if step + 1 == stop_at:
+                return {}
+        return ema.weights(model)
+
+    whole = sitting(TrainingState(str(tmp_path / "a.pt"), every=1), 6, None)
+    resumed = TrainingState(str(tmp_path / "b.pt"), every=1)
+    assert sitting(resumed, 6, stop_at=3) == {}
+    again = sitting(resumed, 6, None)
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+    assert torch.isinf(again["mask"]).all() and all(torch.isfinite(v).all() for k, v in again.items() if k != "mask")
+
+
+@pytest.mark.heavy
+def test_a_stopped_run_goes_on_from_its_state_to_the_same_weights(tmp_path):
+    """stop_at + state=: a schedule trained in two sittings ends with the weights (EMA included) of one sitting."""
+    import shutil
+
+    from accel.checkpoints import read_checkpoint
+    from accel.toy import bundled_weights
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out in (one, two):
+        out.mkdir()
+        shutil.copy(bundled_weights("var_vqvae_toy"), out)
+    common = ["steps=4", "batch=4", "threads=1", "save_every=1", "ema=0.9"]
+    _train("var", one, *common, f"state={one / 'state.pt'}", "probe_every=4", "probe_samples=10")
+    _train("var", two, *common, f"state={two / 'state.pt'}", "stop_at=2")
+    assert not (two / "var_toy.safetensors").exists()
+    _train("var", two, *common, f"state={two / 'state.pt'}")
+    a, b = read_checkpoint(one / "var_toy.safetensors"), read_checkpoint(two / "var_toy.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert _record(two, "var_toy")["resumed_at_step"] == 2
+    probe = _record(one, "var_toy")["probes"][0]
+    assert probe["step"] == 4 and probe["samples"] == 10 and 0 <= probe["class_consistency"] <= 1
+    assert len(probe["per_class"]) == 10 and probe["data"] == "v2"
+
+
+def test_stop_at_without_a_state_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="stop_at=2 without state=PATH"):
+        train_toy(["var", "stop_at=2", f"out_dir={tmp_path}"])
+
+
 def test_unknown_entry_point_is_a_usage_error(capsys):
     assert train_toy(["nonsense"]) == 2
     assert "usage: argen train-toy" in capsys.readouterr().err
@@ -95,8 +163,8 @@ def test_unknown_entry_point_is_a_usage_error(capsys):
 
 def test_misspelt_or_malformed_options_are_refused_before_training(capsys):
     assert train_toy(["var", "step=10"]) == 2
-    assert "unknown option 'step'; known: batch, bf16, init, lr, out_dir, seed, steps, threads, train" in \
-        capsys.readouterr().err
+    assert "unknown option 'step'; known: batch, bf16, data, ema, init, lr, out_dir, probe_every, probe_samples, " \
+        "save_every, seed, state, steps, stop_at, threads, train" in capsys.readouterr().err
     assert train_toy(["mar", "steps"]) == 2
     assert "'steps' is not key=value; pass e.g. steps=1500" in capsys.readouterr().err
 
@@ -113,9 +181,13 @@ def test_option_keys_are_the_keys_each_entry_point_reads():
     import training.var
     from jobs import train_toy as tt
 
+    import training.common
+
     def keys_of(fn) -> set[str]:
-        tree = ast.parse(inspect.getsource(inspect.getmodule(fn)))
-        defs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        defs = {}
+        for module in (training.common, inspect.getmodule(fn)):  # the shared helpers read options too
+            tree = ast.parse(inspect.getsource(module))
+            defs.update({n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)})
         found, todo, seen = set(), [fn.__name__], set()
         while todo:
             name = todo.pop()

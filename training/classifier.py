@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.common import WEIGHTS_DIR, as_float, toy_images, write_weights
+from training.common import (WEIGHTS_DIR, as_float, data_version, toy_images,
+                             write_weights)
 
 
 def train_classifier(opts: dict[str, str]) -> None:
@@ -17,8 +18,9 @@ def train_classifier(opts: dict[str, str]) -> None:
     seed, n_train, n_test = int(opts.get("seed", 0)), int(opts.get("train", 30000)), int(opts.get("test", 5000))
     epochs, batch, lr = int(opts.get("epochs", 3)), int(opts.get("batch", 128)), float(opts.get("lr", 2e-3))
     torch.manual_seed(seed)
-    xs, ys = toy_images(seed, n_train)
-    xt, yt = toy_images(seed + 1, n_test)
+    version = data_version(opts)
+    xs, ys = toy_images(seed, n_train, version)
+    xt, yt = toy_images(seed + 1, n_test, version)
     model = ToyClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (n_train // batch)
@@ -40,7 +42,7 @@ def train_classifier(opts: dict[str, str]) -> None:
         acc = evaluate_classifier(model, xt, yt)
         print(f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f} held-out accuracy {acc:.4f} "
               f"({time.time() - t0:.0f} s)", flush=True)
-    record = {"what": "toy classifier", "dataset": "ToyShapes", "train_seed": seed, "train_samples": n_train,
+    record = {"what": "toy classifier", "dataset": "ToyShapes", "data_version": version, "train_seed": seed, "train_samples": n_train,
               "test_seed": seed + 1, "test_samples": n_test, "epochs": epochs, "batch": batch, "lr": lr,
               "held_out_accuracy": acc, "train_seconds": round(time.time() - t0, 1),
               "command": "argen train-toy classifier " + " ".join(f"{k}={v}" for k, v in opts.items())}

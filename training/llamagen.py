@@ -30,8 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.common import (WEIGHTS_DIR, LoadMonitor, as_float, batches, cosine_schedule, half_precision, toy_codes,
-                             toy_images, write_weights)
+from accel.checkpoints import save_safetensors
+from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState,
+                             as_float, batches, cosine_schedule, data_version,
+                             half_precision, init_record, load_init,
+                             probe_class_consistency, skip_batches,
+                             stopping_step, toy_codes, toy_images,
+                             write_weights)
 
 TOKENIZER = "llamagen_vq_toy"
 
@@ -79,8 +84,9 @@ def train_tokenizer(opts: dict[str, str]) -> None:
     beta, restart_every = float(opts.get("beta", 0.25)), int(opts.get("restart_every", 100))
     out_dir = Path(opts.get("out_dir", WEIGHTS_DIR))
     t_start = time.time()
-    xs, _ = toy_images(seed, n_train)
-    xt, _ = toy_images(seed + 1, n_test)
+    version = data_version(opts)
+    xs, _ = toy_images(seed, n_train, version)
+    xt, _ = toy_images(seed + 1, n_test, version)
     with seeded_init(seed):
         vq = build_tokenizer(TOKENIZER)
         n = vq.quantize.n_e  # the official codebook init: uniform(-1/n, 1/n), then unit rows
@@ -128,7 +134,8 @@ def train_tokenizer(opts: dict[str, str]) -> None:
     psnr, used = tokenizer_psnr(vq, xt)
     cfg = TOKENIZER_CONFIGS[TOKENIZER]
     record = {"what": TOKENIZER, "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-              "dataset": "ToyShapes", "train_seed": seed, "train_samples": n_train, "test_seed": seed + 1,
+              "dataset": "ToyShapes", "data_version": version, "train_seed": seed, "train_samples": n_train,
+              "test_seed": seed + 1,
               "test_samples": n_test, "steps": steps, "batch": batch, "lr": lr, "betas": [0.9, 0.95],
               "schedule": "cosine, 100 warmup steps", "loss": f"mse + codebook + {beta} x commitment (l2-normalised codes)",
               "dead_code_restart_every": restart_every, "codes_restarted": restarted_total,
@@ -162,18 +169,23 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
     lr, wd = float(opts.get("lr", defaults["lr"])), float(opts.get("weight_decay", 0.05))
     label_dropout = float(opts.get("label_dropout", cfg.args.class_dropout_prob))
     bf16 = opts.get("bf16", "1") not in ("0", "false", "False")
+    version, ema_decay = data_version(opts), float(opts.get("ema", 0.999))
+    probe_every, probe_samples = int(opts.get("probe_every", 0)), int(opts.get("probe_samples", 200))
+    stop_at = stopping_step(opts)
     out_dir = Path(opts.get("out_dir", WEIGHTS_DIR))
     t_start = time.time()
     vq, vq_path = load_toy_tokenizer(out_dir)
-    codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed, n_train, vq_path)[0].long()
+    codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed, n_train, vq_path, version)[0].long()
     encode_seconds = time.time() - t_start
-    _, labels = toy_images(seed, n_train)
+    _, labels = toy_images(seed, n_train, version)
     labels = torch.from_numpy(labels).long()
     if codes.shape != (n_train, cfg.args.block_size):
         raise SystemExit(f"codes of shape {tuple(codes.shape)}; {name} needs [{n_train}, {cfg.args.block_size}]")
     with seeded_init(seed):
         model = Transformer(cfg.args)
         model.init_weights(zero_output=True)  # the official init: normal(0, 0.02), output head zeroed
+    init = opts.get("init")
+    load_init(model, init, name)
     model.train()
     # the release's optimizer groups: weight decay on >= 2-D weights only
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -181,19 +193,25 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
     sched = cosine_schedule(opt, steps, warmup=int(opts.get("warmup", 200)))
+    ema = EMA(model, ema_decay) if ema_decay > 0 else None
+    state = TrainingState(opts.get("state"), int(opts.get("save_every", 100)))
+    start = state.restore(model, opt, sched, ema)
+    order = batches(n_train, batch, steps, seed)
+    skip_batches(order, start)
     amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    g = torch.Generator().manual_seed(seed + 29)
     V, T = cfg.args.vocab_size, cfg.args.cls_token_num
     # held-out loss: codes of 500 images of ToyShapes(seed+1)
-    held_codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed + 1, 500, vq_path)[0].long()
-    _, held_labels = toy_images(seed + 1, 500)
+    held_codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed + 1, 500, vq_path, version)[0].long()
+    _, held_labels = toy_images(seed + 1, 500, version)
     load = LoadMonitor()
+    probes: list[dict] = []
     t0 = time.time()
     ema_loss = None
-    for step, idx in enumerate(batches(n_train, batch, steps, seed)):
+    for step, idx in enumerate(order, start=start):
         z = codes[idx]
         y = labels[idx]
-        y = torch.where(torch.rand(len(y), generator=g) < label_dropout, torch.full_like(y, cfg.args.num_classes), y)
+        drop = torch.rand(len(y), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)) < label_dropout
+        y = torch.where(drop, torch.full_like(y, cfg.args.num_classes), y)
         with amp():
             logits = model(z[:, :-1], y)[:, T - 1:]          # position i predicts image token i
         loss = F.cross_entropy(logits.float().reshape(-1, V), z.reshape(-1))
@@ -202,28 +220,47 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update(model, step)
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
-        if (step + 1) % 20 == 0:
+        done = step + 1
+        if done % 20 == 0:
             load.sample()
-        if (step + 1) % 200 == 0 or step + 1 == steps:
-            print(f"step {step + 1}/{steps} loss {ema_loss:.3f} ({time.time() - t0:.0f} s, "
+        if done % 200 == 0 or done == steps:
+            print(f"step {done}/{steps} loss {ema_loss:.3f} ({time.time() - t0:.0f} s, "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)
+        state.maybe_save(done, steps, model, opt, sched, ema)
+        if probe_every and name == "llamagen_toy" and (done % probe_every == 0 or done == steps):
+            weights = ema.weights(model) if ema is not None else model.state_dict()
+            path = out_dir / f"{name}.probe.safetensors"
+            save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, path,
+                             metadata={"name": name})
+            probes.append({"step": done, **probe_class_consistency(name, path, vq_path, probe_samples, version)})
+            print(f"probe at step {done}: {probes[-1]}", flush=True)
+            model.train()
+        if done == stop_at and done < steps:
+            print(f"stopped after step {done} (stop_at); the state is in {state.path}: run again to go on")
+            return
     model.eval().requires_grad_(False)
+    if ema is not None:
+        model.load_state_dict(ema.weights(model))
     held = held_out_loss(model, held_codes, torch.from_numpy(held_labels).long())
-    print(f"held-out next-token loss {held:.3f} nats (ToyShapes seed {seed + 1}, 500 images)")
+    print(f"held-out next-token loss {held:.3f} nats (ToyShapes {version} seed {seed + 1}, 500 images)")
     a = cfg.args
     record = {"what": name, "tokenizer": TOKENIZER,
               "architecture": {"n_layer": a.n_layer, "n_head": a.n_head, "dim": a.dim, "multiple_of": a.multiple_of,
                                "vocab_size": a.vocab_size, "num_classes": a.num_classes, "block_size": a.block_size,
                                "parameters": sum(p.numel() for p in model.parameters())},
-              "dataset": "ToyShapes", "train_seed": seed, "train_samples": n_train, "steps": steps, "batch": batch,
-              "lr": lr, "betas": [0.9, 0.95], "weight_decay": wd, "grad_clip": 1.0,
+              "dataset": "ToyShapes", "data_version": version, "train_seed": seed, "train_samples": n_train,
+              "steps": steps, "batch": batch,
+              "lr": lr, "betas": [0.9, 0.95], "weight_decay": wd, "grad_clip": 1.0, "ema": ema_decay,
               "schedule": f"cosine, {int(opts.get('warmup', 200))} warmup steps", "label_dropout": label_dropout,
               "bf16_autocast": bf16, "dropout": "none (token/residual/ffn dropout of the release off: the toy runs underfit)",
               "final_train_loss_ema": round(ema_loss, 4), "held_out_loss": round(held, 4), "held_out_seed": seed + 1,
-              "threads": threads, "encode_seconds": round(encode_seconds, 1), "train_seconds": round(time.time() - t0, 1),
-              "total_seconds": round(time.time() - t_start, 1), "machine_load": load.summary(), "storage": "fp16",
-              "command": _command(what, opts)}
+              "threads": threads, "encode_seconds": round(encode_seconds, 1),
+              "train_seconds_this_process": round(time.time() - t0, 1), "resumed_at_step": start, "probes": probes,
+              "init": init_record(init), "total_seconds": round(time.time() - t_start, 1),
+              "machine_load": load.summary(), "storage": "fp16", "command": _command(what, opts)}
     path = write_weights(half_precision(model), name, record, out_dir)
     print(f"wrote {path}")
 

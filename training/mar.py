@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import CACHE_DIR
-from training.common import (WEIGHTS_DIR, LoadMonitor, as_float, batches, cosine_schedule, init_record, load_average,
-                             load_init, toy_images, write_weights)
+from training.common import (WEIGHTS_DIR, LoadMonitor, as_float, batches,
+                             cosine_schedule, data_version, init_record,
+                             load_average, load_init, toy_images,
+                             write_weights)
 
 TOKENIZER = "mar_kl_toy"
 MODEL = "mar_toy"
@@ -95,8 +97,9 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
     steps, batch, lr = int(opts.get("steps", 1500)), int(opts.get("batch", 32)), float(opts.get("lr", 1e-3))
     kl_weight = float(opts.get("kl_weight", 1e-4))
     bf16 = opts.get("bf16", "true").lower() in ("1", "true", "yes")
-    xs, _ = toy_images(seed, n_train)
-    xt, _ = toy_images(seed + 1, 1000)
+    version = data_version(opts)
+    xs, _ = toy_images(seed, n_train, version)
+    xt, _ = toy_images(seed + 1, 1000, version)
     with seeded_init(seed):
         vae = build_tokenizer(TOKENIZER).train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0)  # LDM's AE betas
@@ -133,7 +136,7 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
     stats = latent_statistics(vae, xs[:5000], seed)
     print(f"held-out PSNR {psnr:.2f} dB; latents: mean {stats['latent_mean']:.4f}, std {stats['latent_std']:.4f} "
           f"-> latent scale factor {stats['latent_scale']:.4f}", flush=True)
-    record = {"what": TOKENIZER, "dataset": "ToyShapes", "train_seed": seed, "train_samples": n_train,
+    record = {"what": TOKENIZER, "dataset": "ToyShapes", "data_version": version, "train_seed": seed, "train_samples": n_train,
               "test_seed": seed + 1, "test_samples": len(xt), "steps": steps, "batch": batch, "lr": lr,
               "optimizer": "AdamW betas (0.5, 0.9), cosine schedule, 100 warmup steps",
               "loss": "mean L1 + mean L2 reconstruction + kl_weight * mean KL per latent element",
@@ -263,16 +266,17 @@ def mar_loss(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor,
 # MAR: data and training loop
 # ------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def toy_latents(vae: torch.nn.Module, weights: Path, seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior (mean, std) [count, C, 16, 16] of ToyShapes(seed)[:count], cached by the tokenizer's hash
+def toy_latents(vae: torch.nn.Module, weights: Path, seed: int, count: int, version: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, std) [count, C, 16, 16] of ToyShapes(seed, version)[:count], cached by the tokenizer's hash
     (MAR's main_cache.py caches the same moments; training samples the posterior at every use)."""
 
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    path = CACHE_DIR / "toy" / f"latents_{TOKENIZER}_{digest}_seed{seed}_n{count}.pt"
+    path = CACHE_DIR / "toy" / f"latents_{TOKENIZER}_{digest}_{version}_seed{seed}_n{count}.pt"
     if path.exists():
         d = torch.load(path, weights_only=True)
         return d["mean"], d["std"]
-    xs, _ = toy_images(seed, count)
+    xs, _ = toy_images(seed, count, version)
     vae.eval()
     means, stds = [], []
     for i in range(0, count, 250):
@@ -441,11 +445,12 @@ def train_mar(opts: dict[str, str]) -> None:
     t_start = time.time()
     vae = build_tokenizer(cfg["tokenizer"])
     load_strict(vae, read_checkpoint(vae_path), f"toy tokenizer {vae_path}")
-    mean, std = toy_latents(vae, vae_path, seed, n_train)
+    version = data_version(opts)
+    mean, std = toy_latents(vae, vae_path, seed, n_train, version)
     n_held = int(opts.get("held_out", 500))  # held-out images for choosing weights or EMA
-    hmean, hstd = toy_latents(vae, vae_path, seed + 1, n_held)
-    _, labels = toy_images(seed, n_train)
-    _, hlabels = toy_images(seed + 1, n_held)
+    hmean, hstd = toy_latents(vae, vae_path, seed + 1, n_held, version)
+    _, labels = toy_images(seed, n_train, version)
+    _, hlabels = toy_images(seed + 1, n_held, version)
     labels, hlabels = torch.from_numpy(labels).long(), torch.from_numpy(hlabels).long()
     g_hold = torch.Generator().manual_seed(seed + 1)
     held_tokens = posterior_tokens(hmean, hstd, latent_scale, g_hold)
@@ -529,7 +534,8 @@ def train_mar(opts: dict[str, str]) -> None:
                                                       if check["chain_token_rms"] > 3 * check["target_token_rms"] else ""),
           flush=True)
     total_seconds = time.time() - t_start
-    record = {"what": MODEL, "tokenizer": cfg["tokenizer"], "dataset": "ToyShapes", "train_seed": seed,
+    record = {"what": MODEL, "tokenizer": cfg["tokenizer"], "dataset": "ToyShapes", "data_version": version,
+              "train_seed": seed,
               "train_samples": n_train, "held_out_seed": seed + 1, "held_out_samples": n_held, "steps": steps,
               "batch": batch, "lr": lr, "parameters": n_params,
               "objective": "MAR: random order, mask ratio truncnorm [0.7, 1] centred 1.0 std 0.25, diffusion loss "

@@ -8,8 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.common import (WEIGHTS_DIR, as_float, batches, cosine_schedule, half_precision,
-                             init_record, load_init, toy_codes, toy_images, write_weights)
+from accel.checkpoints import save_safetensors
+from training.common import (EMA, WEIGHTS_DIR, TrainingState, as_float,
+                             batches, cosine_schedule, data_version,
+                             init_record, load_init, probe_class_consistency,
+                             skip_batches, stopping_step, toy_codes,
+                             toy_images, write_weights)
 
 
 def train_var_tokenizer(opts: dict[str, str]) -> None:
@@ -18,8 +22,9 @@ def train_var_tokenizer(opts: dict[str, str]) -> None:
 
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
     steps, batch, lr = int(opts.get("steps", 3000)), int(opts.get("batch", 64)), float(opts.get("lr", 1e-3))
-    xs, _ = toy_images(seed, n_train)
-    xt, _ = toy_images(seed + 1, 1000)
+    version = data_version(opts)
+    xs, _ = toy_images(seed, n_train, version)
+    xt, _ = toy_images(seed + 1, 1000, version)
     with seeded_init(seed):
         vae = build_tokenizer("var_vqvae_toy").train().requires_grad_(True)
     q = vae.quantize
@@ -54,7 +59,7 @@ def train_var_tokenizer(opts: dict[str, str]) -> None:
                       f"({time.time() - t0:.0f} s)", flush=True)
                 vae.train()
     vae.eval().requires_grad_(False)
-    record = {"what": "var_vqvae_toy", "dataset": "ToyShapes", "train_seed": seed, "train_samples": n_train,
+    record = {"what": "var_vqvae_toy", "dataset": "ToyShapes", "data_version": version, "train_seed": seed, "train_samples": n_train,
               "steps": steps, "batch": batch, "lr": lr, "held_out_psnr_db": round(psnr, 2),
               "train_seconds": round(time.time() - t0, 1),
               "command": "argen train-toy var-tokenizer " + " ".join(f"{k}={v}" for k, v in opts.items())}
@@ -72,10 +77,14 @@ def _psnr(vae: torch.nn.Module, images: np.ndarray) -> float:
 
 
 def train_var(opts: dict[str, str]) -> None:
-    """argen train-toy var [seed=0 train=30000 steps=1600 batch=32 lr=1e-3 bf16=1 threads=N init=PATH]
+    """argen train-toy var [seed=0 train=30000 steps=1600 batch=32 lr=1e-3 bf16=1 threads=N data=v2 ema=0.999
+    init=PATH state=PATH save_every=100 stop_at=STEP probe_every=0 probe_samples=200]
 
-    init=PATH continues from earlier var_toy weights (a new warm-up and cosine schedule over `steps`); the
-    record then carries the earlier run's record, so the total training is on file."""
+    init=PATH starts from earlier var_toy weights (a new warm-up and cosine schedule over `steps`); the record
+    then carries the earlier run's record, so the total training is on file. state=PATH keeps a resumable
+    state there (see TrainingState); stop_at=STEP ends this sitting after that step (state saved), so a long
+    schedule can be trained in pieces. probe_every=N writes the EMA weights every N steps and measures their
+    class-consistency on probe_samples samples, so a long run shows when it is good enough."""
     from accel.api import seeded_init
     from accel.checkpoints import read_checkpoint
     from accel.families.var import CONFIGS, VAR
@@ -83,6 +92,9 @@ def train_var(opts: dict[str, str]) -> None:
 
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
     steps, batch, lr = int(opts.get("steps", 1600)), int(opts.get("batch", 32)), float(opts.get("lr", 1e-3))
+    version, ema_decay = data_version(opts), float(opts.get("ema", 0.999))
+    probe_every, probe_samples = int(opts.get("probe_every", 0)), int(opts.get("probe_samples", 200))
+    stop_at = stopping_step(opts)
     # bf16 autocast (fp32 master weights, fp32 loss): 1.6-1.8x faster steps on a CPU with AVX512-BF16
     bf16 = opts.get("bf16", "1") not in ("0", "false", "False")
     torch.set_num_threads(int(opts.get("threads", torch.get_num_threads())))
@@ -93,8 +105,8 @@ def train_var(opts: dict[str, str]) -> None:
         raise SystemExit(f"{vae_path} does not exist: run `argen train-toy var-tokenizer` first")
     vae = build_tokenizer(cfg.tokenizer)
     vae.load_state_dict(read_checkpoint(vae_path))
-    codes = toy_codes(cfg.tokenizer, vae.img_to_idxBl, seed, n_train, vae_path)
-    _, labels = toy_images(seed, n_train)
+    codes = toy_codes(cfg.tokenizer, vae.img_to_idxBl, seed, n_train, vae_path, version)
+    _, labels = toy_images(seed, n_train, version)
     labels = torch.from_numpy(labels).long()
     with seeded_init(seed):
         model = VAR(cfg)
@@ -107,13 +119,20 @@ def train_var(opts: dict[str, str]) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
     sched = cosine_schedule(opt, steps, warmup=200)
+    ema = EMA(model, ema_decay) if ema_decay > 0 else None
+    state = TrainingState(opts.get("state"), int(opts.get("save_every", 100)))
+    start = state.restore(model, opt, sched, ema)
+    order = batches(n_train, batch, steps, seed)
+    skip_batches(order, start)
+    probes: list[dict] = []
     t0 = time.time()
-    for step, idx in enumerate(batches(n_train, batch, steps, seed)):
+    for step, idx in enumerate(order, start=start):
         idx_Bl = [c[idx].long() for c in codes]
         with torch.no_grad():
             x_in = vae.quantize.idxBl_to_var_input(idx_Bl)
         y = labels[idx]
-        y = torch.where(torch.rand(len(y)) < 0.1, torch.full_like(y, cfg.num_classes), y)  # CFG: drop 10%
+        drop = torch.rand(len(y), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)) < 0.1
+        y = torch.where(drop, torch.full_like(y, cfg.num_classes), y)  # CFG: drop 10% of the labels
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(y, x_in)
         loss = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), torch.cat(idx_Bl, dim=1).reshape(-1))
@@ -122,14 +141,39 @@ def train_var(opts: dict[str, str]) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
         sched.step()
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            print(f"step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+        if ema is not None:
+            ema.update(model, step)
+        done = step + 1
+        if done % 100 == 0 or done == steps:
+            print(f"step {done}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+        state.maybe_save(done, steps, model, opt, sched, ema)
+        if probe_every and (done % probe_every == 0 or done == steps):
+            probes.append({"step": done, **_probe(model, ema, out_dir, vae_path, probe_samples, version)})
+            print(f"probe at step {done}: {probes[-1]}", flush=True)
+            model.train()
+        if done == stop_at and done < steps:
+            print(f"stopped after step {done} (stop_at); the state is in {state.path}: run again to go on")
+            return
     model.eval().requires_grad_(False)
-    record = {"what": "var_toy", "tokenizer": cfg.tokenizer, "dataset": "ToyShapes", "train_seed": seed,
-              "train_samples": n_train, "steps": steps, "batch": batch, "lr": lr, "label_dropout": 0.1,
-              "bf16_autocast": bf16, "threads": torch.get_num_threads(),
-              "final_loss": round(loss.item(), 4), "train_seconds": round(time.time() - t0, 1),
-              "init": init_record(init),
+    weights = ema.weights(model) if ema is not None else model.state_dict()
+    record = {"what": "var_toy", "tokenizer": cfg.tokenizer, "dataset": "ToyShapes", "data_version": version,
+              "train_seed": seed, "train_samples": n_train, "steps": steps, "batch": batch, "lr": lr,
+              "label_dropout": 0.1, "bf16_autocast": bf16, "ema": ema_decay, "threads": torch.get_num_threads(),
+              "final_loss": round(loss.item(), 4), "train_seconds_this_process": round(time.time() - t0, 1),
+              "resumed_at_step": start, "probes": probes, "init": init_record(init),
               "command": "argen train-toy var " + " ".join(f"{k}={v}" for k, v in opts.items())}
-    path = write_weights(half_precision(model), "var_toy", {**record, "storage": "fp16"}, out_dir)
+    path = write_weights(_fp16(weights), "var_toy", {**record, "storage": "fp16"}, out_dir)
     print(f"wrote {path}")
+
+
+def _fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _probe(model: torch.nn.Module, ema: EMA | None, out_dir: Path, vae_path: Path, samples: int,
+           version: str) -> dict:
+    """Write the current (EMA) weights as out_dir/var_toy.probe.safetensors and measure them."""
+    weights = ema.weights(model) if ema is not None else model.state_dict()
+    path = out_dir / "var_toy.probe.safetensors"
+    save_safetensors(_fp16(weights), path, metadata={"name": "var_toy"})
+    return probe_class_consistency("var_toy", path, vae_path, samples, version)

@@ -12,3 +12,15 @@ def bundled_weights(name: str) -> Path | None:
     """The committed safetensors file of a toy model or tokenizer, if it has been trained."""
     path = WEIGHTS_DIR / f"{name}.safetensors"
     return path if path.is_file() else None
+
+
+def data_version(name: str) -> str:
+    """The ToyShapes version (accel/toy/data.py VERSIONS) a committed toy model was trained on: its record's
+    data_version, "v1" for records written before there were versions. Toy FID compares a model with real
+    images of its own version."""
+    import json
+
+    record = WEIGHTS_DIR / f"{name}.json"
+    if not record.is_file():
+        raise FileNotFoundError(f"{record} is missing: {name} has no committed toy weights")
+    return json.loads(record.read_text()).get("data_version", "v1")

@@ -4,10 +4,20 @@ The class fixes the kind of object; everything else varies per sample: the objec
 scale and rotation, and a textured background (a coloured sinusoidal grating plus smooth noise in a
 second colour). Objects are rendered at 4x resolution and area-downsampled, so edges are anti-aliased
 and images carry real high-frequency detail. Sample i of a data set with seed s depends only on (s, i).
+
+Two versions differ only in how much of the image the object takes and how loud the background is:
+- "v1": objects 0.45-0.8 of the half-width, centred within +-0.25, the grating 60% of the background mix.
+  An object is 7-13 px across (4-6 tokens of a 16x16 grid), so a square and a triangle differ in a few
+  corner tokens while most tokens spell out the grating; tiny generators learn the background first.
+- "v2" (the default): objects 0.62-0.85 of the half-width within +-0.12 (10-14 px, 5-7 tokens), the
+  grating 20% of the mix. Classes still differ only by shape, colours and poses vary as before, and the
+  object's own detail (stripes, checks, anti-aliased edges, shading) still sits in the last scales.
+The same (seed, index) draws the same colours, angle and background in both versions.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +30,18 @@ SIZE = 32
 SUPERSAMPLE = 4
 
 
+@dataclass(frozen=True)
+class Version:
+    scale: tuple[float, float]  # object radius relative to the half-width of the image
+    center: float  # the object's centre is uniform in [-center, center]^2
+    grating: float  # the grating's share of the background mix (the rest is smooth noise)
+
+
+VERSIONS = {"v1": Version(scale=(0.45, 0.8), center=0.25, grating=0.6),
+            "v2": Version(scale=(0.62, 0.85), center=0.12, grating=0.2)}
+DEFAULT_VERSION = "v2"
+
+
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     i = np.floor(h * 6).astype(int) % 6
     f = h * 6 - np.floor(h * 6)
@@ -28,8 +50,9 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.stack([np.choose(i, [row[c] for row in table]) for c in range(3)], axis=-1)
 
 
-def sample_params(seed: int, index: int, label: int) -> dict[str, np.ndarray | float]:
+def sample_params(seed: int, index: int, label: int, version: str = DEFAULT_VERSION) -> dict[str, np.ndarray | float]:
     """Every random choice of one sample, from a generator keyed by (seed, index)."""
+    v = VERSIONS[version]
     rng = np.random.default_rng([seed, index, 7919])
     hue = rng.uniform()
     obj = _hsv_to_rgb(np.array(hue), np.array(rng.uniform(0.6, 1.0)), np.array(rng.uniform(0.75, 1.0)))
@@ -39,9 +62,10 @@ def sample_params(seed: int, index: int, label: int) -> dict[str, np.ndarray | f
     return {
         "label": label,
         "color": obj, "bg1": bg1, "bg2": bg2,
-        "scale": rng.uniform(0.45, 0.8),  # object radius relative to the half-width of the image
+        "scale": rng.uniform(*v.scale),
         "angle": rng.uniform(0, 2 * math.pi),
-        "center": rng.uniform(-0.25, 0.25, size=2),
+        "center": rng.uniform(-v.center, v.center, size=2),
+        "grating": v.grating,
         "grating_freq": rng.uniform(2.0, 6.0), "grating_angle": rng.uniform(0, math.pi),
         "grating_phase": rng.uniform(0, 2 * math.pi),
         "noise": rng.standard_normal((4, 4)),
@@ -90,7 +114,8 @@ def render(params: dict) -> np.ndarray:
                                      + params["grating_phase"])
     noise = torch.from_numpy(params["noise"]).view(1, 1, 4, 4)
     noise = F.interpolate(noise, size=(n, n), mode="bicubic", align_corners=True)[0, 0]
-    mix = (0.6 * grating + 0.4 * torch.sigmoid(2 * noise)).clamp(0, 1)
+    w = params["grating"]
+    mix = (w * grating + (1 - w) * torch.sigmoid(2 * noise)).clamp(0, 1)
     bg1 = torch.from_numpy(params["bg1"]).view(3, 1, 1)
     bg2 = torch.from_numpy(params["bg2"]).view(3, 1, 1)
     img = bg1 * (1 - mix) + bg2 * mix
@@ -113,10 +138,12 @@ def label_of(index: int, num_classes: int = NUM_CLASSES) -> int:
 
 
 class ToyShapes(torch.utils.data.Dataset):
-    """`ToyShapes(seed, length)[i]` -> (image float32 [3, 32, 32] in [-1, 1], label)."""
+    """`ToyShapes(seed, length, version)[i]` -> (image float32 [3, 32, 32] in [-1, 1], label)."""
 
-    def __init__(self, seed: int = 0, length: int = 50_000):
-        self.seed, self.length = int(seed), int(length)
+    def __init__(self, seed: int = 0, length: int = 50_000, version: str = DEFAULT_VERSION):
+        if version not in VERSIONS:
+            raise ValueError(f"ToyShapes version {version!r} is not one of {sorted(VERSIONS)}")
+        self.seed, self.length, self.version = int(seed), int(length), version
 
     def __len__(self) -> int:
         return self.length
@@ -125,7 +152,7 @@ class ToyShapes(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         label = label_of(index)
-        return torch.from_numpy(render(sample_params(self.seed, index, label))), label
+        return torch.from_numpy(render(sample_params(self.seed, index, label, self.version))), label
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         items = [self[i] for i in range(start, start + count)]

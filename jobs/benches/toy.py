@@ -2,8 +2,9 @@
 
 `toy_quality(gen, n)` generates n class-balanced samples (class i mod 10, seed i + seed_offset),
 extracts the toy classifier's 256-d penultimate features, and compares their statistics with those of
-REFERENCE_SAMPLES real ToyShapes images (data-set seed REFERENCE_SEED, never used in training). The
-reference statistics are cached on disk, keyed by the classifier's weights.
+REFERENCE_SAMPLES real ToyShapes images (data-set seed REFERENCE_SEED, never used in training) of the
+ToyShapes version the model was trained on (its record's data_version). The reference statistics are cached
+on disk, keyed by the classifier's weights and the version.
 
 `argen bench toy` (run()) prints the quality-vs-speed table: for each acceleration and a few settings,
 toy FID, class-consistency, wall-clock ratio and FLOPs ratio against its baseline, in one run with the
@@ -27,6 +28,7 @@ import torch
 
 from accel.api import ArgenError
 from accel.checkpoints import CACHE_DIR, load_strict, read_checkpoint
+from accel.toy import data_version
 from pipeline.metrics import FeatureStats, fid_from_stats
 
 REFERENCE_SEED = 2
@@ -64,15 +66,16 @@ def classifier_outputs(images_uint8: np.ndarray, batch: int = 500) -> tuple[np.n
     return np.concatenate(feats), np.concatenate(preds)
 
 
-def reference_stats() -> FeatureStats:
+def reference_stats(version: str) -> FeatureStats:
+    """Toy-classifier feature statistics of REFERENCE_SAMPLES real images of ToyShapes `version`."""
     from training.common import toy_images
 
     _, sha = toy_classifier()
-    path = CACHE_DIR / "toy" / f"reference_stats_{sha}_seed{REFERENCE_SEED}_n{REFERENCE_SAMPLES}.npz"
+    path = CACHE_DIR / "toy" / f"reference_stats_{sha}_{version}_seed{REFERENCE_SEED}_n{REFERENCE_SAMPLES}.npz"
     if path.exists():
         with np.load(path) as f:
             return FeatureStats(int(f["n"]), f["mean"], f["m2"])
-    images, _ = toy_images(REFERENCE_SEED, REFERENCE_SAMPLES)
+    images, _ = toy_images(REFERENCE_SEED, REFERENCE_SAMPLES, version)
     stats = FeatureStats.from_features(classifier_outputs(images)[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, n=stats.n, mean=stats.mean, m2=stats.m2)
@@ -107,7 +110,8 @@ def toy_quality_interleaved(gens: list[Any], n: int, batch_size: int = 100,
         "n": n, "batch_size": batch_size, "seed_offsets": offsets, "settings": settings,
         "generators": [[g.name, g.accel, weights_digest(g)] for g in gens], "classifier": toy_classifier()[1],
     }) if state_dir else None
-    done, scores = state.load(len(gens)) if state else (0, [_RunningScores() for _ in gens])
+    versions = [data_version(g.name) for g in gens]
+    done, scores = state.load(versions) if state else (0, [_RunningScores(v) for v in versions])
     t0 = time.perf_counter()
     for start in range(done, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
@@ -127,7 +131,9 @@ class _RunningScores:
     """One generator's scores so far: toy-classifier feature statistics, class hits, and the sums of
     seconds, FLOPs and method counters (each counter weighted by its batch's size)."""
 
-    def __init__(self, features: FeatureStats | None = None, hits: int = 0, sums: dict[str, float] | None = None):
+    def __init__(self, version: str, features: FeatureStats | None = None, hits: int = 0,
+                 sums: dict[str, float] | None = None):
+        self.version = version  # the ToyShapes version whose real images are the FID reference
         self.features, self.hits, self.sums = features, hits, dict(sums or {})
 
     def add(self, images: np.ndarray, labels: list[int], stats: dict[str, Any]) -> None:
@@ -144,7 +150,7 @@ class _RunningScores:
 
     def result(self) -> dict[str, Any]:
         n = self.features.n
-        return {"fid": fid_from_stats(self.features, reference_stats()), "class_consistency": self.hits / n,
+        return {"fid": fid_from_stats(self.features, reference_stats(self.version)), "class_consistency": self.hits / n,
                 "samples": n, "generate_seconds": self.sums["seconds"], "flops_per_image": self.sums["flops"] / n,
                 **{k: v / n for k, v in self.sums.items() if k not in ("seconds", "flops")}}
 
@@ -184,14 +190,14 @@ class _ScoreState:
             path.write_text(json.dumps(meta, indent=1))
         self.path = self.dir / "scores.npz"
 
-    def load(self, count: int) -> tuple[int, list[_RunningScores]]:
-        """(samples already scored, the running scores of each of `count` generators)."""
+    def load(self, versions: list[str]) -> tuple[int, list[_RunningScores]]:
+        """(samples already scored, the running scores of each generator; `versions`: their data versions)."""
         if not self.path.exists():
-            return 0, [_RunningScores() for _ in range(count)]
+            return 0, [_RunningScores(v) for v in versions]
         with np.load(self.path) as f:
             return int(f["done"]), [
-                _RunningScores(FeatureStats(int(f[f"n_{g}"]), f[f"mean_{g}"], f[f"m2_{g}"]), int(f[f"hits_{g}"]),
-                               json.loads(str(f[f"sums_{g}"]))) for g in range(count)]
+                _RunningScores(v, FeatureStats(int(f[f"n_{g}"]), f[f"mean_{g}"], f[f"m2_{g}"]), int(f[f"hits_{g}"]),
+                               json.loads(str(f[f"sums_{g}"]))) for g, v in enumerate(versions)]
 
     def save(self, done: int, scores: list[_RunningScores]) -> None:
         arrays: dict[str, Any] = {"done": np.array(done)}
