@@ -161,6 +161,13 @@ class KVCache:
         valid[:, :T] = cond_mask.bool()
         self.key_valid = valid
 
+    def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy each row's entries at slots src [B, A] to slots dst [B, A] in every layer (a draft tree's
+        accepted path to the row's next positions; its keys were already rotated for those positions)."""
+        for cache in (*self.k, *self.v):
+            idx = src[:, None, :, None].expand(-1, cache.shape[1], -1, cache.shape[-1])
+            cache.scatter_(2, dst[:, None, :, None].expand_as(idx), cache.gather(2, idx))
+
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         # input_pos [B, T]; k, v [B, H, T, D]
         idx = input_pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
@@ -279,14 +286,19 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor | None, cond_idx: torch.Tensor | None,
                 input_pos: torch.Tensor | None = None, cache: KVCache | None = None,
-                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T, V] (fp32).
+                cond_mask: torch.Tensor | None = None, rope_pos: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, features: bool = False):
+        """Logits [B, T, V] (fp32); with features=True also the last hidden states after the final norm
+        [B, T, dim] (what an EAGLE drafter reads).
 
         Full (training-style) forward: idx [B, T] image tokens and cond_idx (class ids [B], or caption
         features [B, cls_token_num, caption_dim] with cond_mask [B, cls_token_num]), no cache; returns the
         logits of all cls_token_num + T positions (position i predicts image token i - cls_token_num + 1).
         Cached: either cond_idx (prefill; t2i with cond_mask, kept in the cache) or idx (decode) with
-        input_pos [B, T] (or [T]) and a cache.
+        input_pos [B, T] (or [T]) and a cache. input_pos are the cache slots written; by default they are
+        also the positions (RoPE) and a token sees the keys at slots <= its own. A draft tree passes its
+        nodes' positions as rope_pos [B, T] and what each node sees as attn_mask [B, 1, T, kv_len] (its
+        context and its ancestors), its nodes sitting in distinct slots.
         """
         if cache is None:
             h = torch.cat([self.cls_embedding(cond_idx)[:, :self.cls_token_num], self.tok_embeddings(idx)], dim=1)
@@ -311,14 +323,19 @@ class Transformer(nn.Module):
             if cache.kv_len > cache.max_seq:
                 raise ArgenError(f"position {cache.kv_len - 1} is past the KV cache length {cache.max_seq}")
             keys = torch.arange(cache.kv_len, device=h.device)
-            mask = (keys[None, None, :] <= input_pos[:, :, None])[:, None]  # [B, 1, T, kv_len]
+            if attn_mask is None:
+                mask = (keys[None, None, :] <= input_pos[:, :, None])[:, None]  # [B, 1, T, kv_len]
+            else:
+                mask = attn_mask
             if cache.key_valid is not None:  # t2i: padding condition keys hidden, except from themselves
                 seen = cache.key_valid[:, None, :cache.kv_len] | (keys[None, None, :] == input_pos[:, :, None])
                 mask = mask & seen[:, None]
-            freqs = self._freqs(input_pos, h.device)                          # [B, T, hd/2, 2]
+            freqs = self._freqs(input_pos if rope_pos is None else rope_pos, h.device)  # [B, T, hd/2, 2]
         for i, layer in enumerate(self.layers):
             h = layer(h, freqs, mask, cache, i, input_pos)
-        return self.output(self.norm(h)).float()
+        h = self.norm(h)
+        logits = self.output(h).float()
+        return (logits, h) if features else logits
 
     def forward_flops(self, rows: int, n_q: int, n_kv: int, prefill: bool = False) -> float:
         """Analytic FLOPs of one forward: `rows` sequences, n_q new tokens each, n_kv keys attended
