@@ -6,6 +6,12 @@ a JSON record of its training config and data-set seed into accel/toy/weights/ (
   argen train-toy classifier        the toy classifier (toy FID features, class-consistency)
   argen train-toy var-tokenizer     var_vqvae_toy: multi-scale VQVAE, downsampling 2
   argen train-toy var               var_toy: VAR on the toy tokenizer's codes (needs var-tokenizer)
+  argen train-toy llamagen-tokenizer | llamagen | llamagen-draft | llamagen-eagle
+                                    llamagen_vq_toy, llamagen_toy, its small drafter, its EAGLE drafter
+  argen train-toy mar-tokenizer | mar   mar_kl_toy, mar_toy
+
+Long runs: state=PATH keeps a resumable state, stop_at=STEP ends a sitting, probe_every=N measures
+class-consistency while training (var, llamagen); data=v1|v2 picks the ToyShapes version.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ ENTRY_POINTS: dict[str, Callable[[dict[str, str]], None]] = {
     "llamagen-tokenizer": _entry("training.llamagen", "train_tokenizer"),
     "llamagen": _entry("training.llamagen", "train_llamagen"),
     "llamagen-draft": _entry("training.llamagen", "train_llamagen_draft"),
+    "llamagen-eagle": _entry("training.llamagen", "train_llamagen_eagle"),
     "mar-tokenizer": _entry("training.mar", "train_mar_tokenizer"),
     "mar": _entry("training.mar", "train_mar"),
 }
@@ -44,6 +51,8 @@ OPTION_KEYS = {
     "llamagen-tokenizer": (*_GENERATOR, "test", "beta", "restart_every", "data"),
     "llamagen": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay", *_LONG_RUN),
     "llamagen-draft": (*_GENERATOR, "bf16", "label_dropout", "warmup", "weight_decay", *_LONG_RUN),
+    "llamagen-eagle": (*_GENERATOR, "data", "target", "state", "save_every", "stop_at", "warmup", "noise",
+                       "p_weight"),
     "mar-tokenizer": (*_GENERATOR, "bf16", "kl_weight", "data"),
     "mar": (*_GENERATOR, "bf16", "init", "data", "warmup", "ema", "diffusion_batch_mul", "held_out", "head_steps",
             "head_batch", "head_images", "head_lr"),

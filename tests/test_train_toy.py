@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from accel.api import load_generator
 from jobs.train_toy import main as train_toy
@@ -156,6 +157,26 @@ def test_stop_at_without_a_state_is_refused(tmp_path):
         train_toy(["var", "stop_at=2", f"out_dir={tmp_path}"])
 
 
+def test_eagle_drafter_trains_on_the_targets_features_and_loads(tmp_path):
+    import shutil
+
+    from accel.families.llamagen import load_model
+    from accel.methods.eagle import load_eagle_head
+    from accel.toy import bundled_weights
+
+    shutil.copy(bundled_weights("llamagen_vq_toy"), tmp_path)
+    _train("llamagen-eagle", tmp_path, "steps=2", "batch=4", "threads=1", "warmup=1")
+    record = _record(tmp_path, "llamagen_toy_eagle")
+    assert record["target"] == "llamagen_toy.safetensors" and record["data_version"] == "v1"  # the target's
+    assert 0 <= record["held_out_top1_agreement"] <= 1
+    target = load_model("llamagen_toy", str(bundled_weights("llamagen_toy")), random_init=False,
+                        device=torch.device("cpu"))
+    head = load_eagle_head(target, tmp_path / "llamagen_toy_eagle.safetensors", torch.device("cpu"))
+    assert torch.equal(head.embed_tokens.weight, target.tok_embeddings.weight.half().float())
+    with pytest.raises(SystemExit, match="data=v2 but the target"):
+        train_toy(["llamagen-eagle", *FEW, f"out_dir={tmp_path}", "data=v2", "steps=1"])
+
+
 def test_unknown_entry_point_is_a_usage_error(capsys):
     assert train_toy(["nonsense"]) == 2
     assert "usage: argen train-toy" in capsys.readouterr().err
@@ -205,6 +226,7 @@ def test_option_keys_are_the_keys_each_entry_point_reads():
              "var": training.var.train_var,
              "llamagen-tokenizer": training.llamagen.train_tokenizer, "llamagen": training.llamagen.train_llamagen,
              "llamagen-draft": training.llamagen.train_llamagen_draft,
+             "llamagen-eagle": training.llamagen.train_llamagen_eagle,
              "mar-tokenizer": training.mar.train_mar_tokenizer, "mar": training.mar.train_mar}
     assert set(entry) == set(tt.OPTION_KEYS)
     for what, fn in entry.items():

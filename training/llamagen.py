@@ -282,3 +282,135 @@ def train_llamagen(opts: dict[str, str]) -> None:
 
 def train_llamagen_draft(opts: dict[str, str]) -> None:
     _train_generator("llamagen_toy_draft", "llamagen-draft", opts, {"steps": 2000, "batch": 32, "lr": 2e-3})
+
+
+# ----------------------------------------------------------------------------------------------
+# EAGLE drafter
+# ----------------------------------------------------------------------------------------------
+def train_llamagen_eagle(opts: dict[str, str]) -> None:
+    """argen train-toy llamagen-eagle [steps=3000 batch=32 lr=1e-3 noise=0.2 p_weight=0.1 seed=0 train=30000
+    threads=2 data=<the target's> target=PATH state=PATH save_every=100 stop_at=STEP out_dir=...]
+
+    llamagen_toy_eagle: LANTERN's EAGLE drafter (accel/methods/eagle.py) for llamagen_toy, trained as the
+    release trains it (entrypoints/train_drafter): on the frozen target's own features of ToyShapes codes,
+    teacher-forced, with 10% of the labels replaced by the null class so that the drafter also learns the
+    unconditional CFG row. Loss = smooth-L1 regression of the next feature + p_weight x the cross-entropy
+    between the target head's distribution of the true next feature and of the predicted one; uniform noise
+    of std `noise` x 512 / sequence length on the input features. The target is out_dir/llamagen_toy.safetensors
+    when there is one, else the committed llamagen_toy (or target=PATH); the data version is the target's."""
+    import json
+
+    from accel.api import seeded_init
+    from accel.families.llamagen import load_model
+    from accel.methods.eagle import build_eagle_head
+
+    threads = _threads(opts)
+    seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
+    steps, batch, lr = int(opts.get("steps", 3000)), int(opts.get("batch", 32)), float(opts.get("lr", 1e-3))
+    noise_std, p_weight = float(opts.get("noise", 0.2)), float(opts.get("p_weight", 0.1))
+    stop_at = stopping_step(opts)
+    out_dir = Path(opts.get("out_dir", WEIGHTS_DIR))
+    target_path = Path(opts.get("target") or (out_dir / "llamagen_toy.safetensors"))
+    if not target_path.exists():
+        target_path = WEIGHTS_DIR / "llamagen_toy.safetensors"
+    beside = target_path.with_suffix(".json")
+    target_version = json.loads(beside.read_text()).get("data_version", "v1") if beside.exists() else "v1"
+    version = opts.get("data") or target_version
+    if version != target_version:
+        raise SystemExit(f"data={version} but the target {target_path} was trained on ToyShapes {target_version}; "
+                         f"a drafter learns its target's features on the target's data")
+    version = data_version({"data": version})
+    t_start = time.time()
+    target = load_model("llamagen_toy", str(target_path), random_init=False, device=torch.device("cpu"))
+    target.requires_grad_(False)
+    vq, vq_path = load_toy_tokenizer(out_dir)
+    codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed, n_train, vq_path, version)[0].long()
+    _, labels = toy_images(seed, n_train, version)
+    labels = torch.from_numpy(labels).long()
+    held_codes = toy_codes(TOKENIZER, lambda x: [vq.encode_to_codes(x)], seed + 1, 200, vq_path, version)[0].long()
+    held_labels = torch.from_numpy(toy_images(seed + 1, 200, version)[1]).long()
+    with seeded_init(seed):
+        head = build_eagle_head(target)
+    head.train()
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = cosine_schedule(opt, steps, warmup=int(opts.get("warmup", 100)))
+    state = TrainingState(opts.get("state"), int(opts.get("save_every", 100)))
+    start = state.restore(head, opt, sched, None)
+    order = batches(n_train, batch, steps, seed)
+    skip_batches(order, start)
+    null = target.num_classes
+    load = LoadMonitor()
+    t0, running = time.time(), []
+    for step, idx in enumerate(order, start=start):
+        y = labels[idx]
+        drop = torch.rand(len(y), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)) < 0.1
+        y = torch.where(drop, torch.full_like(y, null), y)
+        feats_in, tokens, feats_next = eagle_pairs(target, codes[idx], y)
+        g = torch.Generator().manual_seed(seed * 7_919 + step)
+        amplitude = noise_std * 512 / feats_in.shape[1]
+        feats_in = feats_in + (torch.rand(feats_in.shape, generator=g) - 0.5) * amplitude
+        pred = head(feats_in, tokens)
+        loss = eagle_loss(target, pred, feats_next, p_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(params, 0.5)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        done = step + 1
+        if done % 20 == 0:
+            load.sample()
+        if done % 100 == 0 or done == steps:
+            print(f"step {done}/{steps} loss {np.mean(running):.4f} ({time.time() - t0:.0f} s)", flush=True)
+            running = []
+        state.maybe_save(done, steps, head, opt, sched, None)
+        if done == stop_at and done < steps:
+            print(f"stopped after step {done} (stop_at); the state is in {state.path}: run again to go on")
+            return
+    head.eval().requires_grad_(False)
+    agreement = eagle_agreement(target, head, held_codes, held_labels)
+    print(f"held-out: the drafter's top-1 token = the target's in {agreement:.3f} of positions "
+          f"(ToyShapes {version} seed {seed + 1}, 200 images)")
+    record = {"what": "llamagen_toy_eagle", "target": target_path.name, "tokenizer": TOKENIZER,
+              "dataset": "ToyShapes", "data_version": version, "train_seed": seed, "train_samples": n_train,
+              "steps": steps, "batch": batch, "lr": lr, "betas": [0.9, 0.95], "grad_clip_value": 0.5,
+              "schedule": f"cosine, {int(opts.get('warmup', 100))} warmup steps", "label_dropout": 0.1,
+              "loss": f"smooth-L1 next feature + {p_weight} x soft cross-entropy through the target's head",
+              "input_noise": f"uniform, std {noise_std} x 512 / sequence length",
+              "held_out_top1_agreement": round(agreement, 4), "threads": threads,
+              "train_seconds_this_process": round(time.time() - t0, 1), "resumed_at_step": start,
+              "total_seconds": round(time.time() - t_start, 1), "machine_load": load.summary(), "storage": "fp16",
+              "command": _command("llamagen-eagle", opts)}
+    path = write_weights(half_precision(head), "llamagen_toy_eagle", record, out_dir)
+    print(f"wrote {path}")
+
+
+@torch.no_grad()
+def eagle_pairs(target: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced drafter inputs and targets of a c2i batch: drafter index s pairs the target's feature
+    h_s with the token of base position s + 1 (image token z_s) and learns h_{s+1}."""
+    _, h = target(codes[:, :-1], labels, features=True)     # h_0 .. h_{N-1}: condition position, z_0 .. z_{N-2}
+    return h[:, :-1], codes[:, :-1], h[:, 1:]
+
+
+def eagle_loss(target: torch.nn.Module, pred: torch.Tensor, feats_next: torch.Tensor, p_weight: float) -> torch.Tensor:
+    v_loss = F.smooth_l1_loss(pred, feats_next, reduction="none").mean(-1).mean()
+    with torch.no_grad():
+        p_target = F.softmax(target.output(feats_next).float(), dim=-1)
+    p_loss = -(p_target * F.log_softmax(target.output(pred).float(), dim=-1)).sum(-1).mean()
+    return v_loss + p_weight * p_loss
+
+
+@torch.no_grad()
+def eagle_agreement(target: torch.nn.Module, head: torch.nn.Module, codes: torch.Tensor, labels: torch.Tensor) -> float:
+    """How often the drafter's most likely next token is the target's, teacher-forced on held-out codes."""
+    same = total = 0
+    for i in range(0, len(codes), 50):
+        feats_in, tokens, feats_next = eagle_pairs(target, codes[i:i + 50], labels[i:i + 50])
+        a = target.output(head(feats_in, tokens)).argmax(-1)
+        b = target.output(feats_next).argmax(-1)
+        same += int((a == b).sum())
+        total += a.numel()
+    return same / total

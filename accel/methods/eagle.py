@@ -172,9 +172,9 @@ def build_eagle_head(target: lg.Transformer) -> EagleHead:
 def load_eagle_head(target: lg.Transformer, path: str | Path, device: torch.device) -> EagleHead:
     """Released (or argen-trained) drafter weights for `target`, strictly: a missing, unexpected or
     misshapen key is an error naming the file and the keys."""
-    from accel.checkpoints import load_strict, read_checkpoint
+    from accel.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
 
-    state = read_checkpoint(str(path))
+    state = unwrap_state_dict(read_checkpoint(str(path), "drafter_checkpoint"), prefer=("model", "state_dict"))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     with torch.device("meta"):
         head = EagleHead(EagleConfig.of_target(target.config))
