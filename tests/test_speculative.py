@@ -77,6 +77,8 @@ def test_greedy_speculative_equals_plain_greedy(pair, make, tmp_path, monkeypatc
     ("speculative", {"gamma": 3}),
     pytest.param("lantern", {"lantern_delta": 0.0, "lantern_k": 5}, marks=pytest.mark.slow),
     pytest.param("sjd", {"window": 8}, marks=pytest.mark.slow),
+    ("speculative", {"drafter": "eagle", "tree_tokens": 12, "tree_depth": 3, "tree_top_k": 4}),
+    pytest.param("lantern", {"drafter": "eagle", "lantern_delta": 0.0, "lantern_k": 5}, marks=pytest.mark.slow),
 ])
 def test_greedy_generator_end_to_end_identical_images(accel, extra, tmp_path, monkeypatch):
     monkeypatch.setattr("accel.checkpoints.CACHE_DIR", tmp_path)
@@ -322,10 +324,20 @@ def test_neighbour_table_is_l2_on_raw_rows_and_cached(tmp_path, monkeypatch):
     ("speculative", {"drafter": "llamagen_q"}, "drafter='llamagen_q'"),
     ("speculative", {"drafter": "llamagen_b"}, "drafter llamagen_b uses tokenizer"),
     ("speculative", {"drafter": "llamagen_tiny_draft", "lantern_k": 3}, "unknown option"),
+    ("speculative", {"drafter": "eagle", "gamma": 3}, "gamma=3 does not apply to drafter=eagle"),
+    ("speculative", {"drafter": "llamagen_tiny_draft", "tree_depth": 2}, "shape the draft tree of drafter=eagle"),
+    ("lantern", {"drafter": "eagle", "tree_tokens": 1000}, "tree_tokens=1000 must be in"),
 ])
 def test_bad_options(accel, opts, match):
     with pytest.raises(ArgenError, match=match):
         load_generator("llamagen_tiny", accel=accel, device="cpu", random_init=True, **opts)
+
+
+def test_an_eagle_drafter_without_weights_names_the_file_to_pass():
+    with pytest.raises(ArgenError, match=r"drafter=eagle for llamagen_b has no weights: pass drafter_checkpoint="
+                                         r"<the EAGLE drafter's file, e.g. pytorch_model.bin of jadohu/llamagen_drafter"):
+        load_generator("llamagen_b", accel="lantern", device="cpu", checkpoint="/nonexistent/c2i.pt",
+                       tokenizer_checkpoint="/nonexistent/vq.pt", drafter="eagle")
 
 
 def test_drafter_weights_and_grids_must_fit(tmp_path):

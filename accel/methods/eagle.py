@@ -157,6 +157,15 @@ class EagleHead(nn.Module):
             x = layer(x, freqs, cache, slots, mask)
         return x
 
+    def forward_flops(self, rows: int, n_q: int, n_kv: int) -> float:
+        """Analytic FLOPs of one drafting forward, the target's output head included (every drafted position
+        is turned into logits)."""
+        from accel import flops as F_
+
+        c, n = self.config, rows * n_q
+        return (F_.linear(n, 2 * c.dim, c.dim) + 4 * F_.linear(n, c.dim, c.dim) + rows * F_.attention(n_q, n_kv, c.dim)
+                + 3 * F_.linear(n, c.dim, c.intermediate) + F_.linear(n, c.dim, c.vocab_size))
+
     def new_cache(self, rows: int, max_seq: int, dtype: torch.dtype, device: torch.device) -> KVCache:
         return KVCache(self.config.cache_args(), rows, max_seq, dtype, device)
 

@@ -64,10 +64,13 @@ from accel.errors import ArgenError
 from accel.families import llamagen as lg
 from accel.options import option_int
 from accel.registry import Method
+from accel.methods.tree import TreeShape
 from accel.sampling import categorical_rows
 
 SJD_WINDOW = 15  # the release's 16-token Jacobi forward: the last committed token and 15 drafts
-_SPEC = ("drafter", "drafter_checkpoint", "gamma", "window", "draft_mode", "sjd_init")
+_SPEC = ("drafter", "drafter_checkpoint", "gamma", "window", "draft_mode", "sjd_init", "tree_tokens", "tree_depth",
+         "tree_top_k")
+TREE_OPTIONS = ("tree_tokens", "tree_depth", "tree_top_k")
 OPTIONS = {
     "speculative": _SPEC,
     "lantern": _SPEC + ("lantern_k", "lantern_delta", "lantern_lambda"),
@@ -86,6 +89,7 @@ class SpecConfig:
     lantern_k: int = 1000
     lantern_delta: float = 0.1
     lantern_lambda: float | None = None
+    tree: TreeShape | None = None  # drafter=eagle: the dynamic draft tree
 
     @classmethod
     def from_options(cls, accel: str, target_name: str, options: dict, default_drafter: str,
@@ -100,12 +104,36 @@ class SpecConfig:
             drafter = "sjd"
         if drafter == "auto":
             drafter = default_drafter
-        if not isinstance(drafter, str) or (drafter != "sjd" and drafter not in lg.CONFIGS):
-            raise ArgenError(f"drafter={drafter!r} is neither 'sjd' nor a LlamaGen model; "
-                             f"choose 'sjd' or one of {', '.join(lg.CONFIGS)}")
+        if not isinstance(drafter, str) or (drafter not in ("sjd", "eagle") and drafter not in lg.CONFIGS):
+            raise ArgenError(f"drafter={drafter!r} is neither 'eagle', 'sjd' nor a LlamaGen model; "
+                             f"choose 'eagle', 'sjd' or one of {', '.join(lg.CONFIGS)}")
         spec = cls(accel=accel, drafter=drafter)
         spec.drafter_checkpoint = o.pop("drafter_checkpoint", None)
-        if drafter == "sjd":
+        tree = {k: o.pop(k) for k in TREE_OPTIONS if k in o}
+        if tree and drafter != "eagle":
+            raise ArgenError(f"{', '.join(sorted(tree))} shape the draft tree of drafter=eagle, not drafter={drafter}")
+        if drafter == "eagle":
+            for key in ("gamma", "window", "sjd_init", "draft_mode"):
+                if key in o and o[key] is not None:
+                    raise ArgenError(f"{key}={o[key]!r} does not apply to drafter=eagle: it drafts a dynamic tree "
+                                     f"of its top-k tokens (shape it with {', '.join(TREE_OPTIONS)})")
+                o.pop(key, None)
+            vocab = lg.get_config(target_name).args.vocab_size
+            default = TreeShape()
+            spec.tree = TreeShape(
+                tokens=option_int("tree_tokens", tree.get("tree_tokens", default.tokens), 2,
+                                  hint="nodes of each draft tree, the root included; the release uses 59"),
+                depth=option_int("tree_depth", tree.get("tree_depth", default.depth), 0,
+                                 hint="expansions of the tree's frontier; the release uses 4"),
+                top_k=option_int("tree_top_k", tree.get("tree_top_k", default.top_k), 1,
+                                 hint="children per expanded node; the release uses 10")).check(vocab)
+            if spec.drafter_checkpoint is None and not random_init:
+                spec.drafter_checkpoint = lg.bundled_checkpoint(f"{target_name}_eagle")
+            if spec.drafter_checkpoint is None and not random_init:
+                raise ArgenError(f"drafter=eagle for {target_name} has no weights: pass drafter_checkpoint=<the EAGLE "
+                                 f"drafter's file, e.g. pytorch_model.bin of jadohu/llamagen_drafter for LlamaGen-T2I> "
+                                 f"(accel.options.drafter_checkpoint=... in argen generate), or random_init=True")
+        elif drafter == "sjd":
             if spec.drafter_checkpoint is not None:
                 raise ArgenError("drafter_checkpoint was given but drafter=sjd uses no drafter model")
             gamma, window = o.pop("gamma", None), o.pop("window", None)  # with drafter=sjd, gamma means the window
@@ -403,7 +431,26 @@ def check_drafter_config(target_name: str, drafter_name: str) -> None:
 
 
 def build_decoder(spec: SpecConfig, *, target: lg.Transformer, target_name: str, opts: lg.SamplingOptions,
-                  tokenizer, device: torch.device, random_init: bool) -> SpeculativeDecoder:
+                  tokenizer, device: torch.device, random_init: bool):
+    if spec.accel == "lantern":
+        from accel.methods.lantern import LanternRule
+
+        rule = LanternRule.from_codebook(tokenizer.quantize.embedding.weight, spec.lantern_k, spec.lantern_delta,
+                                         spec.lantern_lambda)
+    else:
+        rule = ExactRule()
+    if spec.drafter == "eagle":
+        from accel.methods.eagle import build_eagle_head, load_eagle_head
+        from accel.methods.tree import EagleTreeDecoder
+
+        if spec.drafter_checkpoint is not None:
+            head = load_eagle_head(target, spec.drafter_checkpoint, device)
+        else:
+            from accel.generator import seeded_init
+
+            with seeded_init(1):
+                head = build_eagle_head(target).eval()
+        return EagleTreeDecoder(target, head, rule, opts, spec.tree)
     if spec.drafter == "sjd":
         drafter = JacobiDrafter(spec.gamma, spec.sjd_init, spec.draft_mode)
     else:
@@ -412,13 +459,6 @@ def build_decoder(spec: SpecConfig, *, target: lg.Transformer, target_name: str,
                               device=device, what="drafter_checkpoint")
         check_compatible(target, model, target_name, spec.drafter)
         drafter = ModelDrafter(model, spec.gamma, spec.draft_mode)
-    if spec.accel == "lantern":
-        from accel.methods.lantern import LanternRule
-
-        rule = LanternRule.from_codebook(tokenizer.quantize.embedding.weight, spec.lantern_k, spec.lantern_delta,
-                                         spec.lantern_lambda)
-    else:
-        rule = ExactRule()
     return SpeculativeDecoder(target, drafter, rule, opts)
 
 
