@@ -194,35 +194,27 @@ class EagleTreeDecoder:
         path = torch.full((B, levels + 1), -1, dtype=torch.long, device=dev)
         path[:, 0] = 0
         p = probs[:, 0].clone()
+        at_once = self.opts.greedy or type(self.rule).__name__ == "ExactRule"
         for level in range(1, levels + 1):
-            moved = torch.zeros(B, dtype=torch.bool, device=dev)
-            for j in range(k):
-                child = tree.children[rows, cur, j]
-                valid = searching & ~moved & (child >= 0) & (level <= limit)
-                if not bool(valid.any()):
-                    break
-                x = tree.tokens[rows, child.clamp(min=0)]
-                ptilde, relaxed = self.rule.relaxed_prob(p[:, None], x[:, None])
-                ptilde, relaxed = ptilde[:, 0], relaxed[:, 0]
-                if self.opts.greedy:
-                    ok = p.scatter(-1, x[:, None], ptilde[:, None]).argmax(-1) == x
-                else:
-                    ok = u[:, (level - 1) * k + j] <= ptilde  # a fixed column: rows never share draws
-                ok = ok & valid
-                moved |= ok
-                cur = torch.where(ok, child, cur)
-                if not self.opts.greedy:
-                    rejected = valid & ~ok
-                    if bool(rejected.any()):
-                        certain = torch.zeros_like(p).scatter_(-1, x[:, None], 1.0)
-                        rest = self.rule.residual(p, certain, x, relaxed)
-                        mass = rest.sum(-1, keepdim=True)
-                        # all mass removed (only after a relaxed rejection): fall back to the target, as the
-                        # chain engine does
-                        rest = torch.where(mass > 0, rest / mass.clamp_min(1e-30), probs[rows, cur])
-                        p = torch.where(rejected[:, None], rest, p)
+            child = tree.children[rows, cur]                                   # [B, k] in the drafter's order
+            valid = searching[:, None] & (child >= 0) & (level <= limit)[:, None]
+            if not bool(valid.any()):
+                break
+            x = tree.tokens.gather(1, child.clamp(min=0))
+            uk = None if u is None else u[:, (level - 1) * k:level * k]      # fixed columns: rows never share draws
+            if at_once:
+                ok, p = self._siblings_at_once(p, x, valid, uk)
+            else:
+                ok, p = self._siblings_in_turn(p, x, valid, uk)
+            moved = ok.any(1)
+            first = ok.long().argmax(1)
+            cur = torch.where(moved, child[rows, first], cur)
             path[:, level] = torch.where(moved, cur, path[:, level])
             accepted += moved.long()
+            if not self.opts.greedy:  # rows that stay: what is left of p after their rejections
+                mass = p.sum(-1, keepdim=True)
+                # all mass removed (only after relaxed rejections): fall back to the target, as the chain engine does
+                p = torch.where(mass > 0, p / mass.clamp_min(1e-30), probs[rows, cur])
             p = torch.where(moved[:, None], probs[rows, cur], p)
             searching &= moved
             if not bool(searching.any()):
@@ -234,6 +226,43 @@ class EagleTreeDecoder:
             nxt = torch.searchsorted(cdf, (u[:, -1:].double() * cdf[:, -1:]), right=True)[:, 0].clamp(max=V - 1)
             nxt = torch.where(p.gather(-1, nxt[:, None])[:, 0] > 0, nxt, p.argmax(-1))  # a rounded-up draw
         return path, accepted, nxt
+
+    def _siblings_at_once(self, p: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, u: torch.Tensor | None):
+        """All siblings x [B, k] of a node in one go -> (accepted [B, k], the first True wins; p afterwards,
+        unnormalised). Greedy: x_j is kept when it is the argmax of p with p(x_j) raised to p~(x_j) (p is
+        never changed). Exact sampling: after rejecting x_1..x_{j-1}, p(x_j) has become
+        p(x_j) / (1 - p(x_1) - ... - p(x_{j-1})), so x_j is kept when u_j <= that; p afterwards is p with the
+        rejected siblings zeroed."""
+        B, k = x.shape
+        if self.opts.greedy:
+            ptilde, _ = self.rule.relaxed_prob(p[:, None].expand(-1, k, -1), x)
+            boosted = p[:, None].expand(-1, k, -1).scatter(-1, x[..., None], ptilde[..., None])
+            return (boosted.argmax(-1) == x) & valid, p
+        px = torch.where(valid, p.gather(-1, x), torch.zeros_like(x, dtype=p.dtype))
+        left = 1.0 - (px.cumsum(1) - px)                                       # mass before trying x_j
+        ok = valid & (left > 0) & (u <= px / left.clamp_min(1e-30))
+        tried = valid & (ok.long().cumsum(1) == 0)                             # rejected before any acceptance
+        return ok, p.scatter(-1, x, torch.where(tried, torch.zeros_like(px), p.gather(-1, x)))
+
+    def _siblings_in_turn(self, p: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, u: torch.Tensor):
+        """LANTERN's sampling rule, one sibling after the other: x_j is kept when u_j <= p~(x_j); a rejected x_j
+        zeroes p(x_j) (and, when it borrowed its neighbours' mass, their first k+1) before the next sibling."""
+        B, k = x.shape
+        ok = torch.zeros_like(valid)
+        for j in range(k):
+            live = valid[:, j] & ~ok.any(1)
+            if not bool(live.any()):
+                break
+            ptilde, relaxed = self.rule.relaxed_prob(p[:, None], x[:, j:j + 1])
+            ok[:, j] = live & (u[:, j] <= ptilde[:, 0])
+            rejected = live & ~ok[:, j]
+            if bool(rejected.any()):
+                certain = torch.zeros_like(p).scatter_(-1, x[:, j:j + 1], 1.0)
+                rest = self.rule.residual(p, certain, x[:, j], relaxed[:, 0])
+                mass = rest.sum(-1, keepdim=True)
+                rest = torch.where(mass > 0, rest / mass.clamp_min(1e-30), torch.zeros_like(rest))
+                p = torch.where(rejected[:, None], rest, p)
+        return ok, p
 
     # -- the loop -----------------------------------------------------------------------------------
     @torch.no_grad()
