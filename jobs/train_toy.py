@@ -54,7 +54,7 @@ OPTION_KEYS = {
     "llamagen-eagle": (*_GENERATOR, "data", "target", "state", "save_every", "stop_at", "warmup", "noise",
                        "p_weight"),
     "mar-tokenizer": (*_GENERATOR, "bf16", "kl_weight", "data"),
-    "mar": (*_GENERATOR, "bf16", "init", "data", "warmup", "ema", "diffusion_batch_mul", "held_out", "head_steps",
+    "mar": (*_GENERATOR, "bf16", "init", "data", "state", "save_every", "stop_at", "warmup", "ema", "diffusion_batch_mul", "held_out", "head_steps",
             "head_batch", "head_images", "head_lr"),
 }
 

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.common import (WEIGHTS_DIR, as_float, data_version, toy_images,
-                             write_weights)
+from training.common import WEIGHTS_DIR, as_float, data_version, toy_images, write_weights
 
 
 def train_classifier(opts: dict[str, str]) -> None:
@@ -42,7 +41,8 @@ def train_classifier(opts: dict[str, str]) -> None:
         acc = evaluate_classifier(model, xt, yt)
         print(f"epoch {epoch + 1}/{epochs} loss {loss.item():.3f} held-out accuracy {acc:.4f} "
               f"({time.time() - t0:.0f} s)", flush=True)
-    record = {"what": "toy classifier", "dataset": "ToyShapes", "data_version": version, "train_seed": seed, "train_samples": n_train,
+    record = {"what": "toy classifier", "dataset": "ToyShapes", "data_version": version, "train_seed": seed,
+              "train_samples": n_train,
               "test_seed": seed + 1, "test_samples": n_test, "epochs": epochs, "batch": batch, "lr": lr,
               "held_out_accuracy": acc, "train_seconds": round(time.time() - t0, 1),
               "command": "argen train-toy classifier " + " ".join(f"{k}={v}" for k, v in opts.items())}

@@ -181,11 +181,15 @@ class TrainingState:
         self.path = Path(path) if path else None
         self.every = max(1, every)
 
-    def restore(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, ema: EMA | None) -> int:
-        """Load the saved state if there is one; the step to start from."""
+    def restore(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, ema: EMA | None,
+                generators: dict[str, torch.Generator] | None = None) -> int:
+        """Load the saved state if there is one (and the states of the run's random generators); the step to
+        start from."""
         if self.path is None or not self.path.exists():
             return 0
         state = torch.load(self.path, weights_only=True)
+        for name, g in (generators or {}).items():
+            g.set_state(state["generators"][name])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
@@ -195,12 +199,13 @@ class TrainingState:
         return int(state["step"])
 
     def maybe_save(self, step: int, steps: int, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                   ema: EMA | None, extra: dict[str, Any] | None = None) -> None:
+                   ema: EMA | None, generators: dict[str, torch.Generator] | None = None) -> None:
         """Save after step `step` (1-based count of steps done) when it is a multiple of `every` or the last."""
         if self.path is None or (step % self.every and step != steps):
             return
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-                 "ema": ema.shadow if ema is not None else None, "step": step, "steps": steps, **(extra or {})}
+                 "ema": ema.shadow if ema is not None else None, "step": step, "steps": steps,
+                 "generators": {name: g.get_state() for name, g in (generators or {}).items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)

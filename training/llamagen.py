@@ -31,12 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import save_safetensors
-from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState,
-                             as_float, batches, cosine_schedule, data_version,
-                             half_precision, init_record, load_init,
-                             probe_class_consistency, skip_batches,
-                             stopping_step, toy_codes, toy_images,
-                             write_weights)
+from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState, as_float, batches, cosine_schedule,
+                             data_version, half_precision, init_record, load_init, probe_class_consistency,
+                             skip_batches, stopping_step, toy_codes, toy_images, write_weights)
 
 TOKENIZER = "llamagen_vq_toy"
 

@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import CACHE_DIR
-from training.common import (WEIGHTS_DIR, LoadMonitor, as_float, batches,
-                             cosine_schedule, data_version, init_record,
-                             load_average, load_init, toy_images,
-                             write_weights)
+from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState, as_float, batches, cosine_schedule,
+                             data_version, init_record, load_average, load_init, skip_batches, stopping_step,
+                             toy_images, write_weights)
 
 TOKENIZER = "mar_kl_toy"
 MODEL = "mar_toy"
@@ -462,7 +461,7 @@ def train_mar(opts: dict[str, str]) -> None:
     init = opts.get("init")  # continue from earlier mar_toy weights with a fresh schedule
     load_init(model, init, MODEL)
     model.train()
-    ema = {k: v.detach().clone() for k, v in model.named_parameters()}
+    ema = EMA(model, ema_decay)
     no_decay = lambda n, p: p.ndim < 2 or n.startswith("diffloss") or "pos_embed" in n or n in (  # noqa: E731
         "class_emb.weight", "fake_latent", "mask_token")
     decay = [p for n, p in model.named_parameters() if not no_decay(n, p)]
@@ -473,11 +472,16 @@ def train_mar(opts: dict[str, str]) -> None:
     sched = cosine_schedule(opt, steps, warmup=warmup)
     diffusion, mask_ratio = TrainingDiffusion(), MaskRatio()
     g = torch.Generator().manual_seed(seed)
+    state = TrainingState(opts.get("state"), int(opts.get("save_every", 100)))
+    start = state.restore(model, opt, sched, ema, {"draws": g})
+    order = batches(n_train, batch, steps, seed)
+    skip_batches(order, start)
+    stop_at = stopping_step(opts)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"mar: {MODEL} {n_params} parameters, {steps} steps of {batch}, diffusion batch x{batch_mul}, "
           f"threads {torch.get_num_threads()}, load average {load_average()}", flush=True)
     t0, running = time.time(), []
-    for step, idx in enumerate(batches(n_train, batch, steps, seed)):
+    for step, idx in enumerate(order, start=start):
         tokens = posterior_tokens(mean[idx], std[idx], latent_scale, g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = mar_loss(model, tokens, labels[idx], diffusion, mask_ratio, g, batch_mul)
@@ -486,10 +490,7 @@ def train_mar(opts: dict[str, str]) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         opt.step()
         sched.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
-            for k, p in model.named_parameters():
-                ema[k].mul_(d).add_(p.detach(), alpha=1 - d)
+        ema.update(model, step)
         running.append(loss.item())
         if (step + 1) % 25 == 0:
             load.sample()
@@ -497,13 +498,17 @@ def train_mar(opts: dict[str, str]) -> None:
             print(f"step {step + 1}/{steps} loss {np.mean(running):.4f} lr {sched.get_last_lr()[0]:.2e} "
                   f"({time.time() - t0:.0f} s, load {load_average()})", flush=True)
             running = []
+        state.maybe_save(step + 1, steps, model, opt, sched, ema, {"draws": g})
+        if step + 1 == stop_at and step + 1 < steps:
+            print(f"stopped after step {step + 1} (stop_at); the state is in {state.path}: run again to go on")
+            return
     train_seconds = time.time() - t0
     model.eval().requires_grad_(False)
     loss_raw = held_out_loss(model, held_tokens, hlabels, diffusion, mask_ratio, seed + 2)
     raw = {k: v.detach().clone() for k, v in model.named_parameters()}
     with torch.no_grad():
         for k, p in model.named_parameters():
-            p.copy_(ema[k])
+            p.copy_(ema.shadow[k])
     loss_ema = held_out_loss(model, held_tokens, hlabels, diffusion, mask_ratio, seed + 2)
     use_ema = loss_ema <= loss_raw
     if not use_ema:

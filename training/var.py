@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import save_safetensors
-from training.common import (EMA, WEIGHTS_DIR, TrainingState, as_float,
-                             batches, cosine_schedule, data_version,
-                             init_record, load_init, probe_class_consistency,
-                             skip_batches, stopping_step, toy_codes,
+from training.common import (EMA, WEIGHTS_DIR, TrainingState, as_float, batches, cosine_schedule, data_version,
+                             init_record, load_init, probe_class_consistency, skip_batches, stopping_step, toy_codes,
                              toy_images, write_weights)
 
 
