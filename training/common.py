@@ -212,6 +212,18 @@ class TrainingState:
         tmp.replace(self.path)
 
 
+def bf16_autocast(opts: dict[str, str]) -> bool:
+    """bf16=auto (default) | 1 | 0: bf16 autocast (fp32 master weights) where the CPU computes bf16 natively
+    (AVX512-BF16 or AMX: 1.6-1.8x faster steps); without it bf16 is emulated and 7-10x slower than fp32
+    (measured on an AVX2-only AMD EPYC)."""
+    value = str(opts.get("bf16", "auto")).lower()
+    if value == "auto":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise SystemExit(f"bf16={value}: pass auto (native bf16 only), 1 or 0")
+    return value in ("1", "true", "yes")
+
+
 def stopping_step(opts: dict[str, str]) -> int | None:
     """stop_at=STEP: end this sitting after that step; it needs state=PATH, or the steps done would be lost."""
     stop_at = opts.get("stop_at")

@@ -17,7 +17,8 @@ training config, the data-set seed, the measured training time and the machine l
 threads (default 2, the machine's cores): torch's intra-op threads. On a machine shared with other
 training jobs (load average above the core count) threads=1 is faster: every multi-threaded op waits for
 its slowest thread. The committed weights were trained with threads=1 for that reason (see the records).
-The generators train under bf16 autocast on CPU (fp32 master weights), as the release trains in bf16.
+The generators train under bf16 autocast on CPUs with native bf16 (fp32 master weights), as the release trains in
+bf16; elsewhere in fp32 (bf16=auto, training/common.py bf16_autocast).
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import save_safetensors
-from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState, as_float, batches, cosine_schedule,
-                             data_version, half_precision, init_record, load_init, probe_class_consistency,
-                             skip_batches, stopping_step, toy_codes, toy_images, write_weights)
+from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState, as_float, batches, bf16_autocast,
+                             cosine_schedule, data_version, half_precision, init_record, load_init,
+                             probe_class_consistency, skip_batches, stopping_step, toy_codes, toy_images, write_weights)
 
 TOKENIZER = "llamagen_vq_toy"
 
@@ -165,7 +166,7 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
     steps, batch = int(opts.get("steps", defaults["steps"])), int(opts.get("batch", defaults["batch"]))
     lr, wd = float(opts.get("lr", defaults["lr"])), float(opts.get("weight_decay", 0.05))
     label_dropout = float(opts.get("label_dropout", cfg.args.class_dropout_prob))
-    bf16 = opts.get("bf16", "1") not in ("0", "false", "False")
+    bf16 = bf16_autocast(opts)
     version, ema_decay = data_version(opts), float(opts.get("ema", 0.999))
     probe_every, probe_samples = int(opts.get("probe_every", 0)), int(opts.get("probe_samples", 200))
     stop_at = stopping_step(opts)

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from accel.checkpoints import CACHE_DIR
-from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState, as_float, batches, cosine_schedule,
-                             data_version, init_record, load_average, load_init, skip_batches, stopping_step,
-                             toy_images, write_weights)
+from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState, as_float, batches, bf16_autocast,
+                             cosine_schedule, data_version, init_record, load_average, load_init, skip_batches,
+                             stopping_step, toy_images, write_weights)
 
 TOKENIZER = "mar_kl_toy"
 MODEL = "mar_toy"
@@ -95,7 +95,7 @@ def train_mar_tokenizer(opts: dict[str, str]) -> None:
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 30000))
     steps, batch, lr = int(opts.get("steps", 1500)), int(opts.get("batch", 32)), float(opts.get("lr", 1e-3))
     kl_weight = float(opts.get("kl_weight", 1e-4))
-    bf16 = opts.get("bf16", "true").lower() in ("1", "true", "yes")
+    bf16 = bf16_autocast(opts)
     version = data_version(opts)
     xs, _ = toy_images(seed, n_train, version)
     xt, _ = toy_images(seed + 1, 1000, version)
@@ -406,7 +406,7 @@ def refine_head(model: torch.nn.Module, conditions: torch.Tensor, targets: torch
 
 
 def train_mar(opts: dict[str, str]) -> None:
-    """argen train-toy mar [seed=0 train=20000 steps=2000 batch=64 lr=1e-3 ema=0.995 threads=2 bf16=true warmup=100
+    """argen train-toy mar [seed=0 train=20000 steps=2000 batch=64 lr=1e-3 ema=0.995 threads=2 bf16=auto warmup=100
                          init=PATH head_steps=6000 ...]
 
     The official objective (mar_loss) with upstream's optimiser settings except the learning rate and its
@@ -429,7 +429,7 @@ def train_mar(opts: dict[str, str]) -> None:
     seed, n_train = int(opts.get("seed", 0)), int(opts.get("train", 20000))
     steps, batch, lr = int(opts.get("steps", 2000)), int(opts.get("batch", 64)), float(opts.get("lr", 1e-3))
     ema_decay, batch_mul = float(opts.get("ema", 0.995)), int(opts.get("diffusion_batch_mul", 4))
-    bf16 = opts.get("bf16", "true").lower() in ("1", "true", "yes")
+    bf16 = bf16_autocast(opts)
     out_dir = _weights_dir(opts)
     cfg = CONFIGS[MODEL]
     vae_path = out_dir / f"{cfg['tokenizer']}.safetensors"
