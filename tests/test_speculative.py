@@ -79,6 +79,8 @@ def test_greedy_speculative_equals_plain_greedy(pair, make, tmp_path, monkeypatc
     pytest.param("sjd", {"window": 8}, marks=pytest.mark.slow),
     ("speculative", {"drafter": "eagle", "tree_tokens": 12, "tree_depth": 3, "tree_top_k": 4}),
     pytest.param("lantern", {"drafter": "eagle", "lantern_delta": 0.0, "lantern_k": 5}, marks=pytest.mark.slow),
+    pytest.param("lantern", {"drafter": "eagle", "tree": "static", "lantern_lambda": 1.0, "lantern_k": 5},
+                 marks=pytest.mark.slow),
 ])
 def test_greedy_generator_end_to_end_identical_images(accel, extra, tmp_path, monkeypatch):
     monkeypatch.setattr("accel.checkpoints.CACHE_DIR", tmp_path)
@@ -327,6 +329,8 @@ def test_neighbour_table_is_l2_on_raw_rows_and_cached(tmp_path, monkeypatch):
     ("speculative", {"drafter": "eagle", "gamma": 3}, "gamma=3 does not apply to drafter=eagle"),
     ("speculative", {"drafter": "llamagen_tiny_draft", "tree_depth": 2}, "shape the draft tree of drafter=eagle"),
     ("lantern", {"drafter": "eagle", "tree_tokens": 1000}, "tree_tokens=1000 must be in"),
+    ("lantern", {"drafter": "eagle", "tree": "static", "tree_depth": 3}, "tree=static is the release's fixed"),
+    ("lantern", {"drafter": "eagle", "tree": "wide"}, "tree='wide'; expected 'dynamic'"),
 ])
 def test_bad_options(accel, opts, match):
     with pytest.raises(ArgenError, match=match):

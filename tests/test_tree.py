@@ -12,7 +12,7 @@ from accel.families import llamagen as lg
 from accel.methods import speculative as sp
 from accel.methods.eagle import build_eagle_head
 from accel.methods.lantern import LanternRule
-from accel.methods.tree import EagleTreeDecoder, TreeShape
+from accel.methods.tree import NAIVE_EXTEND_57, EagleTreeDecoder, StaticTree, TreeShape
 
 SMALL_TREE = TreeShape(tokens=10, depth=2, top_k=3)
 
@@ -107,3 +107,47 @@ def test_bad_tree_shapes_are_refused():
         TreeShape(tokens=500).check(16384)
     with pytest.raises(Exception, match="tree_top_k=0"):
         TreeShape(top_k=0).check(16384)
+
+
+# ---------------------------------------------------------------------------------------------
+# LANTERN++'s static tree: drafts drawn without replacement, verified against q
+# ---------------------------------------------------------------------------------------------
+STATIC = StaticTree.from_child_counts(NAIVE_EXTEND_57)
+SMALL_STATIC = StaticTree.from_child_counts({(): 3, (0,): 2, (1,): 1, (0, 0): 2})
+
+
+def test_the_static_tree_is_the_releases_naive_extend_57():
+    assert STATIC.tokens == 58 and STATIC.levels == 5  # 57 drafts and the root
+    assert [STATIC.depth.count(d) for d in range(1, 6)] == [5, 13, 16, 14, 9]
+    assert all(STATIC.depth[STATIC.parent[i]] == STATIC.depth[i] - 1 for i in range(1, 58))
+
+
+def test_greedy_static_tree_decoding_equals_plain_greedy(target):
+    opts = lg.SamplingOptions(cfg=3.0, top_k=100, greedy=True)
+    plain = lg.generate_tokens(target, torch.tensor([2, 6]), opts, gens([0, 1]))
+    tokens, c = decode(target, head_for(target), opts, [2, 6], [0, 1], shape=STATIC)
+    assert torch.equal(tokens, plain) and c["tree_nodes"] == 58
+
+
+@pytest.mark.parametrize("rule", [None, LanternRule(torch.randperm(V)[None].repeat(V, 1)[:, :4], 3, 0.0)],
+                         ids=["exact", "lantern-delta0"])
+def test_static_tree_sampling_gives_the_target_distribution(toy, rule):  # noqa: F811
+    target, _, joint = toy
+    seq, c = decode(target, head_for(target), SAMPLE, [1] * 3000, range(20_000, 23_000), rule, SMALL_STATIC)
+    assert min(pair_pvalues(seq, joint)) > 1e-3
+    assert 1.0 < c["accepted_length"] < 4.0
+
+
+@pytest.mark.slow
+def test_the_static_tree_check_has_power(toy):  # noqa: F811
+    target, _, joint = toy
+    bad, _ = decode(target, head_for(target), SAMPLE, [1] * 3000, range(3000), ResampleFromTarget(), SMALL_STATIC)
+    assert min(pair_pvalues(bad, joint)) < 1e-6
+
+
+def test_static_tree_rows_do_not_depend_on_batch_mates(target):
+    opts = lg.SamplingOptions(cfg=2.0, top_k=50)
+    head = head_for(target)
+    batch, _ = decode(target, head, opts, [2, 5, 7], [10, 11, 12], shape=SMALL_STATIC)
+    alone, _ = decode(target, head, opts, [5], [11], shape=SMALL_STATIC)
+    assert torch.equal(batch[1], alone[0])

@@ -52,6 +52,12 @@ Options (load_generator(..., accel=..., **options)):
   draft_mode         "sample" (default) or "argmax"
   sjd_init           "random" (default) or "repeat"
   lantern_k, lantern_delta, lantern_lambda   (accel=lantern) see accel/methods/lantern.py
+  drafter=eagle      LANTERN's release: an EAGLE head (accel/methods/eagle.py) drafts a tree per step, verified
+                     in one target forward (accel/methods/tree.py); its weights: drafter_checkpoint, or the
+                     committed <model>_eagle of a toy model
+  tree               (drafter=eagle) "dynamic" (default; EAGLE-2's trees, the release's LANTERN) or "static"
+                     (LANTERN++: the release's naive_extend_57 tree of drafter samples, verified with q)
+  tree_tokens, tree_depth, tree_top_k   the dynamic tree's shape: 59, 4, 10 as released
 accel=sjd is speculative with drafter=sjd.
 """
 from __future__ import annotations
@@ -64,13 +70,13 @@ from accel.errors import ArgenError
 from accel.families import llamagen as lg
 from accel.options import option_int
 from accel.registry import Method
-from accel.methods.tree import TreeShape
+from accel.methods.tree import NAIVE_EXTEND_57, StaticTree, TreeShape
 from accel.sampling import categorical_rows
 
 SJD_WINDOW = 15  # the release's 16-token Jacobi forward: the last committed token and 15 drafts
-_SPEC = ("drafter", "drafter_checkpoint", "gamma", "window", "draft_mode", "sjd_init", "tree_tokens", "tree_depth",
-         "tree_top_k")
-TREE_OPTIONS = ("tree_tokens", "tree_depth", "tree_top_k")
+_SPEC = ("drafter", "drafter_checkpoint", "gamma", "window", "draft_mode", "sjd_init", "tree", "tree_tokens",
+         "tree_depth", "tree_top_k")
+TREE_OPTIONS = ("tree", "tree_tokens", "tree_depth", "tree_top_k")
 OPTIONS = {
     "speculative": _SPEC,
     "lantern": _SPEC + ("lantern_k", "lantern_delta", "lantern_lambda"),
@@ -89,7 +95,7 @@ class SpecConfig:
     lantern_k: int = 1000
     lantern_delta: float = 0.1
     lantern_lambda: float | None = None
-    tree: TreeShape | None = None  # drafter=eagle: the dynamic draft tree
+    tree: TreeShape | StaticTree | None = None  # drafter=eagle: the draft tree
 
     @classmethod
     def from_options(cls, accel: str, target_name: str, options: dict, default_drafter: str,
@@ -120,7 +126,14 @@ class SpecConfig:
                 o.pop(key, None)
             vocab = lg.get_config(target_name).args.vocab_size
             default = TreeShape()
-            spec.tree = TreeShape(
+            kind = tree.pop("tree", "dynamic")
+            if kind not in ("dynamic", "static"):
+                raise ArgenError(f"tree={kind!r}; expected 'dynamic' (EAGLE-2's trees, the release's LANTERN) or "
+                                 f"'static' (LANTERN++: the release's naive_extend_57 tree of drafter samples)")
+            if kind == "static" and tree:
+                raise ArgenError(f"{', '.join(sorted(tree))} shape the dynamic tree; tree=static is the release's "
+                                 f"fixed 57-draft tree")
+            spec.tree = StaticTree.from_child_counts(NAIVE_EXTEND_57) if kind == "static" else TreeShape(
                 tokens=option_int("tree_tokens", tree.get("tree_tokens", default.tokens), 2,
                                   hint="nodes of each draft tree, the root included; the release uses 59"),
                 depth=option_int("tree_depth", tree.get("tree_depth", default.depth), 0,

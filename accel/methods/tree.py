@@ -64,6 +64,47 @@ class TreeShape:
         return self
 
 
+# LANTERN++'s static tree (the release's naive_extend_57: 57 drafts in 5 levels), written as how many children
+# each node has, keyed by the node's path of sibling ranks from the root
+NAIVE_EXTEND_57 = {
+    (): 5,
+    (0,): 4, (1,): 3, (2,): 3, (3,): 2, (4,): 1,
+    (0, 0): 4, (0, 1): 3, (0, 2): 3, (0, 3): 2, (1, 0): 2, (1, 1): 1, (2, 0): 1,
+    (0, 0, 0): 4, (0, 0, 1): 3, (0, 0, 2): 2, (0, 0, 3): 1, (0, 1, 0): 2, (0, 1, 1): 1, (0, 2, 0): 1,
+    (0, 0, 0, 0): 3, (0, 0, 0, 1): 2, (0, 0, 1, 0): 2, (0, 0, 1, 1): 1, (0, 0, 2, 0): 1,
+}
+
+
+@dataclass(frozen=True)
+class StaticTree:
+    """A fixed tree: nodes in level order, the root first; children of a node are its drafter's samples
+    without replacement, in the order drawn."""
+    parent: tuple[int, ...]
+    depth: tuple[int, ...]
+    rank: tuple[int, ...]      # the node's place among its siblings
+
+    @classmethod
+    def from_child_counts(cls, counts: dict[tuple[int, ...], int]) -> "StaticTree":
+        paths = [()]
+        for path in paths:  # breadth first: a node's children follow every node of its level
+            paths.extend(path + (r,) for r in range(counts.get(path, 0)))
+        index = {path: i for i, path in enumerate(paths)}
+        return cls(parent=tuple(index[p[:-1]] if p else -1 for p in paths), depth=tuple(len(p) for p in paths),
+                   rank=tuple(p[-1] if p else 0 for p in paths))
+
+    @property
+    def tokens(self) -> int:
+        return len(self.parent)
+
+    @property
+    def levels(self) -> int:
+        return max(self.depth)
+
+    @property
+    def top_k(self) -> int:  # the most children of one node
+        return max(self.parent.count(i) for i in range(len(self.parent)))
+
+
 @dataclass
 class DraftTree:
     tokens: torch.Tensor     # [B, M] node tokens; node 0 is the root (the last committed token)
@@ -71,17 +112,32 @@ class DraftTree:
     depth: torch.Tensor      # [B, M] 0 for the root
     ancestors: torch.Tensor  # [B, M, M] bool: node i sees node j (j an ancestor of i, or i itself)
     children: torch.Tensor   # [B, M, top_k] child node indices in the drafter's order, -1 padded
+    q: torch.Tensor | None = None       # static tree: the drafter's distribution at each node [B, M, V]
+    q_draw: torch.Tensor | None = None  # static tree: q(x) of each node's token when it was drawn [B, M]
 
 
 class EagleTreeDecoder:
-    """Dynamic draft trees from an EAGLE head, verified in one target forward per step."""
+    """Draft trees from an EAGLE head (dynamic, or LANTERN++'s static tree), verified in one target forward
+    per step."""
 
-    def __init__(self, target: lg.Transformer, head: EagleHead, rule, opts: lg.SamplingOptions, shape: TreeShape):
+    def __init__(self, target: lg.Transformer, head: EagleHead, rule, opts: lg.SamplingOptions,
+                 shape: TreeShape | StaticTree):
         if head.config.vocab_size != target.vocab_size or head.config.dim != target.config.dim:
             raise ArgenError(f"the EAGLE drafter (width {head.config.dim}, {head.config.vocab_size} codes) does not "
                              f"fit the target (width {target.config.dim}, {target.vocab_size} codes)")
         self.target, self.head, self.rule, self.opts = target, head, rule, opts
-        self.shape = shape.check(target.vocab_size)
+        self.static = isinstance(shape, StaticTree)
+        self.shape = shape if self.static else shape.check(target.vocab_size)
+        if self.static:
+            self.levels, self.width = shape.levels, shape.top_k
+            self.fed = shape.tokens                    # drafter slots a tree takes (every non-root node)
+            self.expansions = shape.levels - 1
+            parents = sorted({p for p in shape.parent if p >= 0})
+            self.parents = parents                     # nodes that have children, in level order
+        else:
+            self.levels, self.width = shape.depth + 1, shape.top_k
+            self.fed = shape.depth * shape.top_k
+            self.expansions = shape.depth
 
     # -- drafter ------------------------------------------------------------------------------------
     def _draft_logp(self, out: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
@@ -184,17 +240,17 @@ class EagleTreeDecoder:
         """probs [B, M, V] (the target's distribution after each node) -> the accepted path [B, D+2] of node
         indices (-1 padded), accepted draft counts [B] and the next token [B]."""
         B, M, V = probs.shape
-        k = self.shape.top_k
+        k = self.width
         dev = probs.device
         rows = torch.arange(B, device=dev)
         cur = torch.zeros(B, dtype=torch.long, device=dev)
         accepted = torch.zeros(B, dtype=torch.long, device=dev)
         searching = torch.ones(B, dtype=torch.bool, device=dev)
-        levels = self.shape.depth + 1
+        levels = self.levels
         path = torch.full((B, levels + 1), -1, dtype=torch.long, device=dev)
         path[:, 0] = 0
         p = probs[:, 0].clone()
-        at_once = self.opts.greedy or type(self.rule).__name__ == "ExactRule"
+        at_once = self.opts.greedy or (type(self.rule).__name__ == "ExactRule" and not self.static)
         for level in range(1, levels + 1):
             child = tree.children[rows, cur]                                   # [B, k] in the drafter's order
             valid = searching[:, None] & (child >= 0) & (level <= limit)[:, None]
@@ -204,6 +260,9 @@ class EagleTreeDecoder:
             uk = None if u is None else u[:, (level - 1) * k:level * k]      # fixed columns: rows never share draws
             if at_once:
                 ok, p = self._siblings_at_once(p, x, valid, uk)
+            elif self.static:
+                ok, p = self._siblings_drawn(p, x, valid, uk, tree.q_draw.gather(1, child.clamp(min=0)),
+                                             tree.q[rows, cur])
             else:
                 ok, p = self._siblings_in_turn(p, x, valid, uk)
             moved = ok.any(1)
@@ -264,19 +323,102 @@ class EagleTreeDecoder:
                 p = torch.where(rejected[:, None], rest, p)
         return ok, p
 
+    def _siblings_drawn(self, p: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, u: torch.Tensor,
+                        q_draw: torch.Tensor, q: torch.Tensor):
+        """Siblings drawn without replacement from the drafter's q (LANTERN++'s static tree), one after the
+        other: x_j, drawn from q_j (q without x_1..x_{j-1}, renormalised) with probability q_draw_j, is kept
+        when u_j <= p~(x_j) / q_draw_j; a rejection leaves norm(max(0, p - q_j)), with LANTERN's neighbours
+        of a relaxed x_j zeroed in q_j (the release's evaluate_posterior_v1). A draw of probability 0 (fewer
+        tokens than children left after filtering) is skipped."""
+        B, k = x.shape
+        ok = torch.zeros_like(valid)
+        q_j = q.clone()
+        for j in range(k):
+            live = valid[:, j] & ~ok.any(1) & (q_draw[:, j] > 0)
+            if bool(live.any()):
+                ptilde, relaxed = self.rule.relaxed_prob(p[:, None], x[:, j:j + 1])
+                ok[:, j] = live & (u[:, j] * q_draw[:, j] <= ptilde[:, 0])
+                rejected = live & ~ok[:, j]
+                if bool(rejected.any()):
+                    drawn_from = q_j / q_j.sum(-1, keepdim=True).clamp_min(1e-30)
+                    rest = self.rule.residual(p, drawn_from, x[:, j], relaxed[:, 0])
+                    mass = rest.sum(-1, keepdim=True)
+                    rest = torch.where(mass > 0, rest / mass.clamp_min(1e-30), torch.zeros_like(rest))
+                    p = torch.where(rejected[:, None], rest, p)
+            q_j = q_j.scatter(-1, x[:, j:j + 1], 0.0)  # the next sibling was drawn without this one
+        return ok, p
+
+    def _grow_static(self, root_out: torch.Tensor, n: torch.Tensor, root: torch.Tensor,
+                     gumbel_u: torch.Tensor | None) -> DraftTree:
+        """LANTERN++'s static tree: level by level, every node's children are its drafter distribution's
+        draws without replacement (Gumbel top-c with the row's uniforms; the top c when greedy)."""
+        st, B, dev = self.shape, len(n), root_out.device
+        M, V, H = st.tokens, self.target.vocab_size, root_out.shape[-1]
+        parent = torch.tensor(st.parent, device=dev)
+        depth = torch.tensor(st.depth, device=dev)
+        anc = torch.eye(M, dtype=torch.bool, device=dev)
+        for i in range(1, M):  # level order: a parent's row is complete before its children's
+            anc[i] |= anc[st.parent[i]]
+        tokens = torch.zeros(B, M, dtype=torch.long, device=dev)
+        tokens[:, 0] = root
+        q = torch.zeros(B, M, V, device=dev)
+        q_draw = torch.ones(B, M, device=dev)
+        node_out = root_out.new_zeros(root_out.shape[0], M, H)
+        node_out[:, 0] = root_out
+        q[:, 0] = self._draft_logp(root_out, n).exp()
+        base = int(self.last.max()) + 1
+        ctx_mask = torch.arange(base, device=dev)[None, :] <= self.last[:, None]     # [B, base]
+        for level in range(1, self.levels + 1):
+            # children of the previous level's nodes
+            drawing = [i for i in self.parents if st.depth[i] == level - 1]
+            kids = [i for i in range(M) if st.depth[i] == level]
+            if not kids:
+                break
+            qp = q[:, drawing]                                                # [B, P, V]
+            keys = qp.clamp_min(1e-30).log()
+            if gumbel_u is not None:
+                lo = self.parents.index(drawing[0]) * V
+                uu = gumbel_u[:, lo:lo + len(drawing) * V].view(B, len(drawing), V).clamp(1e-20, 1 - 1e-7)
+                keys = keys - torch.log(-torch.log(uu))
+            keys = torch.where(qp > 0, keys, torch.full_like(keys, float("-inf")))
+            top = keys.topk(self.width, dim=-1).indices                        # [B, P, width] in draw order
+            q_top = qp.gather(-1, top)
+            q_seq = q_top / (1 - (q_top.cumsum(-1) - q_top)).clamp_min(1e-30)  # q_j(x_j): without the earlier draws
+            col = torch.tensor([drawing.index(st.parent[i]) for i in kids], device=dev)
+            rank = torch.tensor([st.rank[i] for i in kids], device=dev)
+            tokens[:, kids] = top[:, col, rank]
+            q_draw[:, kids] = q_seq[:, col, rank]
+            if level == self.levels:
+                break
+            # feed this level: (the parent's output, the node's token) in the node's slot, seeing its ancestors
+            feed = torch.tensor(kids, device=dev)
+            slots = (base + feed - 1)[None].expand(B, -1)
+            seen = anc[feed][:, 1:kids[-1] + 1][None].expand(B, -1, -1)           # fed slots so far
+            mask = torch.cat([ctx_mask[:, None].expand(-1, len(kids), -1), seen], 2)[:, None]
+            rope = (self.last[:, None] + level).expand(-1, len(kids))
+            out = self._head(node_out[:, parent[feed]], cfg_rows(tokens[:, feed], self.opts), cfg_rows(rope, self.opts),
+                             cfg_rows(slots, self.opts), cfg_rows(mask, self.opts))
+            node_out[:, feed] = out
+            q[:, feed] = self._draft_logp(out, (n + level)[:, None].expand(-1, len(kids))).exp()
+        children = torch.full((M, self.width), -1, dtype=torch.long, device=dev)
+        for i in range(1, M):
+            children[st.parent[i], st.rank[i]] = i
+        return DraftTree(tokens, parent[None].expand(B, -1), depth[None].expand(B, -1), anc[None].expand(B, -1, -1),
+                         children[None].expand(B, -1, -1), q, q_draw)
+
     # -- the loop -----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, cond, generators: list[torch.Generator]):
         opts, target, head = self.opts, self.target, self.head
         B, N, cls = len(cond), target.block_size, target.cls_token_num
-        M, levels = self.shape.tokens, self.shape.depth + 1
+        M, levels = self.shape.tokens, self.levels
         if len(generators) != B:
             raise ArgenError(f"{B} conditions but {len(generators)} generators")
         dev = target.output.weight.device
         dtype = target.output.weight.dtype
         R = B * (2 if opts.cfg > 1.0 else 1)
         cache = lg.KVCache(target.config, R, cls + N + M + 1, dtype, dev)
-        self.draft_cache = head.new_cache(R, cls + N + self.shape.depth * self.shape.top_k + levels + 2, dtype, dev)
+        self.draft_cache = head.new_cache(R, cls + N + self.fed + levels + 2, dtype, dev)
         self.drafter_calls, target_calls = 0, 0
         rows_cond, cond_mask = target.condition_rows(cond, with_null=opts.cfg > 1.0)
         logits, h = target(None, rows_cond, torch.arange(cls, device=dev), cache=cache, cond_mask=cond_mask,
@@ -299,12 +441,18 @@ class EagleTreeDecoder:
         steps = drafts_kept = 0
         target_forwards = torch.ones(B)
         draft_seconds = verify_seconds = 0.0
-        tries = levels * self.shape.top_k + 1
+        tries = levels * self.width + 1
+        gumbel = len(self.parents) * target.vocab_size if self.static and not opts.greedy else 0
         while len(alive):
             b = len(alive)
             rows = torch.arange(b, device=dev)
             t0 = time.perf_counter()
-            tree = self._grow(root_out, n, seq[rows, n - 1])
+            u = None if opts.greedy else torch.stack(  # a fixed block per row and step: rows never share draws
+                [torch.rand(tries + gumbel, generator=g, device=g.device) for g in gens]).to(dev)
+            if self.static:
+                tree = self._grow_static(root_out, n, seq[rows, n - 1], None if u is None else u[:, tries:])
+            else:
+                tree = self._grow(root_out, n, seq[rows, n - 1])
             t1 = time.perf_counter()
             # verification: every node in its own slot after the longest context, at the position of its depth
             base = cls + int(n.max()) - 1
@@ -319,9 +467,7 @@ class EagleTreeDecoder:
             target_calls += 1
             index = n[:, None] - 1 + tree.depth                                  # image index of each node
             probs = logits_to_probs(guided_logits(logits, opts, index + 1), opts)   # [b, M, V]
-            u = None if opts.greedy else torch.stack(
-                [torch.rand(tries, generator=g, device=g.device) for g in gens]).to(dev)
-            path, a, nxt = self._accept(probs, tree, N - n - 1, u)
+            path, a, nxt = self._accept(probs, tree, N - n - 1, None if u is None else u[:, :tries])
             t2 = time.perf_counter()
             # commit: the accepted drafts, then the next token; entry j is also the token after path node j
             j = torch.arange(levels + 1, device=dev)[None]
@@ -359,7 +505,7 @@ class EagleTreeDecoder:
             "target_forward_calls": float(target_calls),
             "drafter_forward_calls": float(self.drafter_calls),
             # the context pass at the start, then per step one context pass and `depth` expansions
-            "drafter_forwards_per_image": float(1 + (target_forwards.mean() - 1) * (self.shape.depth + 1)),
+            "drafter_forwards_per_image": float(1 + (target_forwards.mean() - 1) * (self.expansions + 1)),
             "draft_seconds": draft_seconds, "verify_seconds": verify_seconds,
         }
         return out_seq, counters
