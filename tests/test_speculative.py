@@ -10,6 +10,7 @@ from scipy.stats import chisquare
 from accel.api import ArgenError, load_generator
 from accel.methods import speculative as sp
 from accel.methods.lantern import LanternRule
+from accel.methods.tree import TreeShape
 from accel.families import llamagen as lg
 
 
@@ -396,6 +397,8 @@ def test_job_configs_leave_gamma_to_the_drafter(accel):
     with_sjd = sp.SpecConfig.from_options(accel, "llamagen_b", dict(options), "sjd", True)
     assert (with_model.drafter, with_model.gamma) == ("llamagen_b", 4)
     assert (with_sjd.drafter, with_sjd.gamma) == ("sjd", sp.SJD_WINDOW)
+    with_eagle = sp.SpecConfig.from_options(accel, "llamagen_b", {**options, "drafter": "eagle"}, "sjd", True)
+    assert with_eagle.tree == TreeShape()  # the release's 59 / 4 / 10
 
 
 def test_sjd_window_from_window_gamma_or_default():

@@ -115,14 +115,18 @@ class SpecConfig:
                              f"choose 'eagle', 'sjd' or one of {', '.join(lg.CONFIGS)}")
         spec = cls(accel=accel, drafter=drafter)
         spec.drafter_checkpoint = o.pop("drafter_checkpoint", None)
-        tree = {k: o.pop(k) for k in TREE_OPTIONS if k in o}
+        # the job configs pass every option, None (or tree=dynamic) where the default applies
+        tree = {k: v for k in TREE_OPTIONS if k in o for v in [o.pop(k)] if v is not None}
+        if tree.get("tree") == "dynamic" and drafter != "eagle":
+            tree.pop("tree")
         if tree and drafter != "eagle":
             raise ArgenError(f"{', '.join(sorted(tree))} shape the draft tree of drafter=eagle, not drafter={drafter}")
         if drafter == "eagle":
-            for key in ("gamma", "window", "sjd_init", "draft_mode"):
-                if key in o and o[key] is not None:
-                    raise ArgenError(f"{key}={o[key]!r} does not apply to drafter=eagle: it drafts a dynamic tree "
-                                     f"of its top-k tokens (shape it with {', '.join(TREE_OPTIONS)})")
+            unset = {"gamma": None, "window": None, "sjd_init": "random", "draft_mode": "sample"}
+            for key, default in unset.items():
+                if key in o and o[key] != default:
+                    raise ArgenError(f"{key}={o[key]!r} does not apply to drafter=eagle: it drafts a tree of its "
+                                     f"top-k tokens or samples (shape it with {', '.join(TREE_OPTIONS)})")
                 o.pop(key, None)
             vocab = lg.get_config(target_name).args.vocab_size
             default = TreeShape()
