@@ -450,7 +450,12 @@ def write_outputs(sink: LocalSink | S3Sink, records: Sequence[dict[str, Any]], n
 
             for key in EVAL_REPORT_KEYS:
                 report.pop(key, None)
-    report.update(summarize(records, new, seconds, plan.num_shards, plan.num_samples), **extra)
+    fresh = summarize(records, new, seconds, plan.num_shards, plan.num_samples)
+    if not new and report.get("complete") and report.get("images") == fresh["images"] and fresh["complete"]:
+        # a rerun that found everything committed: report.json and report.html keep describing the run that
+        # generated the shards (its speed, workers, retries), not this run's few seconds of checking
+        return {**report, **fresh, **extra}
+    report.update(fresh, **extra)
     sink.write(layout.REPORT_JSON, redact(json.dumps(report, indent=1, sort_keys=True)).encode("utf-8"))
     if records:
         try:  # the pictures are a view of the shards: they never fail a run whose shards are committed
@@ -487,7 +492,8 @@ def run(cfg: Any) -> dict[str, Any]:
                             sink.uri, _nodes())
             import ray
 
-            board = ray.remote(ProgressBoard).options(num_cpus=0).remote()  # batches reported by the workers
+            # batches reported by the workers; also Ray metrics tagged with the plan's hash
+            board = ray.remote(ProgressBoard).options(num_cpus=0).remote(plan.hash[:12])
             read_board = board_reader(board)
             scheduler = ShardScheduler(actor_factory(cfg, sink, plan.conditions[0], job.lease.owner, board),
                                        num_workers=min(num_workers, len(todo)), max_attempts=max_attempts,

@@ -175,7 +175,7 @@ def speed_plot(records: Sequence[dict[str, Any]]) -> str | None:
         ax.plot([x for x, _ in series], [y for _, y in series], marker="o", markersize=3, linewidth=1, label=worker)
     ax.set_xlabel("seconds since the first shard of the output finished")
     ax.set_ylabel("images / s per shard")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.12 * max(p[1] for p in points))  # room above the fastest shard's marker
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -155,13 +155,14 @@ def test_local_run_resume_and_rerun(ray_cluster, tmp_path, capsys):
     for s in (0, 2):
         assert second[s] == first[s]  # committed shards untouched
 
-    # a complete output: nothing to generate, no workers started, and the summary says so
+    # a complete output: nothing to generate, no workers started, and the summary says so; report.json and
+    # report.html still describe the run that generated the shards
     capsys.readouterr()
+    page = (out / "report.html").read_bytes()
     generate(f"output.uri={out}")
     assert f"argen generate: nothing left to do: all {NUM_SHARDS} shards ({NUM_IMAGES} images) are committed" in \
         capsys.readouterr().out
-    report = store.json("report.json")
-    assert report["generated_shards"] == 0 and report["images"] == NUM_IMAGES and "workers" not in report
+    assert store.json("report.json") == report and (out / "report.html").read_bytes() == page
     assert check_run(store, tmp_path) == second
 
 

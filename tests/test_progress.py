@@ -53,3 +53,25 @@ def test_a_worker_reports_every_batch(ray_cluster, tmp_path):
     worker = ShardWorker(worker_spec(cfg, job.sink, 0, progress=board))
     worker.run_shard(job.plan.shard(0))
     assert ray.get(board.history.remote()) == [(0, 0, 1), (0, 0, 2), (0, 0, 3)]
+
+
+@pytest.mark.heavy  # Ray exports metrics every few seconds: up to ~30 s of waiting
+def test_progress_is_a_ray_metric(ray_cluster):
+    """argen_images_generated reaches the node's Prometheus endpoint (what the dashboard's Metrics view reads)."""
+    import time
+    import urllib.request
+
+    import ray
+
+    board = ray.remote(ProgressBoard).options(num_cpus=0).remote("run-metrics")
+    ray.get(board.update.remote(0, 0, 5))
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        ray.get(board.update.remote(0, 0, 5 + int(time.monotonic() - deadline + 60)))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        if "argen_images_generated" in text and "run-metrics" in text:
+            break
+        time.sleep(2)
+    lines = [line for line in text.splitlines() if "argen_images_generated" in line and "run-metrics" in line]
+    assert lines and float(lines[-1].rsplit(" ", 1)[1]) >= 5, text[-2000:]

@@ -116,3 +116,39 @@ def test_a_damaged_shard_is_left_out_of_the_sheet_not_fatal(tmp_path, caplog):
     sheet = np.asarray(Image.open(io.BytesIO(sink.read(SHEET_KEY))))
     assert sheet.shape[:2] == (66 + 2, 66 + 2) and sheet[2, 2, 0] == 101  # shard 1's sample only
     assert sink.exists(HTML_KEY) and "shard 0 could not be read" in caplog.text
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_a_headless_browser(tmp_path):
+    """The page as a browser draws it (Debian's chromium, where installed): the inline sheet and speed plot are
+    drawn, not broken-image boxes, and the page is not blank."""
+    import subprocess
+
+    import pytest
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    rows = [[np.full((8, 8, 3), (40 * c, 200, 255 - 40 * c), np.uint8)] * 4 for c in range(3)]
+    records = [{"shard": s, "count": 2, "seconds": 1.0, "images_per_second": 2.0 + s % 2, "flops": 1e9,
+                "worker": "w0@h:1", "finished_at": f"2026-12-07T10:00:0{s}+00:00"} for s in range(4)]
+    page = report_html({"model": "var_toy", "accel": "none", "images": 8, "planned_images": 8, "complete": True},
+                       {}, records, contact_sheet(rows, cell=48), ["class 0", "class 1", "class 2"])
+    (tmp_path / "report.html").write_text(page)
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1000,1400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.exists(), done.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # the sheet's cells: a colour no text or rule on the page has (light blue-green), over their full size
+    cell = (np.abs(img - np.array([0, 200, 255])).sum(-1) < 30)
+    assert cell.sum() >= 4 * 40 * 40, cell.sum()
+    # the speed plot: matplotlib's default line colour, somewhere below the sheet
+    line = (np.abs(img - np.array([31, 119, 180])).sum(-1) < 40)
+    assert line.sum() > 100 and line.nonzero()[0].min() > cell.nonzero()[0].min()
