@@ -31,11 +31,15 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {  # name: (accel, options); the c
     "chain": ("speculative", {"gamma": 4}),
     "eagle": ("speculative", {"drafter": "eagle"}),
     "eagle_small_tree": ("speculative", {"drafter": "eagle", **TREE_SMALL}),
-    "lantern_eagle_k1000_d0.1": ("lantern", {"drafter": "eagle", "lantern_k": 1000, "lantern_delta": 0.1}),
-    "lantern_eagle_small_tree": ("lantern", {"drafter": "eagle", "lantern_k": 1000, "lantern_delta": 0.1,
-                                             **TREE_SMALL}),
+    "eagle_static": ("speculative", {"drafter": "eagle", "tree": "static"}),
+    "lantern_eagle": ("lantern", {"drafter": "eagle", "lantern_delta": 0.1}),
+    "lantern_eagle_small_tree": ("lantern", {"drafter": "eagle", "lantern_delta": 0.1, **TREE_SMALL}),
+    "lantern++_static_l3": ("lantern", {"drafter": "eagle", "tree": "static", "lantern_lambda": 3.0}),
 }
 CHAIN_DRAFTER = {"llamagen_toy": "llamagen_toy_draft", "llamagen_b": "sjd"}
+# LANTERN's k relative to the vocabulary: the release's 1000 of 16384 codes; the toy's 1024 codes take the
+# toy table's k 10 (docs/BENCHMARKS.md: wider neighbourhoods cost the toy +18-21% FID)
+LANTERN_K = {"llamagen_toy": 10, "llamagen_b": 1000}
 
 
 def _options(model: str, name: str) -> tuple[str, dict[str, Any]]:
@@ -44,6 +48,8 @@ def _options(model: str, name: str) -> tuple[str, dict[str, Any]]:
         options = {**options, "drafter": CHAIN_DRAFTER[model]}
         if CHAIN_DRAFTER[model] == "sjd":
             options = {"drafter": "sjd", "window": 16}
+    if accel == "lantern":
+        options = {**options, "lantern_k": LANTERN_K[model]}
     return accel, options
 
 
