@@ -142,6 +142,8 @@ def test_generator_end_to_end(gen):
     ("speculative", {"gamma": 3}),
     ("lantern", {"lantern_delta": 0.0, "lantern_k": 5}),
     ("sjd", {"window": 8}),
+    ("lantern", {"drafter": "eagle", "lantern_delta": 0.0, "lantern_k": 5, "tree_tokens": 12, "tree_depth": 3,
+                 "tree_top_k": 4}),  # the caption positions enter the EAGLE drafter as (feature, token 0) pairs
 ])
 def test_greedy_accelerated_generators_give_identical_images(gen, t5_dir, accel, extra, tmp_path, monkeypatch):
     """Plumbing: load_generator(accel=...) on the tiny t2i model (default drafter llamagen_t2i_tiny_draft)."""
