@@ -43,14 +43,25 @@ class Generator(Protocol):
 
 def load_generator(name: str, accel: str = "none", device: str | torch.device | None = None,
                    checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
-                   random_init: bool = False, **method_options: Any) -> Generator:
+                   random_init: bool = False, compile: bool | str = False, **method_options: Any) -> Generator:
     """Build the named generator with its acceleration on one device.
 
     `checkpoint` / `tokenizer_checkpoint`: released files (local path or s3://). Without them,
     `random_init=True` must be passed explicitly (seeded, identical on every worker).
     `method_options`: sampling options (cfg, top_k, ...) and the method's options.
+    `compile`: True / False / "auto" (CUDA only): torch.compile the decoding step with a static KV cache
+    (accel/compiled.py); LlamaGen's plain decoding so far.
     """
     registry.method(accel, name)  # an unknown accel, or one that does not apply, before anything is built
-    return registry.make_generator(name, accel, device=resolve_device(device), checkpoint=checkpoint,
+    device = resolve_device(device)
+    if compile is not False:
+        from accel.compiled import resolve_compile
+
+        if registry.family_of(name) == "llamagen":
+            method_options["compile"] = compile
+        elif resolve_compile(compile, device) and str(compile).lower() != "auto":
+            raise ArgenError(f"compile={compile!r} for {name}: the compiled decoding step exists for LlamaGen so far; "
+                             f"VAR and MAR run eager (pass compile=false)")
+    return registry.make_generator(name, accel, device=device, checkpoint=checkpoint,
                                    tokenizer_checkpoint=tokenizer_checkpoint, random_init=bool(random_init),
                                    **method_options)

@@ -68,7 +68,7 @@ def tokens_only(gen, cond, seeds: list[int]):
     t0 = time.perf_counter()
     with torch.inference_mode(), gen.autocast(), counting(flops):
         if gen.decoder is None:
-            lg.generate_tokens(gen.model, cond, gen.opts, generators)
+            lg.generate_tokens(gen.model, cond, gen.opts, generators, forward=getattr(gen, "compiled", None))
             counters = {"accepted_length": 1.0, "target_forwards_per_image": float(gen.model.block_size),
                         "target_forward_calls": float(gen.model.block_size), "drafter_forwards_per_image": 0.0}
         else:

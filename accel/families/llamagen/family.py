@@ -21,6 +21,7 @@ import torch
 
 from accel import flops as F_
 from accel import registry
+from accel.compiled import resolve_compile
 from accel.errors import ArgenError
 from accel.families.llamagen.configs import (CONFIGS, SAMPLING_OPTIONS, TEXT_OPTIONS, LlamaGenConfig, SamplingOptions,
                                              get_config)
@@ -84,13 +85,15 @@ class LlamaGenGenerator(BaseGenerator):
     family = "llamagen"
 
     def __init__(self, *, name, accel, model, tokenizer, device, config: LlamaGenConfig, opts: SamplingOptions,
-                 decoder: Decoder | None = None, text_encoder=None):
+                 decoder: Decoder | None = None, text_encoder=None, compiled=None):
         super().__init__(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
                          image_size=config.image_size,
                          num_classes=0 if config.takes_prompts else config.args.num_classes)
         self.config, self.opts, self.decoder, self.text_encoder = config, opts, decoder, text_encoder
         self.conditions_are_prompts = config.takes_prompts
         self.eval_image_size = config.eval_image_size
+        self.compiled = compiled  # accel.compiled.CompiledForward of the model, or None (eager)
+        self._compile_reported = 0.0
 
     def encode_prompts(self, prompts: list[str]) -> tuple[TextCondition, dict]:
         """Prompts -> the t2i condition (T5 features, left-padded, in one batch) and its counters."""
@@ -109,13 +112,17 @@ class LlamaGenGenerator(BaseGenerator):
             else:
                 cond = torch.tensor(conditions, dtype=torch.long, device=self.device)
             if self.decoder is None:
-                tokens = generate_tokens(self.model, cond, self.opts, generators)
+                tokens = generate_tokens(self.model, cond, self.opts, generators, forward=self.compiled)
                 counters = {"accepted_length": 1.0, "target_forwards_per_image": float(N),
                             "target_forward_calls": float(N), "drafter_forwards_per_image": 0.0}
             else:
                 tokens, counters = self.decoder.generate(cond, generators)
             with torch.autocast(self.device.type, enabled=False):  # the release decodes in fp32, outside autocast
                 images = decode_tokens(self.tokenizer, tokens, self.config.grid)
+        if self.compiled is not None and self.compiled.compile_seconds > self._compile_reported:
+            # compiling happened in this call: say how long, once (its seconds are in this call's time too)
+            counters["compile_seconds"] = self.compiled.compile_seconds - self._compile_reported
+            self._compile_reported = self.compiled.compile_seconds
         return images.float().clamp(-1, 1), {**flops.per_image(B), **counters, **text_counters}
 
 
@@ -178,7 +185,9 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device | None = None,
                    checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
-                   random_init: bool = False, **options: Any) -> LlamaGenGenerator:
+                   random_init: bool = False, compile: bool | str = False, **options: Any) -> LlamaGenGenerator:
+    """compile: compile the plain decoding loop's forward (accel.compiled; static KV cache); the methods'
+    decoders run eager."""
     from accel.tokenizers.vq import load_tokenizer
 
     device = resolve_device(device)
@@ -197,5 +206,16 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
         decoder = registry.method(accel, name).attach(settings.decoder_spec, target=model, target_name=name,
                                                       opts=opts, tokenizer=tokenizer, device=device,
                                                       random_init=random_init)
+    compiled = None
+    wanted = resolve_compile(compile, device)
+    if wanted and decoder is not None and str(compile).lower() == "auto":
+        wanted = False  # auto: where it applies
+    if wanted:
+        if decoder is not None:
+            raise ArgenError(f"compile=true with accel={accel}: the compiled step covers plain decoding (accel=none) "
+                             f"so far; the speculative decoders run eager (pass compile=false)")
+        from accel.compiled import CompiledForward
+
+        compiled = CompiledForward(model, device)
     return LlamaGenGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device, config=cfg,
-                             opts=opts, decoder=decoder, text_encoder=text_encoder)
+                             opts=opts, decoder=decoder, text_encoder=text_encoder, compiled=compiled)

@@ -144,7 +144,8 @@ class KVCache:
     overwritten by the next write. Rolling a row back therefore costs nothing.
     """
 
-    def __init__(self, args: ModelArgs, batch: int, max_seq: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, args: ModelArgs, batch: int, max_seq: int, dtype: torch.dtype, device: torch.device,
+                 static: bool = False):
         head_dim = args.dim // args.n_head
         n_kv = args.n_kv_head or args.n_head
         self.max_seq = find_multiple(max_seq, 8)
@@ -153,6 +154,9 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layer)]
         self.kv_len = 0  # keys [0, kv_len) take part in the current forward
         self.key_valid: torch.Tensor | None = None  # t2i: [B, max_seq] bool, False on padding condition keys
+        # static: every forward attends over all max_seq slots (masked), so shapes never change and the step
+        # compiles once (torch.compile / CUDA graphs); the masked keys add exact zeros, in another summation order
+        self.static = static
 
     def set_condition_mask(self, cond_mask: torch.Tensor) -> None:
         """cond_mask [B, T] (True = prompt token): keys at the other condition positions are hidden."""
@@ -169,7 +173,11 @@ class KVCache:
             cache.scatter_(2, dst[:, None, :, None].expand_as(idx), cache.gather(2, idx))
 
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        # input_pos [B, T]; k, v [B, H, T, D]
+        # input_pos [B, T], or [T] when every row writes the same slots; k, v [B, H, T, D]
+        if input_pos.dim() == 1:  # one in-place copy (a compiled step keeps it in place, no cache copy)
+            self.k[layer].index_copy_(2, input_pos, k.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(2, input_pos, v.to(self.v[layer].dtype))
+            return self.k[layer][:, :, :self.kv_len], self.v[layer][:, :, :self.kv_len]
         idx = input_pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
         self.k[layer].scatter_(2, idx, k.to(self.k[layer].dtype))
         self.v[layer].scatter_(2, idx, v.to(self.v[layer].dtype))
@@ -315,13 +323,19 @@ class Transformer(nn.Module):
         else:
             h = self.cls_embedding(cond_idx)[:, :self.cls_token_num] if cond_idx is not None else self.tok_embeddings(idx)
             B, T = h.shape[:2]
+            slots = input_pos  # [T] when the rows share their positions: the cache writes them in one copy
             if input_pos.dim() == 1:
                 input_pos = input_pos[None].expand(B, -1)
+            elif rope_pos is None and attn_mask is None and input_pos.shape[0] == 1:
+                slots = input_pos[0]
             if cond_mask is not None:
                 cache.set_condition_mask(cond_mask)
-            cache.kv_len = int(input_pos.max()) + 1
-            if cache.kv_len > cache.max_seq:
-                raise ArgenError(f"position {cache.kv_len - 1} is past the KV cache length {cache.max_seq}")
+            if cache.static:  # no host sync, no shape that depends on the position
+                cache.kv_len = cache.max_seq
+            else:
+                cache.kv_len = int(input_pos.max()) + 1
+                if cache.kv_len > cache.max_seq:
+                    raise ArgenError(f"position {cache.kv_len - 1} is past the KV cache length {cache.max_seq}")
             keys = torch.arange(cache.kv_len, device=h.device)
             if attn_mask is None:
                 mask = (keys[None, None, :] <= input_pos[:, :, None])[:, None]  # [B, 1, T, kv_len]
@@ -332,7 +346,7 @@ class Transformer(nn.Module):
                 mask = mask & seen[:, None]
             freqs = self._freqs(input_pos if rope_pos is None else rope_pos, h.device)  # [B, T, hd/2, 2]
         for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, mask, cache, i, input_pos)
+            h = layer(h, freqs, mask, cache, i, slots if cache is not None else input_pos)
         h = self.norm(h)
         logits = self.output(h).float()
         return (logits, h) if features else logits

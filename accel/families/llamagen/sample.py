@@ -69,12 +69,15 @@ class CFGModel:
     """A Transformer with its KV cache and CFG doubling: the object that both the plain loop and
     speculative decoding drive. Rows are samples (the null half is handled inside)."""
 
-    def __init__(self, model: Transformer, opts: SamplingOptions, batch: int, max_seq: int, component: str):
+    def __init__(self, model: Transformer, opts: SamplingOptions, batch: int, max_seq: int, component: str,
+                 forward=None):
+        """forward: the model's forward compiled for static shapes (CompiledForward), or None for eager."""
         self.model, self.opts, self.component = model, opts, component
+        self.forward = forward or model
         dtype = next(model.parameters()).dtype
         device = next(model.parameters()).device
         self.rows = batch * (2 if opts.cfg > 1.0 else 1)
-        self.cache = KVCache(model.config, self.rows, max_seq, dtype, device)
+        self.cache = KVCache(model.config, self.rows, max_seq, dtype, device, static=forward is not None)
         self.device = device
         self.calls = 0
 
@@ -85,15 +88,16 @@ class CFGModel:
         rows, cond_mask = self.model.condition_rows(cond, with_null=self.opts.cfg > 1.0)
         T = self.model.cls_token_num
         pos = torch.arange(T, device=self.device)
-        logits = self.model(None, rows, pos, cache=self.cache, cond_mask=cond_mask)[:, -1]
+        logits = self.forward(None, rows, pos, cache=self.cache, cond_mask=cond_mask)[:, -1]
         self._count(T, prefill=True)
         return guided_logits(logits, self.opts, 0)
 
     def decode(self, tokens: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T] holding image tokens token_index [B, T] -> guided logits [B, T, V]; the logits at
-        (b, t) predict image token token_index[b, t] + 1."""
+        """tokens [B, T] holding image tokens token_index [B, T] (or [T], the same for every row) -> guided
+        logits [B, T, V]; the logits at (b, t) predict image token token_index[b, t] + 1."""
         pos = token_index + self.model.cls_token_num
-        logits = self.model(cfg_rows(tokens, self.opts), None, cfg_rows(pos, self.opts), cache=self.cache)
+        pos = pos if pos.dim() == 1 else cfg_rows(pos, self.opts)  # shared positions: one cache copy per layer
+        logits = self.forward(cfg_rows(tokens, self.opts), None, pos, cache=self.cache)
         self._count(tokens.shape[1])
         return guided_logits(logits, self.opts, token_index + 1)
 
@@ -110,17 +114,17 @@ def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Gene
     return categorical_rows(probs[:, None], generators, rows)[:, 0]
 
 
-def generate_tokens(model: Transformer, labels, opts: SamplingOptions, generators: list[torch.Generator]
-                    ) -> torch.Tensor:
+def generate_tokens(model: Transformer, labels, opts: SamplingOptions, generators: list[torch.Generator],
+                    forward=None) -> torch.Tensor:
     """The official loop (accel=none): prefill samples token 0, then one cached step per token.
 
-    labels: class ids [B] (c2i) or a TextCondition (t2i)."""
+    labels: class ids [B] (c2i) or a TextCondition (t2i). forward: a compiled forward (static KV cache)."""
     B, N = len(labels), model.block_size
-    runner = CFGModel(model, opts, B, model.cls_token_num + N, "target")
+    runner = CFGModel(model, opts, B, model.cls_token_num + N, "target", forward)
     seq = torch.empty(B, N, dtype=torch.long, device=labels.device)
     seq[:, 0] = pick(logits_to_probs(runner.prefill(labels), opts), opts, generators)
     for t in range(1, N):
-        index = torch.full((B, 1), t - 1, device=labels.device, dtype=torch.long)
+        index = torch.full((1,), t - 1, device=labels.device, dtype=torch.long)  # every row at the same token
         logits = runner.decode(seq[:, t - 1:t], index)[:, -1]
         seq[:, t] = pick(logits_to_probs(logits, opts), opts, generators)
     return seq

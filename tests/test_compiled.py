@@ -1,0 +1,55 @@
+"""The compiled decoding step (accel/compiled.py, issue #23): static KV cache + torch.compile, the same tokens as
+eager decoding, compile time reported once; where it does not apply yet, a clear refusal."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from accel.api import ArgenError, load_generator
+from accel.families import llamagen as lg
+
+
+def test_the_static_cache_gives_the_eager_logits():
+    """What the compiled step runs, eager: every step attends over all slots, masked."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = lg.Transformer(lg.get_config("llamagen_tiny").args)
+        model.init_weights(zero_output=False)
+    model.eval()
+    labels = torch.tensor([3, 7])
+    caches = [lg.KVCache(model.config, 2, 40, torch.float32, torch.device("cpu"), static=s) for s in (False, True)]
+    outs = []
+    for cache in caches:
+        with torch.no_grad():
+            model(None, labels, torch.arange(1), cache=cache)
+            outs.append([model(torch.tensor([[t], [t + 1]]), None, torch.tensor([1 + t]), cache=cache)
+                         for t in range(10)])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.heavy  # compiling the prefill and the decode step takes ~30 s of CPU
+def test_compiled_decoding_gives_the_eager_tokens_and_reports_its_compile_time():
+    kw = dict(device="cpu", random_init=True, greedy=True, cfg=2.0)
+    eager = load_generator("llamagen_tiny", **kw).generate([3, 8], seeds=[0, 1])
+    gen = load_generator("llamagen_tiny", compile=True, **kw)
+    first = gen.generate([3, 8], seeds=[0, 1])
+    again = gen.generate([3, 8], seeds=[0, 1])
+    assert np.array_equal(first.images, eager.images) and np.array_equal(again.images, eager.images)
+    assert first.stats["compile_seconds"] > 1 and "compile_seconds" not in again.stats
+
+
+@pytest.mark.parametrize("model,accel,compile,match", [
+    ("llamagen_tiny", "lantern", True, "the compiled step covers plain decoding"),
+    ("var_tiny", "none", True, "the compiled decoding step exists for LlamaGen so far"),
+    ("llamagen_tiny", "none", "maybe", "compile='maybe'; expected auto"),
+])
+def test_where_compiling_does_not_apply_it_is_refused(model, accel, compile, match):
+    with pytest.raises(ArgenError, match=match):
+        load_generator(model, accel=accel, device="cpu", random_init=True, compile=compile)
+
+
+def test_auto_compiles_on_cuda_only():
+    gen = load_generator("llamagen_tiny", accel="lantern", device="cpu", random_init=True, compile="auto")
+    assert gen.compiled is None
