@@ -21,7 +21,8 @@ from accel.options import check_option_names, option_flag, option_int, option_nu
 from accel.registry import (check_settings, conditions_of, eval_image_size_of, family_of, known_model_names,
                             method_names)
 
-__all__ = ["ArgenError", "BaseGenerator", "GenerationOutput", "Generator", "check_option_names", "check_settings",
+__all__ = ["ArgenError", "BaseGenerator", "GenerationOutput", "Generator", "check_compile", "check_option_names",
+           "check_settings",
            "conditions_of", "eval_image_size_of", "family_of", "known_model_names", "load_generator",
            "method_names", "option_flag", "option_int", "option_number", "require_weights", "resolve_device",
            "seeded_generators", "seeded_init", "to_uint8"]
@@ -41,6 +42,21 @@ class Generator(Protocol):
     def generate(self, conditions: Sequence[int | str], seeds: Sequence[int] | None = None) -> GenerationOutput: ...
 
 
+def check_compile(name: str, accel: str, compile: bool | str) -> None:
+    """compile= for this model and method, before anything is built (argen generate checks it before Ray)."""
+    from accel.compiled import resolve_compile
+
+    wanted = resolve_compile(compile, torch.device("cpu"))  # the value's form; auto never refuses
+    if not wanted:
+        return
+    if registry.family_of(name) != "llamagen":
+        raise ArgenError(f"compile={compile!r} for {name}: the compiled decoding step exists for LlamaGen so far; "
+                         f"VAR and MAR run eager (pass compile=false)")
+    if accel != "none":
+        raise ArgenError(f"compile={compile!r} with accel={accel}: the compiled step covers plain decoding "
+                         f"(accel=none) so far; the speculative decoders run eager (pass compile=false)")
+
+
 def load_generator(name: str, accel: str = "none", device: str | torch.device | None = None,
                    checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
                    random_init: bool = False, compile: bool | str = False, **method_options: Any) -> Generator:
@@ -55,13 +71,9 @@ def load_generator(name: str, accel: str = "none", device: str | torch.device | 
     registry.method(accel, name)  # an unknown accel, or one that does not apply, before anything is built
     device = resolve_device(device)
     if compile is not False:
-        from accel.compiled import resolve_compile
-
+        check_compile(name, accel, compile)
         if registry.family_of(name) == "llamagen":
             method_options["compile"] = compile
-        elif resolve_compile(compile, device) and str(compile).lower() != "auto":
-            raise ArgenError(f"compile={compile!r} for {name}: the compiled decoding step exists for LlamaGen so far; "
-                             f"VAR and MAR run eager (pass compile=false)")
     return registry.make_generator(name, accel, device=device, checkpoint=checkpoint,
                                    tokenizer_checkpoint=tokenizer_checkpoint, random_init=bool(random_init),
                                    **method_options)

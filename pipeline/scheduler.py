@@ -24,7 +24,8 @@ class ShardFailed(RuntimeError):
 
 
 def workers_record(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"worker": i["worker"], "device": i["device"]} for i in infos]
+    return [{"worker": i["worker"], "device": i["device"],
+             **({"compile_seconds": i["compile_seconds"]} if "compile_seconds" in i else {})} for i in infos]
 
 
 class ShardScheduler:

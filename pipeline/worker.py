@@ -57,6 +57,7 @@ class WorkerSpec:
     lease_owner: str | None = None                          # the run's lease id: commit only while it holds
     progress: Any = None                                    # the driver's ProgressBoard actor: told every batch
     storage: dict[str, Any] | None = None                   # the run's storage settings: s3:// inputs read so
+    compile: Any = "auto"                                   # compile the decoding step: auto | true | false
 
 
 class ShardWorker:
@@ -88,7 +89,7 @@ class ShardWorker:
                     torch.set_num_threads(int(s.torch_threads))
                 self.generator = load_generator(s.model, accel=s.accel, device=s.device, checkpoint=s.checkpoint,
                                                 tokenizer_checkpoint=s.tokenizer_checkpoint,
-                                                random_init=s.random_init, **s.options)
+                                                random_init=s.random_init, compile=s.compile, **s.options)
                 if s.features and s.features != "none":
                     from pipeline import quality
 
@@ -102,12 +103,18 @@ class ShardWorker:
 
                     self.clip = quality.make_clip_scorer(s.eval_cfg, str(getattr(self.generator, "device", s.device)))
                 if s.warmup_condition is not None:  # first-call costs (allocations, kernels) not in shard timings
-                    out = self.generator.generate([s.warmup_condition], [0])
+                    # a compiled step compiles per shape: warm up at the shards' batch size
+                    rows = s.batch_size if getattr(self.generator, "compiled", None) is not None else 1
+                    out = self.generator.generate([s.warmup_condition] * rows, list(range(rows)))
                     if self.extractor is not None:
-                        self.extractor(self._for_features(out.images))
+                        self.extractor(self._for_features(out.images[:1]))
         g = self.generator
-        return {"worker": self.worker_name(), "device": self.device_name(), "image_size": int(g.image_size),
+        info = {"worker": self.worker_name(), "device": self.device_name(), "image_size": int(g.image_size),
                 "num_classes": int(g.num_classes), "pid": os.getpid()}
+        compiled = getattr(g, "compiled", None)
+        if compiled is not None:  # once per actor; a shard whose last batch is smaller compiles that shape itself
+            info["compile_seconds"] = round(compiled.compile_seconds, 2)
+        return info
 
     def _for_features(self, images: np.ndarray) -> np.ndarray:
         """The images the extractor sees: at eval_side when the model is evaluated at another size."""

@@ -53,3 +53,31 @@ def test_where_compiling_does_not_apply_it_is_refused(model, accel, compile, mat
 def test_auto_compiles_on_cuda_only():
     gen = load_generator("llamagen_tiny", accel="lantern", device="cpu", random_init=True, compile="auto")
     assert gen.compiled is None
+
+
+def test_argen_generate_checks_compile_before_ray(tmp_path, capsys):
+    from jobs.cli import main as argen
+
+    for model, value, message in (("var_tiny", "true", "compiled decoding step exists for LlamaGen so far"),
+                                  ("llamagen_tiny", "sometimes", "compile='sometimes'; expected auto")):
+        with pytest.raises(SystemExit) as e:
+            argen(["generate", f"model={model}", "model.random_init=true", f"compile={value}",
+                   f"output.uri={tmp_path / 'out'}"])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.heavy  # a Ray run plus ~20 s of compiling in the worker
+def test_a_compiled_run_records_its_compile_time_once_per_worker(ray_cluster, tmp_path):
+    import json
+
+    from jobs.cli import main as argen
+
+    out = tmp_path / "out"
+    assert argen(["generate", "model=llamagen_tiny", "model.random_init=true", "device=cpu", "compile=true",
+                  "data.classes=[1,2]", "data.per_class=2", "output.shard_size=2", "batch_size=2", "progress=false",
+                  f"output.uri={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [w["compile_seconds"] > 1 for w in report["workers"]] == [True]
+    stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*.stats.json"))]
+    assert len(stats) == 2 and all(s["images_per_second"] > 0 for s in stats)
