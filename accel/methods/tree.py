@@ -456,13 +456,13 @@ class EagleTreeDecoder:
             t1 = time.perf_counter()
             # verification: every node in its own slot after the longest context, at the position of its depth
             base = cls + int(n.max()) - 1
-            slots = (base + torch.arange(M, device=dev))[None].expand(b, -1)
+            slots = base + torch.arange(M, device=dev)                           # shared by the rows: one copy
             rope = cls + n[:, None] - 1 + tree.depth
             kv_len = base + M
             ctx = torch.arange(base, device=dev)[None, :] < (cls + n[:, None] - 1)          # [b, base]
             mask = torch.cat([ctx[:, None].expand(-1, M, -1), tree.ancestors], 2)[:, None]
-            logits, feats = target(cfg_rows(tree.tokens, opts), None, cfg_rows(slots, opts), cache=cache,
-                                   rope_pos=cfg_rows(rope, opts), attn_mask=cfg_rows(mask, opts), features=True)
+            logits, feats = target(cfg_rows(tree.tokens, opts), None, slots, cache=cache, rope_pos=cfg_rows(rope, opts),
+                                   attn_mask=cfg_rows(mask, opts), features=True)
             F_.count("target", target.forward_flops(cache.k[0].shape[0], M, kv_len))
             target_calls += 1
             index = n[:, None] - 1 + tree.depth                                  # image index of each node
