@@ -155,6 +155,8 @@ def sample_many(target, drafter, rule=None, seed0=0):
 
 
 class AcceptAll(sp.ExactRule):
+    exact = False  # a wrong rule: the tree must run it sibling by sibling, as any rule that is not exact
+
     def relaxed_prob(self, p, drafts):
         pd, r = super().relaxed_prob(p, drafts)
         return torch.full_like(pd, 1e9), r
@@ -162,6 +164,8 @@ class AcceptAll(sp.ExactRule):
 
 class ResampleFromTarget(sp.ExactRule):
     """Wrong rejection handling: draw from p instead of norm(max(0, p - q))."""
+
+    exact = False
 
     def residual(self, p, q, drafts, relaxed):
         return p

@@ -97,6 +97,8 @@ class LanternRule:
 
     def __init__(self, table: torch.Tensor, k: int, delta: float, lam: float | None = None):
         self.table, self.k, self.delta, self.lam = table, k, delta, lam
+        # the sibling-by-sibling residual is needed only when some mass can move
+        self.exact = k == 0 or (delta == 0 if lam is None else lam == 1.0)
 
     @classmethod
     def from_codebook(cls, codebook: torch.Tensor, k: int, delta: float, lam: float | None = None,

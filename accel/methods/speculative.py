@@ -197,6 +197,8 @@ class SpecConfig:
 class ExactRule:
     """Standard speculative sampling: accept d with probability min(1, p(d) / q(d))."""
 
+    exact = True  # nothing relaxed: a tree can test all siblings of a node at once
+
     def relaxed_prob(self, p: torch.Tensor, drafts: torch.Tensor):
         """p [B, G, V], drafts [B, G] -> (p~(d) [B, G], whether neighbours were aggregated [B, G])."""
         pd = p.gather(-1, drafts[..., None])[..., 0]

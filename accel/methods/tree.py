@@ -105,6 +105,33 @@ class StaticTree:
         return max(self.parent.count(i) for i in range(len(self.parent)))
 
 
+@dataclass(frozen=True)
+class _StaticLayout:
+    """A static tree's fixed structure as tensors, built once per decoder (not on every step)."""
+    parent: torch.Tensor     # [M]
+    depth: torch.Tensor      # [M]
+    ancestors: torch.Tensor  # [M, M] bool, the node itself included
+    children: torch.Tensor   # [M, width], -1 padded, in draw order
+    levels: tuple            # per level: (parents drawing, their children, child -> parent column, child rank)
+
+    @classmethod
+    def of(cls, st: StaticTree, parents: list[int], width: int, device: torch.device) -> "_StaticLayout":
+        M = st.tokens
+        anc = torch.eye(M, dtype=torch.bool)
+        children = torch.full((M, width), -1, dtype=torch.long)
+        for i in range(1, M):  # level order: a parent's row is complete before its children's
+            anc[i] |= anc[st.parent[i]]
+            children[st.parent[i], st.rank[i]] = i
+        levels = []
+        for level in range(1, st.levels + 1):
+            drawing = [i for i in parents if st.depth[i] == level - 1]
+            kids = [i for i in range(M) if st.depth[i] == level]
+            levels.append((drawing, kids, torch.tensor([drawing.index(st.parent[i]) for i in kids], device=device),
+                           torch.tensor([st.rank[i] for i in kids], device=device)))
+        return cls(torch.tensor(st.parent, device=device), torch.tensor(st.depth, device=device), anc.to(device),
+                   children.to(device), tuple(levels))
+
+
 @dataclass
 class DraftTree:
     tokens: torch.Tensor     # [B, M] node tokens; node 0 is the root (the last committed token)
@@ -134,6 +161,7 @@ class EagleTreeDecoder:
             self.expansions = shape.levels - 1
             parents = sorted({p for p in shape.parent if p >= 0})
             self.parents = parents                     # nodes that have children, in level order
+            self.layout = _StaticLayout.of(shape, parents, self.width, target.output.weight.device)
         else:
             self.levels, self.width = shape.depth + 1, shape.top_k
             self.fed = shape.depth * shape.top_k
@@ -250,7 +278,7 @@ class EagleTreeDecoder:
         path = torch.full((B, levels + 1), -1, dtype=torch.long, device=dev)
         path[:, 0] = 0
         p = probs[:, 0].clone()
-        at_once = self.opts.greedy or (type(self.rule).__name__ == "ExactRule" and not self.static)
+        at_once = self.opts.greedy or (self.rule.exact and not self.static)
         for level in range(1, levels + 1):
             child = tree.children[rows, cur]                                   # [B, k] in the drafter's order
             valid = searching[:, None] & (child >= 0) & (level <= limit)[:, None]
@@ -352,13 +380,8 @@ class EagleTreeDecoder:
                      gumbel_u: torch.Tensor | None) -> DraftTree:
         """LANTERN++'s static tree: level by level, every node's children are its drafter distribution's
         draws without replacement (Gumbel top-c with the row's uniforms; the top c when greedy)."""
-        st, B, dev = self.shape, len(n), root_out.device
+        st, lay, B, dev = self.shape, self.layout, len(n), root_out.device
         M, V, H = st.tokens, self.target.vocab_size, root_out.shape[-1]
-        parent = torch.tensor(st.parent, device=dev)
-        depth = torch.tensor(st.depth, device=dev)
-        anc = torch.eye(M, dtype=torch.bool, device=dev)
-        for i in range(1, M):  # level order: a parent's row is complete before its children's
-            anc[i] |= anc[st.parent[i]]
         tokens = torch.zeros(B, M, dtype=torch.long, device=dev)
         tokens[:, 0] = root
         q = torch.zeros(B, M, V, device=dev)
@@ -368,12 +391,8 @@ class EagleTreeDecoder:
         q[:, 0] = self._draft_logp(root_out, n).exp()
         base = int(self.last.max()) + 1
         ctx_mask = torch.arange(base, device=dev)[None, :] <= self.last[:, None]     # [B, base]
-        for level in range(1, self.levels + 1):
-            # children of the previous level's nodes
-            drawing = [i for i in self.parents if st.depth[i] == level - 1]
-            kids = [i for i in range(M) if st.depth[i] == level]
-            if not kids:
-                break
+        for level, (drawing, kids, col, rank) in enumerate(lay.levels, start=1):
+            # the children of the previous level's nodes
             qp = q[:, drawing]                                                # [B, P, V]
             keys = qp.clamp_min(1e-30).log()
             if gumbel_u is not None:
@@ -384,8 +403,6 @@ class EagleTreeDecoder:
             top = keys.topk(self.width, dim=-1).indices                        # [B, P, width] in draw order
             q_top = qp.gather(-1, top)
             q_seq = q_top / (1 - (q_top.cumsum(-1) - q_top)).clamp_min(1e-30)  # q_j(x_j): without the earlier draws
-            col = torch.tensor([drawing.index(st.parent[i]) for i in kids], device=dev)
-            rank = torch.tensor([st.rank[i] for i in kids], device=dev)
             tokens[:, kids] = top[:, col, rank]
             q_draw[:, kids] = q_seq[:, col, rank]
             if level == self.levels:
@@ -393,18 +410,15 @@ class EagleTreeDecoder:
             # feed this level: (the parent's output, the node's token) in the node's slot, seeing its ancestors
             feed = torch.tensor(kids, device=dev)
             slots = (base + feed - 1)[None].expand(B, -1)
-            seen = anc[feed][:, 1:kids[-1] + 1][None].expand(B, -1, -1)           # fed slots so far
+            seen = lay.ancestors[feed][:, 1:kids[-1] + 1][None].expand(B, -1, -1)  # fed slots so far
             mask = torch.cat([ctx_mask[:, None].expand(-1, len(kids), -1), seen], 2)[:, None]
             rope = (self.last[:, None] + level).expand(-1, len(kids))
-            out = self._head(node_out[:, parent[feed]], cfg_rows(tokens[:, feed], self.opts), cfg_rows(rope, self.opts),
+            out = self._head(node_out[:, lay.parent[feed]], cfg_rows(tokens[:, feed], self.opts), cfg_rows(rope, self.opts),
                              cfg_rows(slots, self.opts), cfg_rows(mask, self.opts))
             node_out[:, feed] = out
             q[:, feed] = self._draft_logp(out, (n + level)[:, None].expand(-1, len(kids))).exp()
-        children = torch.full((M, self.width), -1, dtype=torch.long, device=dev)
-        for i in range(1, M):
-            children[st.parent[i], st.rank[i]] = i
-        return DraftTree(tokens, parent[None].expand(B, -1), depth[None].expand(B, -1), anc[None].expand(B, -1, -1),
-                         children[None].expand(B, -1, -1), q, q_draw)
+        return DraftTree(tokens, lay.parent[None].expand(B, -1), lay.depth[None].expand(B, -1),
+                         lay.ancestors[None].expand(B, -1, -1), lay.children[None].expand(B, -1, -1), q, q_draw)
 
     # -- the loop -----------------------------------------------------------------------------------
     @torch.no_grad()
