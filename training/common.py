@@ -52,9 +52,11 @@ def as_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def half_precision(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """fp16 storage of the float weights, to keep each committed file small (loading converts to fp32)."""
-    return {k: v.half() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+def half_precision(weights: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp16 storage of the float weights (a module's, or a state dict), to keep each committed file small
+    (loading converts to fp32)."""
+    state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def load_average() -> list[float]:
@@ -238,6 +240,15 @@ def skip_batches(batch_iter: Any, count: int) -> None:
     """Advance a `batches` iterator past the batches a resumed run has already trained on."""
     for _ in range(count):
         next(batch_iter)
+
+
+def probe_weights(name: str, weights: dict[str, torch.Tensor], out_dir: Path, tokenizer_checkpoint: Path,
+                  samples: int, version: str) -> dict[str, Any]:
+    """Write weights reached while training as out_dir/<name>.probe.safetensors (fp16, as committed) and
+    measure their class-consistency (probe_class_consistency)."""
+    path = out_dir / f"{name}.probe.safetensors"
+    save_safetensors(half_precision(weights), path, metadata={"name": name})
+    return probe_class_consistency(name, path, tokenizer_checkpoint, samples, version)
 
 
 @torch.no_grad()

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel.checkpoints import save_safetensors
 from training.common import (EMA, WEIGHTS_DIR, LoadMonitor, TrainingState, as_float, batches, bf16_autocast,
-                             cosine_schedule, data_version, half_precision, init_record, load_init,
-                             probe_class_consistency, skip_batches, stopping_step, toy_codes, toy_images, write_weights)
+                             cosine_schedule, data_version, half_precision, init_record, load_init, probe_weights,
+                             skip_batches, stopping_step, toy_codes, toy_images, write_weights)
 
 TOKENIZER = "llamagen_vq_toy"
 
@@ -230,10 +229,7 @@ def _train_generator(name: str, what: str, opts: dict[str, str], defaults: dict[
         state.maybe_save(done, steps, model, opt, sched, ema)
         if probe_every and name == "llamagen_toy" and (done % probe_every == 0 or done == steps):
             weights = ema.weights(model) if ema is not None else model.state_dict()
-            path = out_dir / f"{name}.probe.safetensors"
-            save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, path,
-                             metadata={"name": name})
-            probes.append({"step": done, **probe_class_consistency(name, path, vq_path, probe_samples, version)})
+            probes.append({"step": done, **probe_weights(name, weights, out_dir, vq_path, probe_samples, version)})
             print(f"probe at step {done}: {probes[-1]}", flush=True)
             model.train()
         if done == stop_at and done < steps:

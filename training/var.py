@@ -8,10 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel.checkpoints import save_safetensors
 from training.common import (EMA, WEIGHTS_DIR, TrainingState, as_float, batches, bf16_autocast, cosine_schedule,
-                             data_version, init_record, load_init, probe_class_consistency, skip_batches, stopping_step,
-                             toy_codes, toy_images, write_weights)
+                             data_version, half_precision, init_record, load_init, probe_weights, skip_batches,
+                             stopping_step, toy_codes, toy_images, write_weights)
 
 
 def train_var_tokenizer(opts: dict[str, str]) -> None:
@@ -145,7 +144,9 @@ def train_var(opts: dict[str, str]) -> None:
             print(f"step {done}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
         state.maybe_save(done, steps, model, opt, sched, ema)
         if probe_every and (done % probe_every == 0 or done == steps):
-            probes.append({"step": done, **_probe(model, ema, out_dir, vae_path, probe_samples, version)})
+            weights = ema.weights(model) if ema is not None else model.state_dict()
+            probe = probe_weights("var_toy", weights, out_dir, vae_path, probe_samples, version)
+            probes.append({"step": done, **probe})
             print(f"probe at step {done}: {probes[-1]}", flush=True)
             model.train()
         if done == stop_at and done < steps:
@@ -159,18 +160,5 @@ def train_var(opts: dict[str, str]) -> None:
               "final_loss": round(loss.item(), 4), "train_seconds_this_process": round(time.time() - t0, 1),
               "resumed_at_step": start, "probes": probes, "init": init_record(init),
               "command": "argen train-toy var " + " ".join(f"{k}={v}" for k, v in opts.items())}
-    path = write_weights(_fp16(weights), "var_toy", {**record, "storage": "fp16"}, out_dir)
+    path = write_weights(half_precision(weights), "var_toy", {**record, "storage": "fp16"}, out_dir)
     print(f"wrote {path}")
-
-
-def _fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-
-
-def _probe(model: torch.nn.Module, ema: EMA | None, out_dir: Path, vae_path: Path, samples: int,
-           version: str) -> dict:
-    """Write the current (EMA) weights as out_dir/var_toy.probe.safetensors and measure them."""
-    weights = ema.weights(model) if ema is not None else model.state_dict()
-    path = out_dir / "var_toy.probe.safetensors"
-    save_safetensors(_fp16(weights), path, metadata={"name": "var_toy"})
-    return probe_class_consistency("var_toy", path, vae_path, samples, version)
