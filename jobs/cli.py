@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Callable
 
 JOBS = {
     "generate": "jobs.generate",
@@ -42,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
-def entry() -> None:
-    """The console script: main(), then exit with its status at once. Exit handlers run, but not the
-    interpreter's teardown of native libraries, where pyarrow (with torch loaded) can abort after the job has
-    finished and turn its status into 134."""
+def entry(run: Callable[[], int | None] = main) -> None:
+    """A console script or `python -m jobs.<job>`: run(), then exit with its status at once. Exit handlers run,
+    but not the interpreter's teardown of native libraries, where pyarrow (with torch loaded) can abort after
+    the job has finished and turn its status into 134."""
     try:
-        code = main()
+        code = run() or 0
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)

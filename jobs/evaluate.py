@@ -196,4 +196,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from jobs.cli import entry
+
+    entry(main)

@@ -36,4 +36,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jobs.cli import entry
+
+    entry(main)

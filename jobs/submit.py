@@ -289,4 +289,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    sys.exit(main())
+    from jobs.cli import entry
+
+    entry(main)  # the cluster runs the job this way: its status must be the job's, not a teardown abort

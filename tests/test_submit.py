@@ -330,8 +330,8 @@ def test_submit_generate_then_verify_on_a_local_head(ray_head, tmp_path):
             break
         assert time.monotonic() < deadline, "the verify job did not finish in 300 s"
         time.sleep(0.5)
-    assert json.loads(body)["status"] == "SUCCEEDED"
     logs = json.loads(_get(head, f"/api/jobs/{sid2}/logs", head.token)[1])["logs"]
+    assert json.loads(body)["status"] == "SUCCEEDED", (json.loads(body).get("message"), logs[-3000:])
     assert "2 of 2 planned shards committed, 2 images" in logs and ": OK" in logs, logs[-2000:]
 
 
