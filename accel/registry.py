@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from accel.errors import ArgenError
 
@@ -32,6 +32,8 @@ class Method:
             what the result must provide, each family's make_generator says (its hooks).
     attach: (checked settings, the loaded parts as keywords) -> the object the family's sampler calls; None
             when the checked settings are that object already.
+    sampling_defaults: sampling defaults the method's paper evaluates at where they differ from the release's
+            (LazyMAR: 64 MAR steps); a model's own settings and the user's options still come first.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Method:
     option_names: tuple[str, ...]
     check: Callable[..., Any]
     attach: Callable[..., Any] | None = None
+    sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 def family_module(family: str) -> ModuleType:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import torch
 
+from accel.errors import ArgenError
+
+DRAWS = ("argen", "release")  # the `draw` sampling option of VAR and LlamaGen
+
 
 def randn_rows(shape_per_row: tuple[int, ...], generators: list[torch.Generator], device: torch.device,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -42,3 +46,28 @@ def categorical_rows(probs: torch.Tensor, generators: list[torch.Generator], row
             idx = torch.where(bad, last, idx)
         out[sel] = idx[..., 0]
     return out
+
+
+def multinomial_rows(probs: torch.Tensor, generators: list[torch.Generator], rows: list[int] | None = None
+                     ) -> torch.Tensor:
+    """probs [B, K, V] -> indices [B, K] with torch.multinomial on row b's generator, the releases' draw (VAR's
+    sample_with_top_k_top_p_, LlamaGen's sample): at batch 1, the release's tokens for the same seed. It costs
+    V exponentials per draw where categorical_rows draws one uniform. Rows not in `rows` get 0."""
+    out = torch.zeros(probs.shape[:2], dtype=torch.long, device=probs.device)
+    for b in range(probs.shape[0]) if rows is None else rows:
+        out[b] = torch.multinomial(probs[b], 1, replacement=True, generator=generators[b])[:, 0]
+    return out
+
+
+def draw_rows(probs: torch.Tensor, generators: list[torch.Generator], rows: list[int] | None = None,
+              draw: str = "argen") -> torch.Tensor:
+    """The `draw` option: "argen" (categorical_rows, the default) or "release" (multinomial_rows)."""
+    if draw == "release":
+        return multinomial_rows(probs, generators, rows)
+    return categorical_rows(probs, generators, rows)
+
+
+def check_draw(draw: str) -> None:
+    if draw not in DRAWS:
+        raise ArgenError(f"draw={draw!r}; expected 'argen' (one uniform per token, the default) or 'release' "
+                         f"(torch.multinomial as the release, which reproduces its sample for a seed at batch 1)")

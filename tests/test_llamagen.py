@@ -208,6 +208,29 @@ def test_sampling_is_seeded_per_sample(mini):
     assert int(a.min()) >= 0 and int(a.max()) < 512
 
 
+def test_release_draw_reproduces_the_release_sampler_for_a_seed(mini):
+    """draw=release: the release's sampler (temperature, top-k, softmax, torch.multinomial on the generator
+    seeded with the sample's seed), written here with full uncached forwards, gives the same tokens at batch 1;
+    in a batch, each row still draws from its own generator only."""
+    opts = lg.SamplingOptions(cfg=3.0, top_k=50, temperature=0.9, draw="release")
+    with torch.no_grad():
+        seq = lg.generate_tokens(mini, torch.tensor([4]), opts, gens([7]))
+        rng = torch.Generator().manual_seed(7)
+        both, ref = torch.tensor([4, 10]), torch.zeros(1, 0, dtype=torch.long)
+        for t in range(64):
+            cond, unc = mini(torch.cat([ref, ref]), both)[:, -1].chunk(2)
+            logits = (unc + 3.0 * (cond - unc)) / 0.9
+            kth = torch.topk(logits, 50).values[:, -1:]
+            probs = logits.masked_fill(logits < kth, float("-inf")).softmax(-1)
+            ref = torch.cat([ref, torch.multinomial(probs, num_samples=1, generator=rng)], 1)
+        assert torch.equal(seq, ref)
+        argen = lg.generate_tokens(mini, torch.tensor([4]), lg.SamplingOptions(cfg=3.0, top_k=50, temperature=0.9),
+                                   gens([7]))
+        assert not torch.equal(argen, seq)  # the default draw is another (cheaper) one
+        batch = lg.generate_tokens(mini, torch.tensor([5, 4, 5]), opts, gens([11, 7, 13]))
+    assert torch.equal(batch[1], seq[0]) and not torch.equal(batch[0], batch[2])
+
+
 def test_flop_formula_matches_torch_counter(tiny):
     from torch.utils.flop_counter import FlopCounterMode
 

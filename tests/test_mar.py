@@ -360,3 +360,17 @@ def test_random_init_is_seeded_and_not_degenerate():
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the head's output layers are not zero, so samples depend on the transformer
     assert a["diffloss.net.final_layer.linear.weight"].abs().sum() > 0
+
+
+def test_num_iter_defaults_to_the_release_fid_setting_or_the_method_paper():
+    """MAR's README evaluates at 256 steps, LazyMAR's paper at 64; a model's own setting and the user's option
+    come first."""
+    from accel.families.mar.family import check_settings as mar_settings
+
+    def steps(name, accel, **options):
+        return mar_settings(name, accel, None, None, True, options).sampling.num_iter
+
+    assert steps("mar_base", "none") == 256 and steps("mar_huge", "none") == 256
+    assert steps("mar_base", "lazymar") == 64 and steps("mar_base", "lazymar", num_iter=256) == 256
+    assert steps("mar_toy", "none") == steps("mar_toy", "lazymar") == steps("mar_tiny", "none") == 64
+    assert steps("mar_base", "none", num_iter="32") == 32

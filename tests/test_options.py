@@ -32,6 +32,20 @@ def test_temperature_from_a_command_line_is_a_number(name):
         check_settings(name, "none", {"temperature": "hot"}, random_init=True)
 
 
+@pytest.mark.parametrize("name, accel", [("var_tiny", "none"), ("var_tiny", "fastvar"), ("llamagen_tiny", "none")])
+def test_draw_is_argen_or_release(name, accel):
+    check_settings(name, accel, {"draw": "release"}, random_init=True)
+    with pytest.raises(ArgenError, match=r"draw='numpy'; expected 'argen' .* or 'release'"):
+        check_settings(name, accel, {"draw": "numpy"}, random_init=True)
+
+
+def test_release_draw_is_for_plain_llamagen_decoding_and_not_a_mar_option():
+    with pytest.raises(ArgenError, match=r"draw='release' with accel=lantern: .*accel=none"):
+        check_settings("llamagen_tiny", "lantern", {"draw": "release"}, random_init=True)
+    with pytest.raises(ArgenError, match=r"unknown option\(s\) \['draw'\] for mar_tiny"):
+        check_settings("mar_tiny", "none", {"draw": "release"}, random_init=True)
+
+
 @pytest.mark.parametrize("name, accel, typo, meant", [
     ("var_tiny", "none", "top_kk", "top_k"),
     ("mar_tiny", "lazymar", "refresh_intervall", "refresh_interval"),

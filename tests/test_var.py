@@ -141,6 +141,29 @@ def test_same_seed_same_image_and_batch_independence():
         a.stats["flops_transformer"] + a.stats["flops_head"] + a.stats["flops_tokenizer"])
 
 
+def test_release_draw_reproduces_the_release_sampler_for_a_seed():
+    """draw=release: every scale's tokens are torch.multinomial over the filtered probabilities of all the
+    scale's tokens at once, on the generator seeded with the sample's seed (sample_with_top_k_top_p_ at
+    batch 1); with a batch, each row's tokens are those of the row alone."""
+    gen = load_generator("var_tiny", device="cpu", random_init=True, draw="release", top_k=600, top_p=0.9)
+    model, quant = gen.model, gen.vae.quantize
+    record = {}
+    with torch.no_grad():
+        model.autoregressive_infer_cfg(quant, torch.tensor([3]), [torch.Generator().manual_seed(21)], cfg=1.5,
+                                       top_k=600, top_p=0.9, draw="release", record=record)
+    rng = torch.Generator().manual_seed(21)
+    for logits, idx in zip(record["logits"], record["idx_Bl"]):
+        probs = V.network.filter_top_k_top_p(logits, top_k=600, top_p=0.9).softmax(-1)
+        ref = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, replacement=True, generator=rng)
+        assert torch.equal(idx.view(-1, 1), ref)
+    a = gen.generate([3, 5], seeds=[21, 22])
+    b = gen.generate([5, 3], seeds=[22, 21])
+    default = load_generator("var_tiny", device="cpu", random_init=True, top_k=600, top_p=0.9).generate(
+        [3, 5], seeds=[21, 22])
+    assert np.array_equal(a.images[0], b.images[1]) and np.array_equal(a.images[1], b.images[0])
+    assert not np.array_equal(a.images, default.images)
+
+
 def test_random_init_is_identical_across_loads():
     g1 = load_generator("var_tiny", device="cpu", random_init=True)
     g2 = load_generator("var_tiny", device="cpu", random_init=True)

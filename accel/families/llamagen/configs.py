@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 
 from accel.errors import ArgenError
 from accel.families.llamagen.network import ModelArgs
+from accel.sampling import check_draw
 
 
 @dataclass
@@ -57,7 +58,10 @@ class LlamaGenConfig:
         return self.args.model_type == "t2i"
 
 
-_SIZES = {  # n_layer, n_head, dim (gpt.py GPT_B ... GPT_3B), cfg of the FID runs
+# n_layer, n_head, dim (gpt.py GPT_B ... GPT_3B), and the cfg of the release's FID runs: the CFG column of
+# GETTING_STARTED (the paper's table) for the 256- and 384-px rows alike; the 256-px XL, XXL and 3B rows have
+# no released file (their configs load a checkpoint trained elsewhere)
+_SIZES = {
     "b": (12, 12, 768, 2.0),
     "l": (24, 16, 1024, 2.0),
     "xl": (36, 20, 1280, 1.75),
@@ -136,8 +140,10 @@ class SamplingOptions:
     top_k: int = 0
     top_p: float = 1.0
     greedy: bool = False
+    draw: str = "argen"  # "release": torch.multinomial as the release's sample() (accel.sampling)
 
     def check(self, num_vocab: int) -> None:
+        check_draw(self.draw)
         if self.temperature < 0:
             raise ArgenError(f"temperature={self.temperature} is negative; pass a value >= 0 (1.0 is the default)")
         if not 0 <= int(self.top_k) <= num_vocab:

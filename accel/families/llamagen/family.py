@@ -178,6 +178,10 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
         check_given(text_options.get("text_encoder"))
     method_options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS and k not in TEXT_OPTIONS}
     record, decoder_spec = registry.method(accel, name), None
+    if record is not None and opts.draw != "argen":
+        raise ArgenError(f"draw={opts.draw!r} with accel={accel}: the release's draw applies to plain decoding "
+                         f"(accel=none); speculative decoders draw drafts and residuals their own way (leave draw "
+                         f"unset)")
     if record is not None:  # the method sees the target's config and whether weights are random
         decoder_spec = record.check(name, config=cfg, random_init=random_init, options=method_options)
     return LlamaGenSettings(cfg, opts, decoder_spec, text_options, checkpoint, tokenizer_checkpoint)

@@ -7,8 +7,9 @@ top-p, `cfg_interval`, a static KV cache. Accelerations plug in through hooks.py
 Options (`load_generator(..., **options)`): cfg (guidance scale; default per model as in the
 paper's FID runs, 7.5 for t2i as the release's t2i samplers), cfg_interval (-1), temperature (1.0),
 top_k (0 = off; 1000 for t2i), top_p (1.0), greedy (False; True = argmax, the official
-`sample_logits=False`). t2i only: text_encoder (local FLAN-T5-XL folder, required) and clean_prompts
-(True). Speculative options are listed in accel/methods/speculative.py.
+`sample_logits=False`), draw ("argen"; "release": torch.multinomial as the release, plain decoding only).
+t2i only: text_encoder (local FLAN-T5-XL folder, required) and clean_prompts (True). Speculative options are
+listed in accel/methods/speculative.py.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from accel import flops as F_
 from accel.families.llamagen.configs import SamplingOptions
 from accel.families.llamagen.network import KVCache, Transformer
-from accel.sampling import categorical_rows
+from accel.sampling import draw_rows
 
 
 def top_k_top_p_filtering(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -111,7 +112,7 @@ def pick(probs: torch.Tensor, opts: SamplingOptions, generators: list[torch.Gene
     """One token per row: argmax when greedy, else a draw with that row's generator. probs [B, V]."""
     if opts.greedy:
         return probs.argmax(-1)
-    return categorical_rows(probs[:, None], generators, rows)[:, 0]
+    return draw_rows(probs[:, None], generators, rows, opts.draw)[:, 0]
 
 
 def generate_tokens(model: Transformer, labels, opts: SamplingOptions, generators: list[torch.Generator],

@@ -29,7 +29,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # tokenizer of the same layout with 32 base channels instead of 128 (16 GFLOPs per decode instead of 250).
     "mar_tiny": dict(_SHARED, encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=4, decoder_embed_dim=64,
                      decoder_depth=6, decoder_num_heads=4, diffloss_d=6, diffloss_w=64, cfg=3.0,
-                     tokenizer_kwargs={"ch": 32}),
+                     tokenizer_kwargs={"ch": 32}, sampling=dict(num_iter=64)),  # main_mar.py's default: fast tests
     # Trained on ToyShapes (10 classes, 32x32 images; `argen train-toy mar-tokenizer`, then `argen train-toy mar`),
     # weights in accel/toy/weights, loaded by default. The official structure: the mar_kl_toy tokenizer (one
     # downsampling) makes a 32x32 image the same 16x16 token grid as kl16 at 256 px, tokens of 4 channels; buffer
@@ -40,7 +40,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mar_toy": dict(_SHARED, img_size=32, vae_stride=2, vae_embed_dim=4, class_num=10, encoder_embed_dim=48,
                     encoder_depth=2, encoder_num_heads=3, decoder_embed_dim=48, decoder_depth=6, decoder_num_heads=3,
                     diffloss_d=6, diffloss_w=64, cfg=7.0, tokenizer="mar_kl_toy", latent_scale=None,
-                    sampling=dict(num_sampling_steps=100, temperature=0.8)),
+                    sampling=dict(num_iter=64, num_sampling_steps=100, temperature=0.8)),
 }
 LATENT_SCALE = 0.2325  # latents were scaled by this in training; decode(tokens / 0.2325) (config "latent_scale")
 
@@ -55,10 +55,11 @@ def network_config(config: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Sampling:
-    """MAR's sampling options (main_mar.py's evaluation arguments); a config's `sampling` changes the defaults
-    for its model, and `cfg` defaults to the paper's value for the size."""
+    """MAR's sampling options (main_mar.py's evaluation arguments) at the README's FID setting (256 steps; the
+    argparse default and the demos run 64, "much faster"); a method's paper settings (Method.sampling_defaults)
+    and then a config's `sampling` change the defaults, and `cfg` defaults to the paper's value for the size."""
 
-    num_iter: int = 64
+    num_iter: int = 256
     cfg: float = 1.0
     cfg_schedule: str = "linear"
     temperature: float = 1.0
@@ -67,8 +68,8 @@ class Sampling:
 
     def check(self, name: str) -> None:
         seq_len = (CONFIGS[name]["img_size"] // CONFIGS[name]["vae_stride"] // CONFIGS[name]["patch_size"]) ** 2
-        option_int("num_iter", self.num_iter, 2, seq_len, hint=f"steps over {name}'s {seq_len} tokens; 64 is "
-                                                               f"the default, 256 the paper's setting")
+        option_int("num_iter", self.num_iter, 2, seq_len, hint=f"steps over {name}'s {seq_len} tokens; 256 is "
+                                                               f"the paper's FID setting, 64 the fast one")
         if not math.isfinite(self.cfg) or self.cfg < 1.0:
             raise ArgenError(f"cfg={self.cfg!r}: expected a guidance scale >= 1 (1 = no guidance; the paper uses "
                              f"2.9 / 3.0 / 3.2 for base / large / huge)")

@@ -162,9 +162,11 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
     check_option_names(options, option_names(name, accel), f"{name} with accel={accel}")
     config = CONFIGS[name]
     given = {k: v for k, v in options.items() if k in SAMPLING_OPTIONS}
-    sampling = parse_options(Sampling, {"cfg": config["cfg"], **config["sampling"], **given}, f"{name} sampling",
-                             name=name)  # a config's own defaults (mar_toy) before the options
     record, method = registry.method(accel, name), None
+    paper = dict(record.sampling_defaults) if record is not None else {}
+    # the release's defaults, the method paper's, the config's own (toy, tiny), then the options
+    sampling = parse_options(Sampling, {"cfg": config["cfg"], **paper, **config["sampling"], **given},
+                             f"{name} sampling", name=name)
     if record is not None:  # the method sees the model's config (depths) and whether CFG runs two branches
         method = record.check(name, config=config, guided=sampling.cfg != 1.0,
                               options={k: v for k, v in options.items() if k not in SAMPLING_OPTIONS})
@@ -181,7 +183,8 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, **options) -> MARGenerator:
-    """Sampling options: num_iter (64), cfg (the paper's value for the size), cfg_schedule ("linear"),
+    """Sampling options: num_iter (256, the paper's FID setting; 64 with accel=lazymar, as LazyMAR evaluates;
+    mar_tiny and mar_toy: 64), cfg (the paper's value for the size), cfg_schedule ("linear"),
     temperature (1.0), num_sampling_steps (100), seed_init (0: the seed of random_init weights); a config's
     "sampling" dict changes these defaults (mar_toy). Toy models load their committed weights
     (accel/toy/weights) when no checkpoint is given and random_init is false.

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from accel.errors import ArgenError
+from accel.sampling import check_draw
 from accel.tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512
 
 
@@ -62,8 +63,10 @@ class Sampling:
     top_k: int = 900
     top_p: float = 0.96
     more_smooth: bool = False
+    draw: str = "argen"  # "release": torch.multinomial as sample_with_top_k_top_p_ (accel.sampling)
 
     def check(self, vocab_size: int, default_top_k: int) -> None:
+        check_draw(self.draw)
         if self.cfg < 0:
             raise ArgenError(f"cfg={self.cfg} is negative; the guidance scale must be >= 0 (0 = no guidance; VAR's "
                              f"FID setting is 1.5)")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from accel import flops as F_
 from accel.families.var.configs import VARConfig
 from accel.families.var.hooks import TokenHook, TokenHooks
-from accel.sampling import categorical_rows
+from accel.sampling import draw_rows
 
 
 class KVCache:
@@ -237,10 +237,12 @@ class VAR(nn.Module):
     @torch.no_grad()
     def autoregressive_infer_cfg(self, quant, label_B: torch.Tensor, generators: list[torch.Generator],
                                  cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
-                                 token_hooks: TokenHooks | None = None, num_scales: int | None = None,
-                                 record: dict | None = None) -> torch.Tensor:
+                                 draw: str = "argen", token_hooks: TokenHooks | None = None,
+                                 num_scales: int | None = None, record: dict | None = None) -> torch.Tensor:
         """Sample B images' latents f_hat [B, Cvae, H, W] by next-scale prediction with CFG.
 
+        draw: "argen" (one uniform per token) or "release" (torch.multinomial, the release's tokens for a seed
+        at batch 1); accel.sampling.draw_rows.
         token_hooks: the method's hooks for this call (TokenHooks), or None for the release's loop.
         num_scales: run only the first num_scales scales (f_hat then holds their sum). FLOPs are counted into
         the scope of accel.flops.counting, where one is open.
@@ -268,7 +270,7 @@ class VAR(nn.Module):
             t = cfg * ratio  # guidance ramps from 0 at the first scale to cfg at the last
             logits = (1 + t) * logits[:B] - t * logits[B:]
             filtered = filter_top_k_top_p(logits, top_k=top_k, top_p=top_p)
-            idx_Bl = categorical_rows(filtered.softmax(dim=-1), generators)
+            idx_Bl = draw_rows(filtered.softmax(dim=-1), generators, draw=draw)
             if record is not None:
                 record.setdefault("idx_Bl", []).append(idx_Bl)
                 record.setdefault("logits", []).append(logits)
