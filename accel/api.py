@@ -15,14 +15,14 @@ import torch
 
 from accel import registry
 from accel.errors import ArgenError
-from accel.generator import (BaseGenerator, GenerationOutput, require_weights, resolve_device, seeded_generators,
-                             seeded_init, to_uint8)
+from accel.generator import (BaseGenerator, GenerationOutput, require_weights, resolve_device, resolve_precision,
+                             seeded_generators, seeded_init, to_uint8)
 from accel.options import check_option_names, option_flag, option_int, option_number
 from accel.registry import (check_settings, conditions_of, eval_image_size_of, family_of, known_model_names,
                             method_names)
 
 __all__ = ["ArgenError", "BaseGenerator", "GenerationOutput", "Generator", "check_compile", "check_option_names",
-           "check_settings",
+           "check_precision", "check_settings",
            "conditions_of", "eval_image_size_of", "family_of", "known_model_names", "load_generator",
            "method_names", "option_flag", "option_int", "option_number", "require_weights", "resolve_device",
            "seeded_generators", "seeded_init", "to_uint8"]
@@ -57,9 +57,15 @@ def check_compile(name: str, accel: str, compile: bool | str) -> None:
                          f"(accel=none) so far; the speculative decoders run eager (pass compile=false)")
 
 
+def check_precision(precision: str) -> None:
+    """precision= before anything is built (argen generate checks it before Ray)."""
+    resolve_precision(precision, torch.device("cpu"), "fp32")
+
+
 def load_generator(name: str, accel: str = "none", device: str | torch.device | None = None,
                    checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
-                   random_init: bool = False, compile: bool | str = False, **method_options: Any) -> Generator:
+                   random_init: bool = False, compile: bool | str = False, precision: str = "auto",
+                   **method_options: Any) -> Generator:
     """Build the named generator with its acceleration on one device.
 
     `checkpoint` / `tokenizer_checkpoint`: released files (local path or s3://). Without them,
@@ -67,13 +73,16 @@ def load_generator(name: str, accel: str = "none", device: str | torch.device | 
     `method_options`: sampling options (cfg, top_k, ...) and the method's options.
     `compile`: True / False / "auto" (CUDA only): torch.compile the decoding step with a static KV cache
     (accel/compiled.py); LlamaGen's plain decoding so far.
+    `precision`: "auto" (the release's on CUDA: VAR and MAR fp16 autocast, LlamaGen bf16 weights and KV cache;
+    fp32 on CPU), or "fp32" / "bf16" / "fp16" (accel.generator.resolve_precision).
     """
     registry.method(accel, name)  # an unknown accel, or one that does not apply, before anything is built
     device = resolve_device(device)
+    check_precision(precision)
     if compile is not False:
         check_compile(name, accel, compile)
         if registry.family_of(name) == "llamagen":
             method_options["compile"] = compile
     return registry.make_generator(name, accel, device=device, checkpoint=checkpoint,
                                    tokenizer_checkpoint=tokenizer_checkpoint, random_init=bool(random_init),
-                                   **method_options)
+                                   precision=precision, **method_options)

@@ -33,6 +33,21 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device, release: str) -> str:
+    """The `precision` setting: "auto" is the family's release precision on CUDA and fp32 elsewhere (CPUs
+    emulate bf16 slowly, and the bitwise checks run in fp32); fp32 / bf16 / fp16 ask for one."""
+    value = str(precision).lower()
+    if value == "auto":
+        return release if device.type == "cuda" else "fp32"
+    if value not in PRECISIONS:
+        raise ArgenError(f"precision={precision!r}; expected auto (the release's precision on CUDA, fp32 on CPU), "
+                         f"fp32, bf16 or fp16")
+    return value
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,12 +76,17 @@ class BaseGenerator:
     """
 
     family: str = ""
+    # what `precision=auto` means on CUDA (the release's sampling scripts), and how a lower precision applies:
+    # autocast around sampling, or (False) the family casts its weights and caches itself
+    release_precision: str = "bf16"
+    precision_by_autocast: bool = True
 
     def __init__(self, *, name: str, accel: str, model: torch.nn.Module, tokenizer: torch.nn.Module | None,
-                 device: torch.device, image_size: int, num_classes: int):
+                 device: torch.device, image_size: int, num_classes: int, precision: str = "fp32"):
         self.name, self.accel = name, accel
         self.model, self.tokenizer = model, tokenizer
         self.device, self.image_size, self.num_classes = device, image_size, num_classes
+        self.precision = precision  # fp32 | bf16 | fp16, resolved (accel.generator.resolve_precision)
 
     # the side the release computes FID at, when not the generated one (LlamaGen's 384-px models: 256, bicubic);
     # argen's pipeline resizes the images it extracts features from (pipeline.quality.resize_for_eval)
@@ -96,9 +116,9 @@ class BaseGenerator:
 
     # -- precision ----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()  # CPU: exact fp32, which the bitwise tests rely on
+        if self.precision == "fp32" or not self.precision_by_autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -46,7 +46,7 @@ SECRET_KEY = re.compile(r"secret|password|passwd|credential|access_key|api_key|(
 def check_config(cfg: Any) -> None:
     """Everything that can be checked without a model, storage or Ray."""
     model, accel = str(cfg.model.name), str(cfg.accel.name)
-    from accel.api import check_compile, check_settings, family_of, method_names
+    from accel.api import check_compile, check_precision, check_settings, family_of, method_names
 
     family_of(model)
     if accel not in method_names():
@@ -73,6 +73,7 @@ def check_config(cfg: Any) -> None:
     if both:
         raise ArgenError(f"option(s) {sorted(both)} set in both model.options and accel.options; set each once")
     check_compile(model, accel, cfg.get("compile", "auto"))
+    check_precision(cfg.get("precision", "auto"))
     check_settings(model, accel, generator_options(cfg), checkpoint=cfg.model.get("checkpoint"),
                    tokenizer_checkpoint=cfg.model.get("tokenizer_checkpoint"),
                    random_init=bool(cfg.model.get("random_init", False)))
@@ -323,6 +324,7 @@ def worker_spec(cfg: Any, sink: LocalSink | S3Sink, index: int, warmup_condition
         warmup_condition=warmup_condition, code_version=code_version(), kill_shard=testing.get("kill_shard"),
         kill_point=str(testing.get("kill_point") or "generate"), lease_owner=lease_owner, progress=progress,
         storage=_plain(cfg.get("storage")) or None, compile=cfg.get("compile", "auto"),
+        precision=str(cfg.get("precision", "auto")),
     )
 
 

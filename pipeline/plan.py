@@ -281,6 +281,8 @@ def build_plan(cfg: Any, num_classes: int | None, takes_prompts: bool = False) -
         # which per-shard objects exist (features.npy, logits.npy) depends on the extractor
         "eval.features": str(_select(cfg, "eval.features", "none") or "none"),
     }
+    if str(cfg.get("precision", "auto")) != "auto":  # the output bits depend on it; auto: older plans unchanged
+        settings["precision"] = str(cfg.get("precision"))
     if _select(cfg, "eval.image_size", None) is not None:  # only when set: older runs' plans stay the same
         settings["eval.image_size"] = _select(cfg, "eval.image_size", None)
     if not 0 <= settings["output.png_compress_level"] <= 9:

@@ -58,6 +58,7 @@ class WorkerSpec:
     progress: Any = None                                    # the driver's ProgressBoard actor: told every batch
     storage: dict[str, Any] | None = None                   # the run's storage settings: s3:// inputs read so
     compile: Any = "auto"                                   # compile the decoding step: auto | true | false
+    precision: str = "auto"                                 # auto (the release's on CUDA) | fp32 | bf16 | fp16
 
 
 class ShardWorker:
@@ -89,7 +90,8 @@ class ShardWorker:
                     torch.set_num_threads(int(s.torch_threads))
                 self.generator = load_generator(s.model, accel=s.accel, device=s.device, checkpoint=s.checkpoint,
                                                 tokenizer_checkpoint=s.tokenizer_checkpoint,
-                                                random_init=s.random_init, compile=s.compile, **s.options)
+                                                random_init=s.random_init, compile=s.compile,
+                                                precision=s.precision, **s.options)
                 if s.features and s.features != "none":
                     from pipeline import quality
 

@@ -451,6 +451,7 @@ def check_drafter_config(target_name: str, drafter_name: str) -> None:
 
 def build_decoder(spec: SpecConfig, *, target: lg.Transformer, target_name: str, opts: lg.SamplingOptions,
                   tokenizer, device: torch.device, random_init: bool):
+    target_dtype = next(target.parameters()).dtype  # the generator's precision: drafters run in it too
     if spec.accel == "lantern":
         from accel.methods.lantern import LanternRule
 
@@ -469,7 +470,7 @@ def build_decoder(spec: SpecConfig, *, target: lg.Transformer, target_name: str,
 
             with seeded_init(1):
                 head = build_eagle_head(target).eval()
-        return EagleTreeDecoder(target, head, rule, opts, spec.tree)
+        return EagleTreeDecoder(target, head.to(target_dtype), rule, opts, spec.tree)
     if spec.drafter == "sjd":
         drafter = JacobiDrafter(spec.gamma, spec.sjd_init, spec.draft_mode)
     else:
@@ -477,7 +478,7 @@ def build_decoder(spec: SpecConfig, *, target: lg.Transformer, target_name: str,
         model = lg.load_model(spec.drafter, spec.drafter_checkpoint, random_init=spec.drafter_checkpoint is None,
                               device=device, what="drafter_checkpoint")
         check_compatible(target, model, target_name, spec.drafter)
-        drafter = ModelDrafter(model, spec.gamma, spec.draft_mode)
+        drafter = ModelDrafter(model.to(target_dtype), spec.gamma, spec.draft_mode)
     return SpeculativeDecoder(target, drafter, rule, opts)
 
 

@@ -28,7 +28,8 @@ from accel.families.llamagen.configs import (CONFIGS, SAMPLING_OPTIONS, TEXT_OPT
 from accel.families.llamagen.hooks import Decoder
 from accel.families.llamagen.network import TextCondition, Transformer
 from accel.families.llamagen.sample import generate_tokens
-from accel.generator import BaseGenerator, require_weights, resolve_device, seeded_init
+from accel.generator import (PRECISIONS, BaseGenerator, require_weights, resolve_device, resolve_precision,
+                             seeded_init)
 from accel.options import check_option_names, parse_options
 from accel.text_encoder import T5TextEncoder, check_given
 
@@ -83,6 +84,8 @@ def load_model(name: str, checkpoint: str | None, random_init: bool, device: tor
 
 class LlamaGenGenerator(BaseGenerator):
     family = "llamagen"
+    release_precision = "bf16"     # sample_c2i.py / sample_t2i.py --precision bf16: the weights and KV cache
+    precision_by_autocast = False  # cast, not autocast (make_generator casts the model, the method its drafter)
 
     def __init__(self, *, name, accel, model, tokenizer, device, config: LlamaGenConfig, opts: SamplingOptions,
                  decoder: Decoder | None = None, text_encoder=None, compiled=None):
@@ -189,20 +192,23 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device | None = None,
                    checkpoint: str | None = None, tokenizer_checkpoint: str | None = None,
-                   random_init: bool = False, compile: bool | str = False, **options: Any) -> LlamaGenGenerator:
+                   random_init: bool = False, compile: bool | str = False, precision: str = "auto",
+                   **options: Any) -> LlamaGenGenerator:
     """compile: compile the plain decoding loop's forward (accel.compiled; static KV cache); the methods'
-    decoders run eager."""
+    decoders run eager. precision: accel.generator.resolve_precision (auto: bf16 weights and KV cache on CUDA,
+    as the release's --precision bf16; fp32 on CPU); the logits, the sampling and the VQ decoder stay fp32."""
     from accel.tokenizers.vq import load_tokenizer
 
     device = resolve_device(device)
     settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options)
+    precision = resolve_precision(precision, device, LlamaGenGenerator.release_precision)
     cfg, opts, checkpoint = settings.cfg, settings.opts, settings.checkpoint
     text_encoder = None
     if cfg.takes_prompts:  # before the big weights: a missing encoder folder fails fast
         text_encoder = T5TextEncoder(settings.text_options.get("text_encoder"), device, window=cfg.args.cls_token_num,
                                      feature_dim=cfg.args.caption_dim,
                                      clean=settings.text_options.get("clean_prompts", True))
-    model = load_model(name, checkpoint, random_init, device)
+    model = load_model(name, checkpoint, random_init, device).to(PRECISIONS[precision])
     tokenizer = load_tokenizer(settings.tokenizer_checkpoint, device=device, random_init=random_init,
                                name=cfg.tokenizer_name, **cfg.tokenizer)
     decoder = None
@@ -221,5 +227,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
         from accel.compiled import CompiledForward
 
         compiled = CompiledForward(model, device)
-    return LlamaGenGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device, config=cfg,
-                             opts=opts, decoder=decoder, text_encoder=text_encoder, compiled=compiled)
+    generator = LlamaGenGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device, config=cfg,
+                                  opts=opts, decoder=decoder, text_encoder=text_encoder, compiled=compiled)
+    generator.precision = precision
+    return generator

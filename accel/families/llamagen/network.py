@@ -286,9 +286,10 @@ class Transformer(nn.Module):
             raise ArgenError(f"prompt features of shape {tuple(cond.features.shape)} with mask "
                              f"{tuple(cond.mask.shape)}; this model takes [B, {self.cls_token_num}, "
                              f"{self.config.caption_dim}] and [B, {self.cls_token_num}]")
-        feats, mask = cond.features, cond.mask.bool()
+        null = self.cls_embedding.uncond_embedding[:T]
+        feats, mask = cond.features.to(null.dtype), cond.mask.bool()  # the weights' precision, as the release's
         if with_null:
-            null = self.cls_embedding.uncond_embedding[:T].to(feats.dtype).expand(B, -1, -1)
+            null = null.expand(B, -1, -1)
             feats, mask = torch.cat([feats, null]), torch.cat([mask, mask])
         return feats, mask
 

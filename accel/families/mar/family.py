@@ -15,7 +15,7 @@ from accel import registry
 from accel.errors import ArgenError
 from accel.families.mar.configs import CONFIGS, LATENT_SCALE, SAMPLING_OPTIONS, Sampling, network_config
 from accel.families.mar.network import MAR
-from accel.generator import BaseGenerator, require_weights, seeded_init
+from accel.generator import BaseGenerator, require_weights, resolve_precision, seeded_init
 from accel.options import check_option_names, parse_options
 
 
@@ -55,6 +55,7 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
 
 class MARGenerator(BaseGenerator):
     family = "mar"
+    release_precision = "fp16"  # engine_mar.evaluate's torch.cuda.amp.autocast()
 
     def __init__(self, *, name, accel, model, tokenizer, device, num_iter, cfg, cfg_schedule, temperature,
                  num_sampling_steps, method=None, latent_scale: float = LATENT_SCALE):
@@ -182,17 +183,20 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
 
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
-                   tokenizer_checkpoint: str | None = None, random_init: bool = False, **options) -> MARGenerator:
+                   tokenizer_checkpoint: str | None = None, random_init: bool = False, precision: str = "auto",
+                   **options) -> MARGenerator:
     """Sampling options: num_iter (256, the paper's FID setting; 64 with accel=lazymar, as LazyMAR evaluates;
     mar_tiny and mar_toy: 64), cfg (the paper's value for the size), cfg_schedule ("linear"),
     temperature (1.0), num_sampling_steps (100), seed_init (0: the seed of random_init weights); a config's
     "sampling" dict changes these defaults (mar_toy). Toy models load their committed weights
     (accel/toy/weights) when no checkpoint is given and random_init is false.
-    With accel="lazymar", the options of accel.methods.lazymar.LazyMARConfig as well."""
+    With accel="lazymar", the options of accel.methods.lazymar.LazyMARConfig as well.
+    precision: accel.generator.resolve_precision (auto: the release's fp16 autocast on CUDA, fp32 on CPU)."""
     from accel.tokenizers import build_tokenizer
     from accel.tokenizers.kl_vae import load_kl16
 
     settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options)
+    precision = resolve_precision(precision, device, MARGenerator.release_precision)
     config, seed = settings.config, settings.sampling.seed_init
     checkpoint, tokenizer_checkpoint = settings.checkpoint, settings.tokenizer_checkpoint
     latent_scale = latent_scale_for(name, checkpoint, tokenizer_checkpoint, random_init)
@@ -213,6 +217,8 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
         load_kl16(tokenizer, tokenizer_checkpoint)
     model.to(device).eval()
     tokenizer.to(device).eval()
-    return MARGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
-                        method=settings.method, latent_scale=latent_scale,
-                        **{k: v for k, v in asdict(settings.sampling).items() if k != "seed_init"})
+    generator = MARGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
+                             method=settings.method, latent_scale=latent_scale,
+                             **{k: v for k, v in asdict(settings.sampling).items() if k != "seed_init"})
+    generator.precision = precision
+    return generator

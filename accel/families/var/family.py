@@ -12,7 +12,7 @@ from accel.checkpoints import check_keys, read_checkpoint, unwrap_state_dict
 from accel.errors import ArgenError
 from accel.families.var.configs import CONFIGS, SAMPLING_OPTIONS, Sampling, VARConfig
 from accel.families.var.network import VAR
-from accel.generator import BaseGenerator, require_weights, seeded_init
+from accel.generator import BaseGenerator, require_weights, resolve_precision, seeded_init
 from accel.options import check_option_names, parse_options
 from accel.tokenizers.msvq import VQVAE, build_tokenizer
 
@@ -50,6 +50,7 @@ def load_vqvae_weights(vae: VQVAE, checkpoint: str) -> None:
 
 class VARGenerator(BaseGenerator):
     family = "var"
+    release_precision = "fp16"  # the demo's fp16 autocast
 
     def __init__(self, *, name: str, accel: str, cfg: VARConfig, model: VAR, vae: VQVAE, device: torch.device,
                  sampling: dict[str, Any], method: Any = None):
@@ -127,9 +128,11 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, init_seed: int = 0,
-                   config: VARConfig | None = None, **options: Any) -> VARGenerator:
-    """`config` overrides the named config (benchmarks: e.g. var_d16 width on the 512-px schedule)."""
+                   config: VARConfig | None = None, precision: str = "auto", **options: Any) -> VARGenerator:
+    """`config` overrides the named config (benchmarks: e.g. var_d16 width on the 512-px schedule).
+    precision: accel.generator.resolve_precision (auto: the demo's fp16 autocast on CUDA, fp32 on CPU)."""
     settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options, config)
+    precision = resolve_precision(precision, device, VARGenerator.release_precision)
     cfg, checkpoint, tokenizer_checkpoint = settings.cfg, settings.checkpoint, settings.tokenizer_checkpoint
     with torch.device("meta"):
         model = VAR(cfg)
@@ -146,8 +149,10 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
             vae = build_tokenizer(cfg.tokenizer, patch_nums=cfg.patch_nums)  # PyTorch's default init, seeded
     model = model.to(device).eval().requires_grad_(False)
     vae = vae.to(device).eval().requires_grad_(False)
-    return VARGenerator(name=name, accel=accel, cfg=cfg, model=model, vae=vae, device=device,
-                        sampling=settings.sampling, method=settings.method)
+    generator = VARGenerator(name=name, accel=accel, cfg=cfg, model=model, vae=vae, device=device,
+                             sampling=settings.sampling, method=settings.method)
+    generator.precision = precision
+    return generator
 
 
 def config_with(name: str, **changes: Any) -> VARConfig:
