@@ -52,7 +52,7 @@ def no_shards(out: Path) -> bool:
     ("model.random_init=false", "var_tiny: no checkpoint (model.checkpoint=...) and no tokenizer_checkpoint"),
     ("model.name=mar_toy accel.name=lazymar +accel.options.refresh_interval=0", "refresh_interval=0; expected an "
      "integer >= 1"),
-    ("model.name=llamagen_toy accel.name=lantern +accel.options.lantern_delta=2", "lantern_delta=2 must be a "
+    ("model.name=llamagen_toy accel.name=lantern +accel.options.lantern_delta=2", "lantern_delta=2.0 must be a "
      "total-variation bound in [0, 1]"),
     ("model.name=llamagen_t2i_tiny", "no text encoder given (model.text_encoder is null)"),
     # keys added with `+` are checked too: a typo is not a new setting

@@ -406,8 +406,8 @@ def test_job_configs_leave_gamma_to_the_drafter(accel):
 
 
 def test_sjd_window_from_window_gamma_or_default():
-    def spec(**options):
-        return sp.SpecConfig.from_options("sjd", "llamagen_b", options, "sjd", True)
+    def spec(**options):  # accel=speculative drafter=sjd: gamma is the window there (accel=sjd takes window only)
+        return sp.SpecConfig.from_options("speculative", "llamagen_b", options, "sjd", True)
 
     assert spec().gamma == spec(window=None).gamma == spec(gamma=None).gamma == sp.SJD_WINDOW
     assert spec(window=6).gamma == 6 and spec(gamma=5).gamma == 5

@@ -68,7 +68,7 @@ import torch
 
 from accel.errors import ArgenError
 from accel.families import llamagen as lg
-from accel.options import option_int
+from accel.options import check_option_names, option_int, parse_options
 from accel.registry import Method
 from accel.methods.tree import NAIVE_EXTEND_57, StaticTree, TreeShape
 from accel.sampling import categorical_rows
@@ -82,6 +82,25 @@ OPTIONS = {
     "lantern": _SPEC + ("lantern_k", "lantern_delta", "lantern_lambda"),
     "sjd": ("drafter", "window", "sjd_init", "draft_mode"),
 }
+
+
+@dataclass
+class SpeculativeOptions:
+    """The options of accel=speculative / lantern / sjd as given, typed by accel.options.parse_options (None:
+    the default applies, which may depend on the drafter); SpecConfig.from_options checks how they combine."""
+    drafter: str = "auto"
+    drafter_checkpoint: str | None = None
+    gamma: int | None = None
+    window: int | None = None
+    draft_mode: str = "sample"
+    sjd_init: str = "random"
+    tree: str | None = None
+    tree_tokens: int | None = None
+    tree_depth: int | None = None
+    tree_top_k: int | None = None
+    lantern_k: int = 1000
+    lantern_delta: float = 0.1
+    lantern_lambda: float | None = None
 
 
 @dataclass
@@ -101,8 +120,9 @@ class SpecConfig:
     def from_options(cls, accel: str, target_name: str, options: dict, default_drafter: str,
                      random_init: bool = False) -> "SpecConfig":
         """Check every option (before any weights are loaded) and fill the defaults."""
-        o = dict(options)
-        drafter = o.pop("drafter", "auto")
+        check_option_names(options, OPTIONS[accel], f"accel={accel}")
+        o = parse_options(SpeculativeOptions, options, f"accel={accel}")
+        drafter = o.drafter
         if accel == "sjd":
             if drafter not in ("auto", "sjd"):
                 raise ArgenError(f"accel=sjd drafts with the target itself; drafter={drafter!r} does not apply "
@@ -110,13 +130,13 @@ class SpecConfig:
             drafter = "sjd"
         if drafter == "auto":
             drafter = default_drafter
-        if not isinstance(drafter, str) or (drafter not in ("sjd", "eagle") and drafter not in lg.CONFIGS):
+        if drafter not in ("sjd", "eagle") and drafter not in lg.CONFIGS:
             raise ArgenError(f"drafter={drafter!r} is neither 'eagle', 'sjd' nor a LlamaGen model; "
                              f"choose 'eagle', 'sjd' or one of {', '.join(lg.CONFIGS)}")
         spec = cls(accel=accel, drafter=drafter)
-        spec.drafter_checkpoint = o.pop("drafter_checkpoint", None)
+        spec.drafter_checkpoint = o.drafter_checkpoint
         # the job configs pass every option, None (or tree=dynamic) where the default applies
-        tree = {k: v for k in TREE_OPTIONS if k in o for v in [o.pop(k)] if v is not None}
+        tree = {k: getattr(o, k) for k in TREE_OPTIONS if getattr(o, k) is not None}
         if tree.get("tree") == "dynamic" and drafter != "eagle":
             tree.pop("tree")
         if tree and drafter != "eagle":
@@ -124,10 +144,9 @@ class SpecConfig:
         if drafter == "eagle":
             unset = {"gamma": None, "window": None, "sjd_init": "random", "draft_mode": "sample"}
             for key, default in unset.items():
-                if key in o and o[key] != default:
-                    raise ArgenError(f"{key}={o[key]!r} does not apply to drafter=eagle: it drafts a tree of its "
-                                     f"top-k tokens or samples (shape it with {', '.join(TREE_OPTIONS)})")
-                o.pop(key, None)
+                if getattr(o, key) != default:
+                    raise ArgenError(f"{key}={getattr(o, key)!r} does not apply to drafter=eagle: it drafts a tree "
+                                     f"of its top-k tokens or samples (shape it with {', '.join(TREE_OPTIONS)})")
             vocab = lg.get_config(target_name).args.vocab_size
             default = TreeShape()
             kind = tree.pop("tree", "dynamic")
@@ -153,18 +172,18 @@ class SpecConfig:
         elif drafter == "sjd":
             if spec.drafter_checkpoint is not None:
                 raise ArgenError("drafter_checkpoint was given but drafter=sjd uses no drafter model")
-            gamma, window = o.pop("gamma", None), o.pop("window", None)  # with drafter=sjd, gamma means the window
+            gamma, window = o.gamma, o.window  # with drafter=sjd, gamma means the window
             if gamma is not None and window is not None:
                 raise ArgenError(f"gamma={gamma!r} and window={window!r} both set the SJD window; pass only window")
             window = SJD_WINDOW if gamma is None and window is None else (window if gamma is None else gamma)
             spec.gamma = option_int("window", window, 1, hint=f"draft tokens per Jacobi step; {SJD_WINDOW} is the default")
         else:
-            if "window" in o:
+            if "window" in options:
                 raise ArgenError(f"window is the SJD window length; drafter={drafter} takes gamma=<draft tokens per step>")
-            if "sjd_init" in o:
+            if "sjd_init" in options:
                 raise ArgenError(f"sjd_init applies to drafter=sjd only, not drafter={drafter}")
-            gamma = o.pop("gamma", None)  # null in the job configs: the default
-            spec.gamma = option_int("gamma", 4 if gamma is None else gamma, 1, hint="draft tokens per step, e.g. 4")
+            # gamma null in the job configs: the default
+            spec.gamma = option_int("gamma", 4 if o.gamma is None else o.gamma, 1, hint="draft tokens per step, e.g. 4")
             check_drafter_config(target_name, drafter)
             if spec.drafter_checkpoint is None and not random_init:  # a toy drafter's committed weights
                 spec.drafter_checkpoint = lg.bundled_checkpoint(drafter)
@@ -173,11 +192,11 @@ class SpecConfig:
                 raise ArgenError(f"drafter {drafter} has no weights: pass drafter_checkpoint=<path of {file}> "
                                  f"(accel.options.drafter_checkpoint=... in argen generate), or random_init=True "
                                  f"(model.random_init=true) for random weights")
-        spec.draft_mode = o.pop("draft_mode", "sample")
+        spec.draft_mode = o.draft_mode
         if spec.draft_mode not in ("sample", "argmax"):
             raise ArgenError(f"draft_mode={spec.draft_mode!r}; expected 'sample' (drafts drawn from the drafter, "
                              f"exact) or 'argmax' (top-1 drafts, q = 1)")
-        spec.sjd_init = o.pop("sjd_init", "random")
+        spec.sjd_init = o.sjd_init
         if spec.sjd_init not in ("random", "repeat"):
             raise ArgenError(f"sjd_init={spec.sjd_init!r}; expected 'random' or 'repeat' (copy the token to the left)")
         if accel == "lantern":
@@ -185,9 +204,7 @@ class SpecConfig:
 
             vocab = lg.get_config(target_name).args.vocab_size
             spec.lantern_k, spec.lantern_delta, spec.lantern_lambda = check_lantern_options(
-                o.pop("lantern_k", 1000), o.pop("lantern_delta", 0.1), o.pop("lantern_lambda", None), vocab)
-        if o:
-            raise ArgenError(f"unknown option(s) {sorted(o)} for accel={accel}; known: {sorted(OPTIONS[accel])}")
+                o.lantern_k, o.lantern_delta, o.lantern_lambda, vocab)
         return spec
 
 

@@ -106,9 +106,11 @@ class LoadResult:
         return self._slope([float(s.shards) for s in running], [s.cpu for s in running])
 
     def at_fraction(self, what: str, fraction: float) -> int:
+        """`rss` or `heap` when that fraction of the shards had committed: the lowest sample at the nearest
+        committed count (what is retained; at 100% the report being drawn is transient)."""
         target = fraction * self.report["generated_shards"]
-        best = min(self.samples, key=lambda s: abs(s.shards - target))
-        return int(getattr(best, what))
+        nearest = min(abs(s.shards - target) for s in self.samples)
+        return int(min(getattr(s, what) for s in self.samples if abs(s.shards - target) == nearest))
 
 
 class Sampler(threading.Thread):
