@@ -18,6 +18,8 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from accel.errors import ArgenError
 
@@ -34,14 +36,44 @@ def resolve_compile(value: Any, device: torch.device) -> bool:
     return device.type == "cuda" if text == "auto" else text == "true"
 
 
+# A CPU decoding step reads every weight for a handful of rows (the batch, doubled by CFG). BLAS's gemm packs
+# the weight for such small M and streams it far below the memory bandwidth; one matrix-vector product per
+# row, which inductor fuses into one pass over the weight, streams it near the bandwidth.
+FEW_ROWS = 4  # beyond that (batch 4 with CFG) the per-row products gain little over gemm (docs/BENCHMARKS.md)
+
+
+class FewRowLinear(TorchFunctionMode):
+    """F.linear over at most FEW_ROWS rows as one matrix-vector product per row (traced into compiled graphs)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            rows = x.reshape(-1, x.shape[-1])
+            if rows.shape[0] <= FEW_ROWS:
+                out = torch.stack([torch.mv(weight, rows[i]) for i in range(rows.shape[0])])
+                out = out.reshape(*x.shape[:-1], weight.shape[0])
+                return out if bias is None else out + bias
+        return func(*args, **kwargs)
+
+
 class CompiledForward:
-    """`module`'s forward compiled for static shapes, one graph per input shape."""
+    """`module`'s forward compiled for static shapes, one graph per input shape; on CPU the few-row linears
+    of decoding steps as matrix-vector products (FewRowLinear)."""
 
     def __init__(self, module: torch.nn.Module, device: torch.device):
         mode = "reduce-overhead" if device.type == "cuda" else None
-        self.fn = torch.compile(module, dynamic=False, mode=mode)
+        self.compiled = torch.compile(module, dynamic=False, mode=mode)
+        self.few_rows = device.type == "cpu"
         self.seen: set[tuple] = set()
         self.compile_seconds = 0.0
+
+    def fn(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.few_rows:
+            return self.compiled(*args, **kwargs)
+        with FewRowLinear():
+            return self.compiled(*args, **kwargs)
 
     @staticmethod
     def _signature(args: tuple, kwargs: dict) -> tuple:

@@ -81,3 +81,23 @@ def test_a_compiled_run_records_its_compile_time_once_per_worker(ray_cluster, tm
     assert [w["compile_seconds"] > 1 for w in report["workers"]] == [True]
     stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*.stats.json"))]
     assert len(stats) == 2 and all(s["images_per_second"] > 0 for s in stats)
+
+
+def test_few_row_linears_are_matrix_vector_products_with_the_same_values():
+    import torch.nn.functional as F
+
+    from accel.compiled import FEW_ROWS, FewRowLinear
+
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    for rows in (1, FEW_ROWS, FEW_ROWS + 1):
+        x = torch.randn(rows, 1, 32)
+        with FewRowLinear():
+            got, plain = F.linear(x, weight, bias), F.linear(x, weight)
+        torch.testing.assert_close(got, F.linear(x, weight, bias))
+        torch.testing.assert_close(plain, x @ weight.T)
+        assert got.shape == (rows, 1, 48)
+    seen = []
+    with FewRowLinear():  # more rows than FEW_ROWS: gemm as before, the same bits
+        many = torch.randn(FEW_ROWS + 1, 32)
+        seen.append(torch.equal(F.linear(many, weight), torch.mm(many, weight.T)))
+    assert seen == [True]

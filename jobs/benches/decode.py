@@ -1,8 +1,11 @@
 """`argen bench decode`: LlamaGen's plain decoding, eager vs compiled (static KV cache + torch.compile), same weights, one run.
 
 Per batch size: seconds per image of the token generation (interleaved call by call, after one untimed call
-that compiles), the speed-up of the compiled step, GFLOP/s (analytic FLOPs of the target / seconds), and the
-seconds spent compiling (once per process and shape).
+that compiles), the speed-up of the compiled step, GFLOP/s (analytic FLOPs of the target / seconds), the
+seconds spent compiling (once per process and shape), and the fraction of the roofline each reaches: the
+roofline time is max(FLOPs / matmul peak, weight bytes read / memory bandwidth), both measured at the start of
+the same run with the same threads (a large fp32 matmul; a matrix-vector product over a matrix far larger
+than the caches, which is what a batch-1 decode step does with every weight).
 
 Options: model=llamagen_toy (trained; or any llamagen_* with random weights, e.g. llamagen_b)  batches=1,8
          images=8 (per batch size and row)  threads=1
@@ -10,10 +13,33 @@ Options: model=llamagen_toy (trained; or any llamagen_* with random weights, e.g
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
 from jobs.benches.llamagen import tokens_only
+
+
+def measured_peaks(reps: int = 5) -> tuple[float, float]:
+    """(fp32 matmul FLOP/s, memory read bytes/s) of this process's threads, best of `reps`."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    matrix, vector = torch.randn(8192, 16384), torch.randn(16384)  # 512 MiB: far beyond any cache
+    torch.mm(a, b), torch.mv(matrix, vector)
+    best_mm = best_mv = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best_mm = min(best_mm, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch.mv(matrix, vector)
+        best_mv = min(best_mv, time.perf_counter() - t0)
+    return 2 * 2048 ** 3 / best_mm, matrix.numel() * 4 / best_mv
+
+
+def weight_bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes of weights one decoding step reads: all but the embedding tables, of which it reads a row each."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in tables)
 
 
 def run(overrides: dict[str, str]) -> None:
@@ -27,10 +53,16 @@ def run(overrides: dict[str, str]) -> None:
         raise SystemExit(f"argen bench decode: unknown option(s) {sorted(overrides)}")
     random_init = model != "llamagen_toy"
     gens = {c: load_generator(model, device="cpu", random_init=random_init, compile=c) for c in (False, True)}
+    peak, bandwidth = measured_peaks()
+    step_bytes = weight_bytes_per_step(gens[False].model)
+    steps = gens[False].model.block_size  # the prefill and one step per later token: a read of the weights each
     print(f"model={model}{' (random weights)' if random_init else ''} torch_threads={torch.get_num_threads()} "
-          f"images={images} per batch size and row; load average at start {os.getloadavg()[0]:.1f}\n")
-    print("| batch | eager s/img | compiled s/img | speed-up | eager GFLOP/s | compiled GFLOP/s | compile s |")
-    print("|---|---|---|---|---|---|---|")
+          f"images={images} per batch size and row; load average at start {os.getloadavg()[0]:.1f}")
+    print(f"measured: fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, memory read {bandwidth / 1e9:.1f} GB/s; weights "
+          f"read per step {step_bytes / 1e6:.1f} MB\n")
+    print("| batch | eager s/img | compiled s/img | speed-up | eager GFLOP/s | compiled GFLOP/s | roofline s/img "
+          "| bound | eager of roofline | compiled of roofline | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for B in batches:
         compiled = gens[True].compiled
         before = compiled.compile_seconds
@@ -45,6 +77,9 @@ def run(overrides: dict[str, str]) -> None:
                 times[key] += sec
                 flops[key] = cnt["flops"]
         n = max(1, images // B) * B
+        compute, memory = flops[False] / peak, step_bytes * steps / B / bandwidth  # seconds per image
+        roof = max(compute, memory)
         print(f"| {B} | {times[False] / n:.3f} | {times[True] / n:.3f} | {times[False] / times[True]:.2f}x "
               f"| {flops[False] * n / times[False] / 1e9:.1f} | {flops[True] * n / times[True] / 1e9:.1f} "
-              f"| {compiled.compile_seconds - before:.0f} |", flush=True)
+              f"| {roof:.3f} | {'memory' if memory > compute else 'compute'} | {roof * n / times[False]:.0%} "
+              f"| {roof * n / times[True]:.0%} | {compiled.compile_seconds - before:.0f} |", flush=True)
