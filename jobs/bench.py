@@ -13,6 +13,7 @@ SUITES = {
     "llamagen": "jobs.benches.llamagen",  # plain AR vs speculative / LANTERN / SJD
     "eagle": "jobs.benches.eagle",        # LlamaGen with EAGLE draft trees vs plain AR and the chain drafter
     "decode": "jobs.benches.decode",      # LlamaGen plain decoding, eager vs compiled (static KV cache)
+    "gpu": "jobs.benches.gpu",            # the prepared GPU check: fp32 vs release precision, eager vs compiled
     "mar": "jobs.benches.mar",            # accel=none vs lazymar
     "pipeline": "jobs.benches.pipeline",  # bare generator vs the whole pipeline
     "toy": "jobs.benches.toy",            # quality vs speed of every acceleration on the trained toy models

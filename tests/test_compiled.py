@@ -101,3 +101,20 @@ def test_few_row_linears_are_matrix_vector_products_with_the_same_values():
         many = torch.randn(FEW_ROWS + 1, 32)
         seen.append(torch.equal(F.linear(many, weight), torch.mm(many, weight.T)))
     assert seen == [True]
+
+
+@pytest.mark.heavy  # ~30 s: compiles llamagen_tiny's step
+def test_the_prepared_gpu_check_runs_dry_on_the_cpu(capsys):
+    """`argen bench gpu` waits for a lent GPU; its dry run on the tiny models proves the script itself works
+    (every family, every variant, the table), so device time is not lost to a broken script."""
+    from jobs.benches import gpu
+
+    gpu.run({"device": "cpu", "models": "llamagen_tiny,var_tiny,mar_tiny", "batches": "1", "images": "1",
+             "mar_steps": "2"})
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "tiny" in line]
+    assert [row.split(" | ")[2] for row in rows] == ["fp32 eager", "release eager", "release compiled",
+                                                     "fp32 eager", "release eager", "fp32 eager", "release eager"]
+    assert all(float(row.split(" | ")[4]) > 0 for row in rows)
+    if not torch.cuda.is_available():  # its default device: refused with a pointer to the CPU suites
+        with pytest.raises(SystemExit, match="no CUDA device here"):
+            gpu.run({})

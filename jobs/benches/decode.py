@@ -20,20 +20,30 @@ import torch
 from jobs.benches.llamagen import tokens_only
 
 
-def measured_peaks(reps: int = 5) -> tuple[float, float]:
-    """(fp32 matmul FLOP/s, memory read bytes/s) of this process's threads, best of `reps`."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matrix, vector = torch.randn(8192, 16384), torch.randn(16384)  # 512 MiB: far beyond any cache
-    torch.mm(a, b), torch.mv(matrix, vector)
-    best_mm = best_mv = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best_mm = min(best_mm, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        torch.mv(matrix, vector)
-        best_mv = min(best_mv, time.perf_counter() - t0)
-    return 2 * 2048 ** 3 / best_mm, matrix.numel() * 4 / best_mv
+def measured_peaks(reps: int = 5, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                   ) -> tuple[float, float]:
+    """(matmul FLOP/s in `dtype`, memory read bytes/s) on `device` with this process's threads, best of reps."""
+    device = torch.device(device)
+    a, b = (torch.randn(2048 if device.type == "cpu" else 8192, 2048 if device.type == "cpu" else 8192,
+                        device=device, dtype=dtype) for _ in range(2))
+    matrix = torch.randn(8192, 16384, device=device)  # 512 MiB of fp32: far beyond any cache
+    vector = torch.randn(16384, device=device)
+
+    def timed(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(reps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    return 2 * a.shape[0] ** 3 / timed(lambda: torch.mm(a, b)), matrix.numel() * 4 / timed(
+        lambda: torch.mv(matrix, vector))
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
