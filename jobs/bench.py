@@ -18,6 +18,7 @@ SUITES = {
     "pipeline": "jobs.benches.pipeline",  # bare generator vs the whole pipeline
     "toy": "jobs.benches.toy",            # quality vs speed of every acceleration on the trained toy models
     "load": "jobs.benches.load",          # 2,000 small shards: shards/s, driver CPU and memory per shard
+    "toys_sheet": "jobs.benches.toys_sheet",  # the toys, a labelled row per class (docs/toys.png)
     "fastvar_cache": "jobs.benches.fastvar_cache",  # error of FastVAR's restored tokens per cache scale (var_toy)
 }
 

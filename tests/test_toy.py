@@ -300,3 +300,21 @@ def test_toy_bench_weights_digest_covers_the_drafter():
     with torch.no_grad():
         next(spec.decoder.drafter.model.parameters()).add_(0.01)
     assert weights_digest(spec) != before
+
+
+def test_toys_sheet_draws_a_labelled_row_per_class(tmp_path, capsys):
+    """`argen bench toys_sheet` (docs/toys.png): every class a row, the toy's class-consistency printed."""
+    from PIL import Image
+
+    from jobs.benches import toys_sheet
+
+    out = tmp_path / "toys.png"
+    toys_sheet.run({"out": str(out), "per_class": "2", "models": "var_toy"})
+    printed = capsys.readouterr().out
+    assert "var_toy (committed): class-consistency" in printed and "on 20 samples" in printed
+    assert all(f"{name} " in printed for name in CLASSES)
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape[0] > 200 and pixels.std() > 10  # a drawn figure, not a blank page
+    with pytest.raises(SystemExit, match="unknown option"):
+        toys_sheet.run({"models": "var_toy", "var_toy.tokeniser": "x"})
