@@ -47,7 +47,8 @@ def cut_after_first_commit(client, bucket: str, prefix: str, proxy, seconds: flo
     return thread
 
 
-@pytest.mark.parametrize("budget,attempts", [(60, 3), (1, 20)], ids=["storage-retries", "shard-retries"])
+@pytest.mark.parametrize("budget,attempts", [(60, 3), pytest.param(1, 20, marks=pytest.mark.heavy)],
+                         ids=["storage-retries", "shard-retries"])
 def test_a_run_rides_out_an_outage_and_no_secret_leaks(ray_cluster, s3_bucket, aws_env, tcp_proxy, capfd,
                                                        budget, attempts):
     endpoint, bucket = s3_bucket

@@ -27,7 +27,7 @@ def test_auto_is_the_release_precision_on_cuda_and_fp32_on_cpu():
     assert LlamaGenGenerator.release_precision == "bf16" and not LlamaGenGenerator.precision_by_autocast
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", ["llamagen_tiny", pytest.param("mar_tiny", marks=pytest.mark.heavy)])
 def test_cpu_default_is_exact_fp32_and_lower_precision_runs_close(name):
     exact = load_generator(name, device="cpu", random_init=True, **SMALL[name])
     assert exact.precision == "fp32"
@@ -57,8 +57,8 @@ def test_var_samples_under_autocast():
     assert seen == [torch.bfloat16] * 4
 
 
-@pytest.mark.parametrize("options", [{"drafter": "llamagen_tiny_draft"},
-                                     {"drafter": "eagle", "tree_tokens": 6, "tree_depth": 2, "tree_top_k": 3}])
+@pytest.mark.parametrize("options", [{"drafter": "llamagen_tiny_draft"}, pytest.param(
+    {"drafter": "eagle", "tree_tokens": 6, "tree_depth": 2, "tree_top_k": 3}, marks=pytest.mark.heavy)])
 def test_llamagen_drafters_run_in_the_target_precision(options):
     gen = load_generator("llamagen_tiny", accel="lantern", device="cpu", random_init=True, precision="bf16",
                          **options)

@@ -79,9 +79,10 @@ def test_greedy_speculative_equals_plain_greedy(pair, make, tmp_path, monkeypatc
     pytest.param("lantern", {"lantern_delta": 0.0, "lantern_k": 5}, marks=pytest.mark.slow),
     pytest.param("sjd", {"window": 8}, marks=pytest.mark.slow),
     ("speculative", {"drafter": "eagle", "tree_tokens": 12, "tree_depth": 3, "tree_top_k": 4}),
-    pytest.param("lantern", {"drafter": "eagle", "lantern_delta": 0.0, "lantern_k": 5}, marks=pytest.mark.slow),
+    # ~16 s each with the release's tree: heavy; tests/test_tree.py checks these trees' greedy tokens
+    pytest.param("lantern", {"drafter": "eagle", "lantern_delta": 0.0, "lantern_k": 5}, marks=pytest.mark.heavy),
     pytest.param("lantern", {"drafter": "eagle", "tree": "static", "lantern_lambda": 1.0, "lantern_k": 5},
-                 marks=pytest.mark.slow),
+                 marks=pytest.mark.heavy),
 ])
 def test_greedy_generator_end_to_end_identical_images(accel, extra, tmp_path, monkeypatch):
     monkeypatch.setattr("accel.checkpoints.CACHE_DIR", tmp_path)
