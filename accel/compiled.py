@@ -37,13 +37,16 @@ def resolve_compile(value: Any, device: torch.device) -> bool:
 
 
 # A CPU decoding step reads every weight for a handful of rows (the batch, doubled by CFG). BLAS's gemm packs
-# the weight for such small M and streams it far below the memory bandwidth; one matrix-vector product per
-# row, which inductor fuses into one pass over the weight, streams it near the bandwidth.
-FEW_ROWS = 4  # beyond that (batch 4 with CFG) the per-row products gain little over gemm (docs/BENCHMARKS.md)
+# the weight for such small M and streams it far below the memory bandwidth. Inside a compiled step, one
+# matrix-vector product per row (which inductor fuses into one pass over the weight) streams it near the
+# bandwidth for 1-2 rows, and W @ x^T (the weight as BLAS's large operand) for 3-4; beyond 4 rows neither beats
+# gemm in the full step (docs/BENCHMARKS.md).
+FEW_ROWS = 4
+PER_ROW_MV = 2
 
 
 class FewRowLinear(TorchFunctionMode):
-    """F.linear over at most FEW_ROWS rows as one matrix-vector product per row (traced into compiled graphs)."""
+    """F.linear over at most FEW_ROWS rows without gemm's packing of the weight (traced into compiled graphs)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -52,7 +55,10 @@ class FewRowLinear(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             rows = x.reshape(-1, x.shape[-1])
             if rows.shape[0] <= FEW_ROWS:
-                out = torch.stack([torch.mv(weight, rows[i]) for i in range(rows.shape[0])])
+                if rows.shape[0] <= PER_ROW_MV:
+                    out = torch.stack([torch.mv(weight, rows[i]) for i in range(rows.shape[0])])
+                else:
+                    out = (weight @ rows.T).T
                 out = out.reshape(*x.shape[:-1], weight.shape[0])
                 return out if bias is None else out + bias
         return func(*args, **kwargs)
