@@ -96,11 +96,10 @@ def test_few_row_linears_are_matrix_vector_products_with_the_same_values():
         torch.testing.assert_close(got, F.linear(x, weight, bias))
         torch.testing.assert_close(plain, x @ weight.T)
         assert got.shape == (rows, 1, 48)
-    seen = []
+    many = torch.randn(FEW_ROWS + 1, 32)
     with FewRowLinear():  # more rows than FEW_ROWS: gemm as before, the same bits
-        many = torch.randn(FEW_ROWS + 1, 32)
-        seen.append(torch.equal(F.linear(many, weight), torch.mm(many, weight.T)))
-    assert seen == [True]
+        passed_through = F.linear(many, weight)
+    assert torch.equal(passed_through, F.linear(many, weight))
 
 
 @pytest.mark.heavy  # ~30 s: compiles llamagen_tiny's step
