@@ -42,19 +42,19 @@ class Generator(Protocol):
     def generate(self, conditions: Sequence[int | str], seeds: Sequence[int] | None = None) -> GenerationOutput: ...
 
 
+COMPILED_FAMILIES = ("llamagen", "var", "mar")  # the families whose make_generator takes compile=
+
+
 def check_compile(name: str, accel: str, compile: bool | str) -> None:
     """compile= for this model and method, before anything is built (argen generate checks it before Ray)."""
     from accel.compiled import resolve_compile
 
-    wanted = resolve_compile(compile, torch.device("cpu"))  # the value's form; auto never refuses
-    if not wanted:
+    if not resolve_compile(compile, torch.device("cpu"), accel):  # the value's form; auto never refuses
         return
-    if registry.family_of(name) != "llamagen":
-        raise ArgenError(f"compile={compile!r} for {name}: the compiled decoding step exists for LlamaGen so far; "
-                         f"VAR and MAR run eager (pass compile=false)")
-    if accel != "none":
-        raise ArgenError(f"compile={compile!r} with accel={accel}: the compiled step covers plain decoding "
-                         f"(accel=none) so far; the speculative decoders run eager (pass compile=false)")
+    if registry.family_of(name) not in COMPILED_FAMILIES:
+        raise ArgenError(f"compile={compile!r} for {name}: the compiled sampling step exists for "
+                         f"{' and '.join(COMPILED_FAMILIES)} so far; {registry.family_of(name)} runs eager "
+                         f"(pass compile=false)")
 
 
 def check_precision(precision: str) -> None:
@@ -71,8 +71,9 @@ def load_generator(name: str, accel: str = "none", device: str | torch.device | 
     `checkpoint` / `tokenizer_checkpoint`: released files (local path or s3://). Without them,
     `random_init=True` must be passed explicitly (seeded, identical on every worker).
     `method_options`: sampling options (cfg, top_k, ...) and the method's options.
-    `compile`: True / False / "auto" (CUDA only): torch.compile the decoding step with a static KV cache
-    (accel/compiled.py); LlamaGen's plain decoding so far.
+    `compile`: True / False / "auto" (CUDA only): torch.compile the sampling step for static shapes
+    (accel/compiled.py): LlamaGen's decoding step with a static KV cache, VAR's block call per scale, MAR's
+    block call and diffusion head; the release's loops (accel=none) so far.
     `precision`: "auto" (the release's on CUDA: VAR and MAR fp16 autocast, LlamaGen bf16 weights and KV cache;
     fp32 on CPU), or "fp32" / "bf16" / "fp16" (accel.generator.resolve_precision).
     """
@@ -81,7 +82,7 @@ def load_generator(name: str, accel: str = "none", device: str | torch.device | 
     check_precision(precision)
     if compile is not False:
         check_compile(name, accel, compile)
-        if registry.family_of(name) == "llamagen":
+        if registry.family_of(name) in COMPILED_FAMILIES:
             method_options["compile"] = compile
     return registry.make_generator(name, accel, device=device, checkpoint=checkpoint,
                                    tokenizer_checkpoint=tokenizer_checkpoint, random_init=bool(random_init),

@@ -15,38 +15,51 @@ a test or a demo, hence opt-in there.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from torch.overrides import TorchFunctionMode
 
 from accel.errors import ArgenError
 
 COMPILE_VALUES = ("auto", "true", "false")
+RECOMPILE_LIMIT = 64
 
 
-def resolve_compile(value: Any, device: torch.device) -> bool:
-    """compile= as given (True / False / "auto" / "true" / "false") -> whether to compile on `device`."""
+def resolve_compile(value: Any, device: torch.device, accel: str = "none") -> bool:
+    """compile= as given (True / False / "auto" / "true" / "false") -> whether to compile on `device`.
+    The compiled steps are the release's sampling loops: with a method (accel != none) auto stays eager and
+    true is refused."""
     if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text not in COMPILE_VALUES:
-        raise ArgenError(f"compile={value!r}; expected auto (on CUDA only), true or false")
-    return device.type == "cuda" if text == "auto" else text == "true"
+        auto, wanted = False, value
+    else:
+        text = str(value).lower()
+        if text not in COMPILE_VALUES:
+            raise ArgenError(f"compile={value!r}; expected auto (on CUDA only), true or false")
+        auto = text == "auto"
+        wanted = device.type == "cuda" if auto else text == "true"
+    if wanted and accel != "none":
+        if auto:
+            return False
+        raise ArgenError(f"compile={value!r} with accel={accel}: the compiled step covers the release's sampling "
+                         f"loop (accel=none) so far; the methods run eager (pass compile=false)")
+    return wanted
 
 
-# A CPU decoding step reads every weight for a handful of rows (the batch, doubled by CFG). BLAS's gemm packs
-# the weight for such small M and streams it far below the memory bandwidth. Inside a compiled step, one
-# matrix-vector product per row (which inductor fuses into one pass over the weight) streams it near the
-# bandwidth for 1-2 rows, and W @ x^T (the weight as BLAS's large operand) for 3-4; beyond 4 rows neither beats
-# gemm in the full step (docs/BENCHMARKS.md).
-FEW_ROWS = 4
+# On CPU, BLAS's gemm computes x @ W^T for up to ~1,000 rows well below its peak: it packs the weight for a small
+# M and streams it slowly (measured on this project's CPU: 64-90 GFLOP/s at 32-128 rows against 110-160 for the
+# same product as W @ x^T, the weight as the first operand). Inside a compiled step every linear of at most
+# WEIGHT_FIRST_ROWS rows is computed as W @ x^T, and of at most PER_ROW_MV rows as one matrix-vector product per
+# row (which inductor fuses into one pass over the weight, near the memory bandwidth). The eager path keeps the
+# release's arithmetic. Figures: docs/BENCHMARKS.md.
+WEIGHT_FIRST_ROWS = 128
 PER_ROW_MV = 2
 
 
-class FewRowLinear(TorchFunctionMode):
-    """F.linear over at most FEW_ROWS rows without gemm's packing of the weight (traced into compiled graphs)."""
+class WeightFirstLinear(TorchFunctionMode):
+    """F.linear over at most WEIGHT_FIRST_ROWS rows as W @ x^T (traced into compiled graphs on CPU)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -54,7 +67,7 @@ class FewRowLinear(TorchFunctionMode):
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             rows = x.reshape(-1, x.shape[-1])
-            if rows.shape[0] <= FEW_ROWS:
+            if rows.shape[0] <= WEIGHT_FIRST_ROWS:
                 if rows.shape[0] <= PER_ROW_MV:
                     out = torch.stack([torch.mv(weight, rows[i]) for i in range(rows.shape[0])])
                 else:
@@ -65,34 +78,29 @@ class FewRowLinear(TorchFunctionMode):
 
 
 class CompiledForward:
-    """`module`'s forward compiled for static shapes, one graph per input shape; on CPU the few-row linears
-    of decoding steps as matrix-vector products (FewRowLinear)."""
+    """`fn` (a module, or a function such as one block's call) compiled for static shapes, one graph per input
+    shape (dynamic=None: static first, then one graph generalised over the shapes that change, for loops with
+    many shapes such as MAR's masking schedule); on CPU the linears of up to WEIGHT_FIRST_ROWS rows as
+    W @ x^T (WeightFirstLinear)."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
+    def __init__(self, fn: Callable, device: torch.device, dynamic: bool | None = False):
         mode = "reduce-overhead" if device.type == "cuda" else None
-        self.compiled = torch.compile(module, dynamic=False, mode=mode)
-        self.few_rows = device.type == "cpu"
-        self.seen: set[tuple] = set()
+        # a graph per shape: VAR's ten scales; past the default limit dynamo would run eager
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        self.compiled = torch.compile(fn, dynamic=dynamic, mode=mode)
+        self.weight_first = device.type == "cpu"
         self.compile_seconds = 0.0
 
-    def fn(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.few_rows:
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.weight_first:
             return self.compiled(*args, **kwargs)
-        with FewRowLinear():
+        with WeightFirstLinear():
             return self.compiled(*args, **kwargs)
-
-    @staticmethod
-    def _signature(args: tuple, kwargs: dict) -> tuple:
-        def sig(x: Any) -> Any:
-            return tuple(x.shape) if isinstance(x, torch.Tensor) else (type(x).__name__,)
-        return tuple(sig(a) for a in args) + tuple((k, sig(v)) for k, v in sorted(kwargs.items()))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = self._signature(args, kwargs)
-        if key in self.seen:
-            return self.fn(*args, **kwargs)
-        t0 = time.perf_counter()  # the first call of a shape compiles it (and runs it once)
-        out = self.fn(*args, **kwargs)
-        self.compile_seconds += time.perf_counter() - t0
-        self.seen.add(key)
+        graphs = counters["stats"]["unique_graphs"]
+        t0 = time.perf_counter()
+        out = self._run(*args, **kwargs)
+        if counters["stats"]["unique_graphs"] != graphs:  # this call compiled a graph (and ran it once)
+            self.compile_seconds += time.perf_counter() - t0
         return out

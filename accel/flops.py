@@ -80,6 +80,8 @@ _ACTIVE: contextvars.ContextVar[FlopCounter | None] = contextvars.ContextVar("ar
 
 
 def count(component: str, flops: float) -> None:
+    if torch.compiler.is_compiling():  # a compiled graph runs no Python: its caller counts from the shapes
+        return
     counter = _ACTIVE.get()
     if counter is not None:
         counter.add(component, flops)

@@ -87,6 +87,8 @@ class BaseGenerator:
         self.model, self.tokenizer = model, tokenizer
         self.device, self.image_size, self.num_classes = device, image_size, num_classes
         self.precision = precision  # fp32 | bf16 | fp16, resolved (accel.generator.resolve_precision)
+        self.compiled_parts: list = []  # the accel.compiled.CompiledForward objects sampling runs, if compiled
+        self._compile_reported = 0.0
 
     # the side the release computes FID at, when not the generated one (LlamaGen's 384-px models: 256, bicubic);
     # argen's pipeline resizes the images it extracts features from (pipeline.quality.resize_for_eval)
@@ -150,6 +152,10 @@ class BaseGenerator:
         seconds = time.perf_counter() - t0
         out = to_uint8(images)
         stats = {"seconds": seconds, "images": len(conditions), **counters}
+        compiled = sum(part.compile_seconds for part in self.compiled_parts)
+        if compiled > self._compile_reported:  # compiling happened in this call: say how long, once (its
+            stats["compile_seconds"] = compiled - self._compile_reported  # seconds are in this call's too)
+            self._compile_reported = compiled
         stats.setdefault("flops", 0.0)
         return GenerationOutput(images=out, stats=stats)
 

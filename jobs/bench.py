@@ -12,7 +12,7 @@ SUITES = {
     "var": "jobs.benches.var",            # accel=none vs fastvar
     "llamagen": "jobs.benches.llamagen",  # plain AR vs speculative / LANTERN / SJD
     "eagle": "jobs.benches.eagle",        # LlamaGen with EAGLE draft trees vs plain AR and the chain drafter
-    "decode": "jobs.benches.decode",      # LlamaGen plain decoding, eager vs compiled (static KV cache)
+    "decode": "jobs.benches.decode",      # every family's sampling loop, eager vs compiled (accel/compiled.py)
     "gpu": "jobs.benches.gpu",            # the prepared GPU check: fp32 vs release precision, eager vs compiled
     "mar": "jobs.benches.mar",            # accel=none vs lazymar
     "pipeline": "jobs.benches.pipeline",  # bare generator vs the whole pipeline

@@ -106,16 +106,16 @@ class ShardWorker:
                     self.clip = quality.make_clip_scorer(s.eval_cfg, str(getattr(self.generator, "device", s.device)))
                 if s.warmup_condition is not None:  # first-call costs (allocations, kernels) not in shard timings
                     # a compiled step compiles per shape: warm up at the shards' batch size
-                    rows = s.batch_size if getattr(self.generator, "compiled", None) is not None else 1
+                    rows = s.batch_size if getattr(self.generator, "compiled_parts", None) else 1
                     out = self.generator.generate([s.warmup_condition] * rows, list(range(rows)))
                     if self.extractor is not None:
                         self.extractor(self._for_features(out.images[:1]))
         g = self.generator
         info = {"worker": self.worker_name(), "device": self.device_name(), "image_size": int(g.image_size),
                 "num_classes": int(g.num_classes), "pid": os.getpid()}
-        compiled = getattr(g, "compiled", None)
-        if compiled is not None:  # once per actor; a shard whose last batch is smaller compiles that shape itself
-            info["compile_seconds"] = round(compiled.compile_seconds, 2)
+        compiled = getattr(g, "compiled_parts", None)
+        if compiled:  # once per actor; a shard whose last batch is smaller compiles that shape itself
+            info["compile_seconds"] = round(sum(part.compile_seconds for part in compiled), 2)
         return info
 
     def _for_features(self, images: np.ndarray) -> np.ndarray:

@@ -40,9 +40,45 @@ def test_compiled_decoding_gives_the_eager_tokens_and_reports_its_compile_time()
     assert first.stats["compile_seconds"] > 1 and "compile_seconds" not in again.stats
 
 
+@pytest.mark.heavy  # ten scales' graphs of one block: ~30 s of CPU
+def test_compiled_var_blocks_give_the_eager_images_and_flops():
+    kw = dict(device="cpu", random_init=True, top_k=1)  # greedy: the same tokens despite fp reassociation
+    eager = load_generator("var_tiny", **kw).generate([3, 8], seeds=[0, 1])
+    gen = load_generator("var_tiny", compile=True, **kw)
+    first = gen.generate([3, 8], seeds=[0, 1])
+    again = gen.generate([3, 8], seeds=[0, 1])
+    assert np.array_equal(first.images, eager.images) and np.array_equal(again.images, eager.images)
+    assert first.stats["compile_seconds"] > 1 and "compile_seconds" not in again.stats
+    for key in ("flops", "flops_transformer", "flops_head"):
+        assert again.stats[key] == pytest.approx(eager.stats[key], rel=1e-9), key
+
+
+def test_var_counts_a_compiled_scale_from_its_shapes_as_the_modules_count_it():
+    """A compiled block runs none of the modules' FLOP counts; the loop's count from the shapes must match."""
+    from accel import flops as F_
+    from accel.families.var.network import call_block
+
+    gen = load_generator("var_tiny", device="cpu", random_init=True)
+
+    def uncounted_block(block, x, cond, cache):  # as a compiled graph: the modules' counts go nowhere
+        with F_.counting(F_.FlopCounter()):
+            return call_block(block, x, cond, cache)
+
+    totals = []
+    for block_call in (None, uncounted_block):
+        counter = F_.FlopCounter()
+        with torch.no_grad(), F_.counting(counter):
+            gen.model.autoregressive_infer_cfg(gen.vae.quantize, torch.tensor([1, 2]),
+                                               [torch.Generator().manual_seed(i) for i in range(2)],
+                                               block_call=block_call)
+        totals.append(dict(counter.by_component))
+    assert totals[0]["transformer"] > 0 and totals[1] == pytest.approx(totals[0], rel=1e-12)
+
+
 @pytest.mark.parametrize("model,accel,compile,match", [
-    ("llamagen_tiny", "lantern", True, "the compiled step covers plain decoding"),
-    ("var_tiny", "none", True, "the compiled decoding step exists for LlamaGen so far"),
+    ("llamagen_tiny", "lantern", True, "the compiled step covers the release's sampling loop"),
+    ("var_tiny", "fastvar", True, "the compiled step covers the release's sampling loop"),
+    ("mar_tiny", "none", True, "the compiled sampling step exists for llamagen and var so far"),
     ("llamagen_tiny", "none", "maybe", "compile='maybe'; expected auto"),
 ])
 def test_where_compiling_does_not_apply_it_is_refused(model, accel, compile, match):
@@ -58,7 +94,7 @@ def test_auto_compiles_on_cuda_only():
 def test_argen_generate_checks_compile_before_ray(tmp_path, capsys):
     from jobs.cli import main as argen
 
-    for model, value, message in (("var_tiny", "true", "compiled decoding step exists for LlamaGen so far"),
+    for model, value, message in (("mar_tiny", "true", "compiled sampling step exists for llamagen and var so far"),
                                   ("llamagen_tiny", "sometimes", "compile='sometimes'; expected auto")):
         with pytest.raises(SystemExit) as e:
             argen(["generate", f"model={model}", "model.random_init=true", f"compile={value}",
@@ -83,21 +119,21 @@ def test_a_compiled_run_records_its_compile_time_once_per_worker(ray_cluster, tm
     assert len(stats) == 2 and all(s["images_per_second"] > 0 for s in stats)
 
 
-def test_few_row_linears_are_matrix_vector_products_with_the_same_values():
+def test_weight_first_linears_give_the_same_values():
     import torch.nn.functional as F
 
-    from accel.compiled import FEW_ROWS, FewRowLinear
+    from accel.compiled import WEIGHT_FIRST_ROWS, WeightFirstLinear
 
     weight, bias = torch.randn(48, 32), torch.randn(48)
-    for rows in (1, FEW_ROWS, FEW_ROWS + 1):
+    for rows in (1, 3, WEIGHT_FIRST_ROWS):  # per-row products, then W @ x^T
         x = torch.randn(rows, 1, 32)
-        with FewRowLinear():
+        with WeightFirstLinear():
             got, plain = F.linear(x, weight, bias), F.linear(x, weight)
         torch.testing.assert_close(got, F.linear(x, weight, bias))
         torch.testing.assert_close(plain, x @ weight.T)
         assert got.shape == (rows, 1, 48)
-    many = torch.randn(FEW_ROWS + 1, 32)
-    with FewRowLinear():  # more rows than FEW_ROWS: gemm as before, the same bits
+    many = torch.randn(WEIGHT_FIRST_ROWS + 1, 32)
+    with WeightFirstLinear():  # more rows than WEIGHT_FIRST_ROWS: gemm as before, the same bits
         passed_through = F.linear(many, weight)
     assert torch.equal(passed_through, F.linear(many, weight))
 

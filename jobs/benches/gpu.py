@@ -3,7 +3,7 @@ compiled (CUDA graphs), on one CUDA device.
 
 For each model and batch size, one run: seconds per image of whole images (tokens and decoding), the
 speed-up against fp32 eager measured in the same run, GFLOP/s (argen's analytic FLOPs) and the fraction of the
-roofline, max(FLOPs / matmul peak, LlamaGen's weight bytes per step / bandwidth), with the peak (in the
+roofline, max(FLOPs / matmul peak, weight bytes read / bandwidth), with the peak (in the
 row's precision) and the bandwidth measured at the start; the compile seconds of the compiled rows; the
 card's name and memory. Seeded random weights of the released sizes: the speed mechanics, not quality.
 Refuses to run without CUDA (CPU figures: argen bench decode / var / mar); `device=cpu` is a dry run of the
@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from jobs.benches.decode import measured_peaks, weight_bytes_per_step
+from jobs.benches.decode import measured_peaks, weight_bytes_per_batch
 
 VARIANTS = (("fp32 eager", {"precision": "fp32"}), ("release eager", {"precision": "auto"}),
             ("release compiled", {"precision": "auto", "compile": True}))
-
-
-def variants(name: str) -> tuple:
-    return VARIANTS if name.startswith("llamagen") else VARIANTS[:2]  # compiled: LlamaGen's step so far
 
 
 def run(overrides: dict[str, str]) -> None:
@@ -59,7 +55,7 @@ def run(overrides: dict[str, str]) -> None:
     for name in models:
         options = {"num_iter": mar_steps, "num_sampling_steps": "25"} if name.startswith("mar") else {}
         gens = {label: load_generator(name, device=device, random_init=True, **kw, **options)
-                for label, kw in variants(name)}
+                for label, kw in VARIANTS}
         for B in batches:
             conds, calls = [i % 10 for i in range(B)], max(1, images // B)
             for gen in gens.values():  # warm-up: allocations, cuDNN choices, and the compiled rows' compiling
@@ -72,16 +68,14 @@ def run(overrides: dict[str, str]) -> None:
                     flops[label] = out.stats["flops"]
             n = calls * B
             for label, gen in gens.items():
-                roof = flops[label] / peaks[PRECISIONS[gen.precision]][0]
-                if name.startswith("llamagen"):
-                    steps = gen.model.block_size
-                    roof = max(roof, weight_bytes_per_step(gen.model) * steps / B / bandwidth)
-                compiled = getattr(gen, "compiled", None)
+                roof = max(flops[label] / peaks[PRECISIONS[gen.precision]][0],
+                           weight_bytes_per_batch(gen) / B / bandwidth)
+                compiled = sum(p.compile_seconds for p in gen.compiled_parts) if gen.compiled_parts else None
                 rate = flops[label] * n / seconds[label]
                 print(f"| {name} | {B} | {label} | {gen.precision} | {seconds[label] / n:.4f} "
                       f"| {seconds['fp32 eager'] / seconds[label]:.2f}x | {rate / 1e9:.0f} "
                       f"| {roof * n / seconds[label]:.0%} "
-                      f"| {f'{compiled.compile_seconds:.0f}' if compiled is not None else '-'} |", flush=True)
+                      f"| {f'{compiled:.0f}' if compiled is not None else '-'} |", flush=True)
         del gens
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -96,7 +96,7 @@ class LlamaGenGenerator(BaseGenerator):
         self.conditions_are_prompts = config.takes_prompts
         self.eval_image_size = config.eval_image_size
         self.compiled = compiled  # accel.compiled.CompiledForward of the model, or None (eager)
-        self._compile_reported = 0.0
+        self.compiled_parts = [compiled] if compiled is not None else []
 
     def encode_prompts(self, prompts: list[str]) -> tuple[TextCondition, dict]:
         """Prompts -> the t2i condition (T5 features, left-padded, in one batch) and its counters."""
@@ -122,10 +122,6 @@ class LlamaGenGenerator(BaseGenerator):
                 tokens, counters = self.decoder.generate(cond, generators)
             with torch.autocast(self.device.type, enabled=False):  # the release decodes in fp32, outside autocast
                 images = decode_tokens(self.tokenizer, tokens, self.config.grid)
-        if self.compiled is not None and self.compiled.compile_seconds > self._compile_reported:
-            # compiling happened in this call: say how long, once (its seconds are in this call's time too)
-            counters["compile_seconds"] = self.compiled.compile_seconds - self._compile_reported
-            self._compile_reported = self.compiled.compile_seconds
         return images.float().clamp(-1, 1), {**flops.per_image(B), **counters, **text_counters}
 
 
@@ -217,13 +213,7 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device | Non
                                                       opts=opts, tokenizer=tokenizer, device=device,
                                                       random_init=random_init)
     compiled = None
-    wanted = resolve_compile(compile, device)
-    if wanted and decoder is not None and str(compile).lower() == "auto":
-        wanted = False  # auto: where it applies
-    if wanted:
-        if decoder is not None:
-            raise ArgenError(f"compile=true with accel={accel}: the compiled step covers plain decoding (accel=none) "
-                             f"so far; the speculative decoders run eager (pass compile=false)")
+    if resolve_compile(compile, device, accel):
         from accel.compiled import CompiledForward
 
         compiled = CompiledForward(model, device)

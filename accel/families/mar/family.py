@@ -14,7 +14,9 @@ from accel import flops as fl
 from accel import registry
 from accel.errors import ArgenError
 from accel.families.mar.configs import CONFIGS, LATENT_SCALE, SAMPLING_OPTIONS, Sampling, network_config
-from accel.families.mar.network import MAR
+from accel.compiled import resolve_compile
+from accel.families.mar.diffloss import call_head
+from accel.families.mar.network import MAR, call_block
 from accel.generator import BaseGenerator, require_weights, resolve_precision, seeded_init
 from accel.options import check_option_names, parse_options
 
@@ -58,13 +60,26 @@ class MARGenerator(BaseGenerator):
     release_precision = "fp16"  # engine_mar.evaluate's torch.cuda.amp.autocast()
 
     def __init__(self, *, name, accel, model, tokenizer, device, num_iter, cfg, cfg_schedule, temperature,
-                 num_sampling_steps, method=None, latent_scale: float = LATENT_SCALE):
+                 num_sampling_steps, method=None, latent_scale: float = LATENT_SCALE, compiled=None):
         super().__init__(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
                          image_size=CONFIGS[name]["img_size"], num_classes=CONFIGS[name]["class_num"])
         self.num_iter, self.cfg, self.cfg_schedule = num_iter, cfg, cfg_schedule
         self.temperature, self.num_sampling_steps = temperature, num_sampling_steps
         self.method = method  # the method's checked settings (new_caches(B), stats(*caches)) or None
         self.latent_scale = latent_scale
+        # (block call, head call): accel.compiled.CompiledForward of network.call_block and diffloss.call_head
+        self.compiled = compiled
+        self.compiled_parts = list(compiled) if compiled is not None else []
+
+    def sample_latents(self, labels: torch.Tensor, generators: list[torch.Generator], caches: tuple = (None, None)
+                       ) -> torch.Tensor:
+        """The latents of labels [B], before the tokenizer decodes them (what methods and compile change);
+        caches: the method's (transformer cache, head cache) for this call."""
+        block_call, head_call = self.compiled if self.compiled is not None else (None, None)
+        return self.model.sample_tokens(labels, generators, num_iter=self.num_iter, cfg=self.cfg,
+                                        cfg_schedule=self.cfg_schedule, temperature=self.temperature,
+                                        num_sampling_steps=self.num_sampling_steps, cache=caches[0],
+                                        head_cache=caches[1], block_call=block_call, head_call=head_call)
 
     def _sample(self, conditions: list, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         B = len(conditions)
@@ -72,10 +87,7 @@ class MARGenerator(BaseGenerator):
         caches = self.method.new_caches(B) if self.method is not None else (None, None)
         counter = fl.FlopCounter()
         with fl.counting(counter):
-            tokens = self.model.sample_tokens(labels, generators, num_iter=self.num_iter, cfg=self.cfg,
-                                              cfg_schedule=self.cfg_schedule, temperature=self.temperature,
-                                              num_sampling_steps=self.num_sampling_steps,
-                                              cache=caches[0], head_cache=caches[1])
+            tokens = self.sample_latents(labels, generators, caches)
             images = self.tokenizer.decode(tokens / self.latent_scale)
         counter.add("tokenizer", B * vae_decode_flops(self.name, tuple(tokens.shape[1:])))
         counters = counter.per_image(B)
@@ -184,14 +196,16 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, precision: str = "auto",
-                   **options) -> MARGenerator:
+                   compile: bool | str = False, **options) -> MARGenerator:
     """Sampling options: num_iter (256, the paper's FID setting; 64 with accel=lazymar, as LazyMAR evaluates;
     mar_tiny and mar_toy: 64), cfg (the paper's value for the size), cfg_schedule ("linear"),
     temperature (1.0), num_sampling_steps (100), seed_init (0: the seed of random_init weights); a config's
     "sampling" dict changes these defaults (mar_toy). Toy models load their committed weights
     (accel/toy/weights) when no checkpoint is given and random_init is false.
     With accel="lazymar", the options of accel.methods.lazymar.LazyMARConfig as well.
-    precision: accel.generator.resolve_precision (auto: the release's fp16 autocast on CUDA, fp32 on CPU)."""
+    precision: accel.generator.resolve_precision (auto: the release's fp16 autocast on CUDA, fp32 on CPU).
+    compile: compile the release's block call and head call (accel.compiled; the shapes that change with the
+    masking schedule compile once, generalised); a method's caches run eager."""
     from accel.tokenizers import build_tokenizer
     from accel.tokenizers.kl_vae import load_kl16
 
@@ -217,8 +231,13 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
         load_kl16(tokenizer, tokenizer_checkpoint)
     model.to(device).eval()
     tokenizer.to(device).eval()
+    compiled = None
+    if resolve_compile(compile, device, accel):
+        from accel.compiled import CompiledForward
+
+        compiled = (CompiledForward(call_block, device, dynamic=None), CompiledForward(call_head, device, dynamic=None))
     generator = MARGenerator(name=name, accel=accel, model=model, tokenizer=tokenizer, device=device,
-                             method=settings.method, latent_scale=latent_scale,
+                             method=settings.method, latent_scale=latent_scale, compiled=compiled,
                              **{k: v for k, v in asdict(settings.sampling).items() if k != "seed_init"})
     generator.precision = precision
     return generator

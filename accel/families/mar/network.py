@@ -53,8 +53,12 @@ class Attention(nn.Module):
             k, v = hook.keys_values(k, v)
         x = F.scaled_dot_product_attention(q, k, v)  # bidirectional: no mask
         x = x.transpose(1, 2).reshape(B, N, C)
-        fl.count(self.group, fl.linear(B * N, C, 3 * C) + fl.attention(B * N, k.shape[2], C) + fl.linear(B * N, C, C))
+        fl.count(self.group, self.flops(B * N, k.shape[2]))
         return self.proj(x)
+
+    def flops(self, n_q: int, n_kv: int) -> float:
+        C = self.proj.in_features
+        return fl.linear(n_q, C, 3 * C) + fl.attention(n_q, n_kv, C) + fl.linear(n_q, C, C)
 
 
 class Mlp(nn.Module):
@@ -65,8 +69,11 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fl.count(self.group, 2 * fl.linear(x.shape[0] * x.shape[1], self.fc1.in_features, self.fc1.out_features))
+        fl.count(self.group, self.flops(x.shape[0] * x.shape[1]))
         return self.fc2(F.gelu(self.fc1(x)))
+
+    def flops(self, n: int) -> float:
+        return 2 * fl.linear(n, self.fc1.in_features, self.fc1.out_features)
 
 
 class Block(nn.Module):
@@ -82,6 +89,26 @@ class Block(nn.Module):
         if hook is not None:                         # a cache may keep only some tokens from here on
             x = hook.after_attention(x)
         return x + self.mlp(self.norm2(x))
+
+    def flops(self, batch: int, n: int) -> float:
+        """What forward counts for `batch` sequences of n tokens without a hook (a compiled call counts none)."""
+        return self.attn.flops(batch * n, n) + self.mlp.flops(batch * n)
+
+
+def call_block(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """One block of the release's sampling loop: what a compiled sampling step compiles."""
+    return block(x)
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, layer_hook, block_call) -> torch.Tensor:
+    """The blocks in order; block_call (a compiled call_block) when given, else each block with its hook."""
+    for i, block in enumerate(blocks):
+        if block_call is None:
+            x = block(x, layer_hook(i))
+        else:
+            x = block_call(block, x)
+            fl.count(block.attn.group, block.flops(x.shape[0], x.shape[1]))
+    return x
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,7 +167,7 @@ class MAR(nn.Module):
         return x.reshape(B, c, self.seq_h * p, self.seq_w * p)
 
     def forward_mae_encoder(self, x: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor,
-                            cache: TransformerCache | None = None):
+                            cache: TransformerCache | None = None, block_call=None):
         """x [B, 256, 16] tokens, mask [B, 256] bool (True = not generated yet), class_embedding [B, D].
 
         Returns the encoded tokens [B, n, D] and their places [B, n] in the 320-long buffer+token sequence.
@@ -156,12 +183,12 @@ class MAR(nn.Module):
         if cache is not None:
             positions = cache.encoder_positions(positions)
         x = x.gather(1, positions.unsqueeze(-1).expand(-1, -1, D))
-        for i, block in enumerate(self.encoder_blocks):
-            x = block(x, cache.encoder_layer(i) if cache is not None else None)
+        x = run_blocks(self.encoder_blocks, x, cache.encoder_layer if cache is not None else lambda i: None,
+                       block_call)
         return self.encoder_norm(x), positions
 
-    def forward_mae_decoder(self, x: torch.Tensor, positions: torch.Tensor, cache: TransformerCache | None = None
-                           ) -> torch.Tensor:
+    def forward_mae_decoder(self, x: torch.Tensor, positions: torch.Tensor, cache: TransformerCache | None = None,
+                            block_call=None) -> torch.Tensor:
         """Encoded tokens at `positions` -> z [B', 256, D_dec], the head's condition for every token."""
         B, n, _ = x.shape
         x = self.decoder_embed(x)
@@ -175,8 +202,8 @@ class MAR(nn.Module):
         x = base.scatter(1, index, x + pos.gather(1, index))  # ... except where the encoder has tokens
         if cache is not None:
             cache.store_decoder_input(x)
-        for i, block in enumerate(self.decoder_blocks):
-            x = block(x, cache.decoder_layer(i) if cache is not None else None)
+        x = run_blocks(self.decoder_blocks, x, cache.decoder_layer if cache is not None else lambda i: None,
+                       block_call)
         if cache is not None:
             x = cache.decoder_output(x)
         x = self.decoder_norm(x)
@@ -192,8 +219,13 @@ class MAR(nn.Module):
     def sample_tokens(self, labels: torch.Tensor | None, generators: list[torch.Generator], num_iter: int = 64,
                       cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
                       num_sampling_steps: str | int = "100", cache: TransformerCache | None = None,
-                      head_cache: HeadCache | None = None) -> torch.Tensor:
-        """Generate latents [B, 16, 16, 16] (scaled; decode them / 0.2325). labels None = unconditional."""
+                      head_cache: HeadCache | None = None, block_call=None, head_call=None) -> torch.Tensor:
+        """Generate latents [B, 16, 16, 16] (scaled; decode them / 0.2325). labels None = unconditional.
+
+        block_call / head_call: compiled calls (accel.compiled.CompiledForward of call_block and of
+        diffloss.call_head), or None for eager; not with the caches."""
+        if (block_call is not None or head_call is not None) and (cache is not None or head_cache is not None):
+            raise ValueError("compiled calls run the release's loop; the caches need the eager modules")
         bsz, L, C = len(generators), self.seq_len, self.token_embed_dim
         device = self.fake_latent.device
         ddpm = self.ddpm(num_sampling_steps, device)
@@ -218,8 +250,8 @@ class MAR(nn.Module):
             if guided and (cache is None or cache.runs_uncond()):
                 x_tokens, x_mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
                 class_embedding = torch.cat([class_embedding, self.fake_latent.expand(bsz, -1)])
-            x, positions = self.forward_mae_encoder(x_tokens, x_mask, class_embedding, cache)
-            z = self.forward_mae_decoder(x, positions, cache)  # [2B, L, D] when guided (a cache may synthesise
+            x, positions = self.forward_mae_encoder(x_tokens, x_mask, class_embedding, cache, block_call)
+            z = self.forward_mae_decoder(x, positions, cache, block_call)  # [2B, L, D] when guided (a cache may synthesise
             z = z[torch.cat([mask_to_pred, mask_to_pred]) if guided else mask_to_pred]  # the second half)
 
             if cfg_schedule == "linear":  # guidance grows with the number of generated tokens (as in Muse);
@@ -230,7 +262,7 @@ class MAR(nn.Module):
             n = int(mask_to_pred[0].sum())
             noise = randn_rows((ddpm.num_timesteps, n, C), generators, device)  # [B, T, n, C]
             noise = noise.permute(1, 0, 2, 3).reshape(ddpm.num_timesteps, bsz * n, C)
-            sampled = self.diffloss.sample(z, noise, ddpm, temperature, cfg_iter, guided, head_cache)
+            sampled = self.diffloss.sample(z, noise, ddpm, temperature, cfg_iter, guided, head_cache, head_call)
             tokens = tokens.clone()
             tokens[mask_to_pred] = sampled.to(tokens.dtype)
             mask = mask_next

@@ -11,7 +11,8 @@ from accel import registry
 from accel.checkpoints import check_keys, read_checkpoint, unwrap_state_dict
 from accel.errors import ArgenError
 from accel.families.var.configs import CONFIGS, SAMPLING_OPTIONS, Sampling, VARConfig
-from accel.families.var.network import VAR
+from accel.compiled import resolve_compile
+from accel.families.var.network import VAR, call_block
 from accel.generator import BaseGenerator, require_weights, resolve_precision, seeded_init
 from accel.options import check_option_names, parse_options
 from accel.tokenizers.msvq import VQVAE, build_tokenizer
@@ -53,15 +54,24 @@ class VARGenerator(BaseGenerator):
     release_precision = "fp16"  # the demo's fp16 autocast
 
     def __init__(self, *, name: str, accel: str, cfg: VARConfig, model: VAR, vae: VQVAE, device: torch.device,
-                 sampling: dict[str, Any], method: Any = None):
+                 sampling: dict[str, Any], method: Any = None, compiled: Any = None):
         super().__init__(name=name, accel=accel, model=model, tokenizer=vae, device=device,
                          image_size=vae.image_size, num_classes=cfg.num_classes)
         self.cfg, self.vae, self.sampling, self.method = cfg, vae, sampling, method
+        self.compiled = compiled  # accel.compiled.CompiledForward of network.call_block, or None (eager)
+        self.compiled_parts = [compiled] if compiled is not None else []
         with torch.device("meta"):
             meta_vae = build_tokenizer(cfg.tokenizer, patch_nums=cfg.patch_nums)
         H = cfg.patch_nums[-1]
         self._decode_flops = F_.measured_flops(("msvq_decode", cfg.tokenizer, H), meta_vae, (1, cfg.Cvae, H, H),
                                                method="fhat_to_img")
+
+    def sample_fhat(self, labels: torch.Tensor, generators: list[torch.Generator], run: Any = None) -> torch.Tensor:
+        """The latents f_hat of labels [B], before the tokenizer decodes them (what methods and compile change);
+        run: the method's TokenHooks for this call, or None."""
+        return self.model.autoregressive_infer_cfg(self.vae.quantize, labels, generators, **self.sampling,
+                                                   token_hooks=run, num_scales=run.num_scales if run else None,
+                                                   block_call=self.compiled)
 
     def _sample(self, conditions: list, generators: list[torch.Generator]) -> tuple[torch.Tensor, dict]:
         B = len(conditions)
@@ -69,9 +79,7 @@ class VARGenerator(BaseGenerator):
         counter = F_.FlopCounter()
         run = self.method.start(batch_rows=2 * B) if self.method is not None else None
         with F_.counting(counter):
-            f_hat = self.model.autoregressive_infer_cfg(
-                self.vae.quantize, labels, generators, **self.sampling, token_hooks=run,
-                num_scales=run.num_scales if run is not None else None)
+            f_hat = self.sample_fhat(labels, generators, run)
         images = self.vae.fhat_to_img(f_hat)
         counter.add("tokenizer", self._decode_flops * B)
         counters = counter.per_image(B)
@@ -128,9 +136,12 @@ def check_settings(name: str, accel: str, checkpoint: str | None, tokenizer_chec
 
 def make_generator(name: str, *, accel: str = "none", device: torch.device, checkpoint: str | None = None,
                    tokenizer_checkpoint: str | None = None, random_init: bool = False, init_seed: int = 0,
-                   config: VARConfig | None = None, precision: str = "auto", **options: Any) -> VARGenerator:
+                   config: VARConfig | None = None, precision: str = "auto", compile: bool | str = False,
+                   **options: Any) -> VARGenerator:
     """`config` overrides the named config (benchmarks: e.g. var_d16 width on the 512-px schedule).
-    precision: accel.generator.resolve_precision (auto: the demo's fp16 autocast on CUDA, fp32 on CPU)."""
+    precision: accel.generator.resolve_precision (auto: the demo's fp16 autocast on CUDA, fp32 on CPU).
+    compile: compile the release's block call for static shapes (accel.compiled; one graph per scale, shared by
+    the blocks); a method's token hooks run eager."""
     settings = check_settings(name, accel, checkpoint, tokenizer_checkpoint, random_init, options, config)
     precision = resolve_precision(precision, device, VARGenerator.release_precision)
     cfg, checkpoint, tokenizer_checkpoint = settings.cfg, settings.checkpoint, settings.tokenizer_checkpoint
@@ -149,8 +160,13 @@ def make_generator(name: str, *, accel: str = "none", device: torch.device, chec
             vae = build_tokenizer(cfg.tokenizer, patch_nums=cfg.patch_nums)  # PyTorch's default init, seeded
     model = model.to(device).eval().requires_grad_(False)
     vae = vae.to(device).eval().requires_grad_(False)
+    compiled = None
+    if resolve_compile(compile, device, accel):
+        from accel.compiled import CompiledForward
+
+        compiled = CompiledForward(call_block, device)
     generator = VARGenerator(name=name, accel=accel, cfg=cfg, model=model, vae=vae, device=device,
-                             sampling=settings.sampling, method=settings.method)
+                             sampling=settings.sampling, method=settings.method, compiled=compiled)
     generator.precision = precision
     return generator
 

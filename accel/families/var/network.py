@@ -27,6 +27,11 @@ from accel.families.var.hooks import TokenHook, TokenHooks
 from accel.sampling import draw_rows
 
 
+def call_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """One block of the release's sampling loop: what a compiled decoding step compiles (one graph per scale)."""
+    return block(x, cond, cache)
+
+
 class KVCache:
     """Keys and values of every token a block has seen so far (all previous scales), appended per scale."""
 
@@ -218,6 +223,14 @@ class VAR(nn.Module):
             self.head_nm.ada_lin[1].weight.mul_(0.5)
         self.init_buffers()
 
+    def scale_flops(self, rows: int, n_q: int, kv_len: int) -> float:
+        """FLOPs of scale_logits' blocks for `rows` maps of n_q tokens attending to kv_len tokens (no pruning)."""
+        C, hidden = self.cfg.C, round(self.cfg.C * self.cfg.mlp_ratio)
+        n = rows * n_q
+        per_block = (F_.linear(n, C, 3 * C) + F_.attention(n, kv_len, C) + F_.linear(n, C, C)
+                     + F_.linear(n, C, hidden) + F_.linear(n, hidden, C))
+        return per_block * len(self.blocks)
+
     def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         F_.count("head", F_.linear(h.shape[0] * h.shape[1], self.cfg.C, self.cfg.vocab_size))
         return self.head(self.head_nm(h.float(), cond_BD).float()).float()
@@ -238,7 +251,8 @@ class VAR(nn.Module):
     def autoregressive_infer_cfg(self, quant, label_B: torch.Tensor, generators: list[torch.Generator],
                                  cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                                  draw: str = "argen", token_hooks: TokenHooks | None = None,
-                                 num_scales: int | None = None, record: dict | None = None) -> torch.Tensor:
+                                 num_scales: int | None = None, record: dict | None = None,
+                                 block_call=None) -> torch.Tensor:
         """Sample B images' latents f_hat [B, Cvae, H, W] by next-scale prediction with CFG.
 
         draw: "argen" (one uniform per token) or "release" (torch.multinomial, the release's tokens for a seed
@@ -248,7 +262,11 @@ class VAR(nn.Module):
         the scope of accel.flops.counting, where one is open.
         record: if given, receives per scale the sampled code indices ("idx_Bl"), the CFG logits ("logits")
         and every block's KV-cache length ("kv_len").
+        block_call: runs one block, block_call(block, x, cond, cache) (accel.compiled.CompiledForward of
+        call_block: one graph per scale, shared by all blocks), or None for eager. Not with token_hooks.
         """
+        if block_call is not None and token_hooks is not None:
+            raise ValueError("a compiled block runs the release's loop; token hooks need the eager blocks")
         B, S = label_B.shape[0], len(self.patch_nums)
         num_scales = S if num_scales is None else num_scales
         sos = cond_BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))
@@ -265,7 +283,12 @@ class VAR(nn.Module):
             hooks = token_hooks.begin_scale(si, pn) if token_hooks is not None else None
             x = next_map
             for i, b in enumerate(self.blocks):
-                x = b(x, cond, caches[i], tokens=hooks.block(i) if hooks is not None else None)
+                if block_call is None:
+                    x = b(x, cond, caches[i], tokens=hooks.block(i) if hooks is not None else None)
+                else:
+                    x = block_call(b, x, cond, caches[i])
+            if block_call is not None:  # a compiled graph runs none of the modules' FLOP counts
+                F_.count("transformer", self.scale_flops(2 * B, pn * pn, cur_L))
             logits = self.get_logits(x, cond_BD)
             t = cfg * ratio  # guidance ramps from 0 at the first scale to cfg at the last
             logits = (1 + t) * logits[:B] - t * logits[B:]
