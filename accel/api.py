@@ -42,19 +42,12 @@ class Generator(Protocol):
     def generate(self, conditions: Sequence[int | str], seeds: Sequence[int] | None = None) -> GenerationOutput: ...
 
 
-COMPILED_FAMILIES = ("llamagen", "var", "mar")  # the families whose make_generator takes compile=
-
-
-def check_compile(name: str, accel: str, compile: bool | str) -> None:
-    """compile= for this model and method, before anything is built (argen generate checks it before Ray)."""
+def check_compile(accel: str, compile: bool | str) -> None:
+    """compile= for this method, before anything is built (argen generate checks it before Ray): a value of
+    the right form, and true only where a compiled step exists (the release's loops, accel=none)."""
     from accel.compiled import resolve_compile
 
-    if not resolve_compile(compile, torch.device("cpu"), accel):  # the value's form; auto never refuses
-        return
-    if registry.family_of(name) not in COMPILED_FAMILIES:
-        raise ArgenError(f"compile={compile!r} for {name}: the compiled sampling step exists for "
-                         f"{' and '.join(COMPILED_FAMILIES)} so far; {registry.family_of(name)} runs eager "
-                         f"(pass compile=false)")
+    resolve_compile(compile, torch.device("cpu"), accel)  # auto never refuses
 
 
 def check_precision(precision: str) -> None:
@@ -80,10 +73,7 @@ def load_generator(name: str, accel: str = "none", device: str | torch.device | 
     registry.method(accel, name)  # an unknown accel, or one that does not apply, before anything is built
     device = resolve_device(device)
     check_precision(precision)
-    if compile is not False:
-        check_compile(name, accel, compile)
-        if registry.family_of(name) in COMPILED_FAMILIES:
-            method_options["compile"] = compile
+    check_compile(accel, compile)
     return registry.make_generator(name, accel, device=device, checkpoint=checkpoint,
                                    tokenizer_checkpoint=tokenizer_checkpoint, random_init=bool(random_init),
-                                   precision=precision, **method_options)
+                                   precision=precision, compile=compile, **method_options)

@@ -1,16 +1,18 @@
-"""Compiled forwards with static shapes: the speed-up attaches from outside the network (as in gpt-fast).
+"""Compiled sampling steps: the speed-up attaches from outside the networks (as in gpt-fast).
 
-`CompiledForward(module, device)` wraps a module's forward in torch.compile(dynamic=False): inductor's
-generated kernels on CPU, and on CUDA mode "reduce-overhead" (CUDA graphs). Each distinct input shape (the
-prefill, a one-token decode step, a verification window) compiles once, on first use; the seconds spent
-compiling are kept in `compile_seconds` so that a generator can report them once instead of hiding them
-in its first batch. A compiled forward needs the static KV cache (accel.families.llamagen.network.KVCache
-static=True): every step attends over all slots, masked, so no shape depends on the position.
+`CompiledForward(fn, device)` wraps a module or a function in torch.compile: inductor's generated kernels on
+CPU, and on CUDA mode "reduce-overhead" (CUDA graphs). What each family compiles is the release's loop's
+hot call, with no method's hooks: LlamaGen's forward with the static KV cache (every step attends over all
+slots, masked, so no shape depends on the position; one graph for the prefill, one per decode window), VAR's
+block call (one graph per scale, shared by the blocks), MAR's block call and diffusion head (dynamic=None:
+the shapes that change with the masking schedule are generalised after the first recompile). The seconds
+spent compiling are kept in `compile_seconds` so that a generator reports them once (its stats'
+`compile_seconds`) instead of hiding them in its first batch. A compiled call runs none of the modules'
+analytic FLOP counts (accel.flops.count is a no-op while tracing); the loops count it from the shapes.
 
-compile=auto|true|false: auto compiles on CUDA only. On this project's 2-core CPU a compiled llamagen_toy
-decode step takes 1.1 ms against 3.3 ms eager (static cache) after ~16 s of compiling per shape
-(docs/BENCHMARKS.md), so it pays after some tens of images per process: worth it for a long run, not for
-a test or a demo, hence opt-in there.
+compile=auto|true|false: auto compiles on CUDA only. On the 2-core CPU a compiled step pays after some
+images per process (docs/BENCHMARKS.md); compiling takes tens of seconds to minutes per model, too long
+for a test or a demo, hence opt-in there.
 """
 from __future__ import annotations
 

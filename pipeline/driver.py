@@ -72,7 +72,7 @@ def check_config(cfg: Any) -> None:
     both = set(cfg.model.get("options") or {}) & set(cfg.accel.get("options") or {})
     if both:
         raise ArgenError(f"option(s) {sorted(both)} set in both model.options and accel.options; set each once")
-    check_compile(model, accel, cfg.get("compile", "auto"))
+    check_compile(accel, cfg.get("compile", "auto"))
     check_precision(cfg.get("precision", "auto"))
     check_settings(model, accel, generator_options(cfg), checkpoint=cfg.model.get("checkpoint"),
                    tokenizer_checkpoint=cfg.model.get("tokenizer_checkpoint"),
