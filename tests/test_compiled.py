@@ -36,7 +36,8 @@ def test_the_static_cache_gives_the_eager_logits():
     # greedy (top_k=1): the same tokens despite the compiled graph's reassociated sums
     ("var_tiny", dict(top_k=1), 0, ("flops", "flops_transformer", "flops_head")),
     # continuous latents: reassociation moves a pixel by at most one level of 255
-    ("mar_tiny", dict(num_iter=4, num_sampling_steps="5"), 1, ("flops", "flops_encoder", "flops_decoder", "flops_head")),
+    ("mar_tiny", dict(num_iter=4, num_sampling_steps="5"), 1,
+     ("flops", "flops_encoder", "flops_decoder", "flops_head")),
 ])
 def test_compiled_sampling_gives_the_eager_images_and_flops_and_reports_compiling_once(model, options, max_level_diff,
                                                                                        flops_keys):

@@ -126,6 +126,7 @@ def run(overrides: dict[str, str]) -> None:
         roof = max(compute, memory)
         rate = {k: flops[k] * n / times[k] for k in times}
         print(f"| {B} | {times[False] / n:.3f} | {times[True] / n:.3f} | {times[False] / times[True]:.2f}x "
-              f"| {rate[False] / 1e9:.1f} | {rate[True] / 1e9:.1f} | {rate[False] / peak:.0%} | {rate[True] / peak:.0%} "
+              f"| {rate[False] / 1e9:.1f} | {rate[True] / 1e9:.1f} "
+              f"| {rate[False] / peak:.0%} | {rate[True] / peak:.0%} "
               f"| {roof:.3f} | {'memory' if memory > compute else 'compute'} | {roof * n / times[False]:.0%} "
               f"| {roof * n / times[True]:.0%} | {sum(p.compile_seconds for p in parts) - before:.0f} |", flush=True)

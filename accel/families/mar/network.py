@@ -251,8 +251,9 @@ class MAR(nn.Module):
                 x_tokens, x_mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
                 class_embedding = torch.cat([class_embedding, self.fake_latent.expand(bsz, -1)])
             x, positions = self.forward_mae_encoder(x_tokens, x_mask, class_embedding, cache, block_call)
-            z = self.forward_mae_decoder(x, positions, cache, block_call)  # [2B, L, D] when guided (a cache may synthesise
-            z = z[torch.cat([mask_to_pred, mask_to_pred]) if guided else mask_to_pred]  # the second half)
+            # z [2B, L, D] when guided (a cache may synthesise the second half)
+            z = self.forward_mae_decoder(x, positions, cache, block_call)
+            z = z[torch.cat([mask_to_pred, mask_to_pred]) if guided else mask_to_pred]
 
             if cfg_schedule == "linear":  # guidance grows with the number of generated tokens (as in Muse);
                 # a 1-element fp32 tensor as upstream's, which under autocast makes the guided eps fp32
