@@ -50,12 +50,12 @@ def resolve_compile(value: Any, device: torch.device, accel: str = "none") -> bo
     return wanted
 
 
-# On CPU, BLAS's gemm computes x @ W^T for up to ~1,000 rows well below its peak: it packs the weight for a small
-# M and streams it slowly (measured on this project's CPU: 64-90 GFLOP/s at 32-128 rows against 110-160 for the
-# same product as W @ x^T, the weight as the first operand). Inside a compiled step every linear of at most
-# WEIGHT_FIRST_ROWS rows is computed as W @ x^T, and of at most PER_ROW_MV rows as one matrix-vector product per
-# row (which inductor fuses into one pass over the weight, near the memory bandwidth). The eager path keeps the
-# release's arithmetic. Figures: docs/BENCHMARKS.md.
+# On CPU, BLAS's gemm computes x @ W^T of a few to ~128 rows well below its peak: it packs the weight for a
+# small M and streams it slowly (on this project's CPU 64-90 GFLOP/s at 32-128 rows against 110-160 for the same
+# product as W @ x^T, the weight as the first operand; in a compiled MLP the gain ends near 128 rows, at 512 it
+# is a loss). Inside a compiled step every linear of at most WEIGHT_FIRST_ROWS rows is computed as W @ x^T,
+# and of at most PER_ROW_MV rows as one matrix-vector product per row (which inductor fuses into one pass over
+# the weight, near the memory bandwidth). The eager path keeps the release's arithmetic. docs/BENCHMARKS.md.
 WEIGHT_FIRST_ROWS = 128
 PER_ROW_MV = 2
 
