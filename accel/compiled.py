@@ -51,9 +51,9 @@ def resolve_compile(value: Any, device: torch.device, accel: str = "none") -> bo
 
 
 # On CPU, BLAS's gemm computes x @ W^T of a few to ~128 rows well below its peak: it packs the weight for a
-# small M and streams it slowly (on this project's CPU 64-90 GFLOP/s at 32-128 rows against 110-160 for the same
-# product as W @ x^T, the weight as the first operand; in a compiled MLP the gain ends near 128 rows, at 512 it
-# is a loss). Inside a compiled step every linear of at most WEIGHT_FIRST_ROWS rows is computed as W @ x^T,
+# small M and streams it slowly, while the same product as W @ x^T (the weight as the first operand) runs
+# faster; in a compiled MLP the gain ends near 128 rows and turns into a loss by 512 (the transposed result
+# costs a copy). Inside a compiled step every linear of at most WEIGHT_FIRST_ROWS rows is computed as W @ x^T,
 # and of at most PER_ROW_MV rows as one matrix-vector product per row (which inductor fuses into one pass over
 # the weight, near the memory bandwidth). The eager path keeps the release's arithmetic. docs/BENCHMARKS.md.
 WEIGHT_FIRST_ROWS = 128

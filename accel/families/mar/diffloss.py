@@ -40,9 +40,12 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1) if dim % 2 else emb
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        w = self.mlp[0].out_features
-        fl.count("head", fl.linear(t.shape[0], self.frequency_embedding_size, w) + fl.linear(t.shape[0], w, w))
+        fl.count("head", self.flops(t.shape[0]))
         return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+
+    def flops(self, n: int) -> float:
+        w = self.mlp[0].out_features
+        return fl.linear(n, self.frequency_embedding_size, w) + fl.linear(n, w, w)
 
 
 class ResBlock(nn.Module):
@@ -53,16 +56,21 @@ class ResBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 3 * channels))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, cache: HeadCache | None = None, index: int = 0) -> torch.Tensor:
-        n, w = x.shape
+        n = x.shape[0]
         shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(y).chunk(3, dim=-1)
-        fl.count("head", fl.linear(n, w, 3 * w))
+        fl.count("head", self.flops(n, mlp=False))
         h = cache.reuse_mlp(index, n) if cache is not None else None
         if h is None:
             h = self.mlp(modulate(self.in_ln(x), shift_mlp, scale_mlp))
-            fl.count("head", 2 * fl.linear(n, w, w))
+            fl.count("head", self.flops(n) - self.flops(n, mlp=False))
             if cache is not None:
                 cache.store_mlp(index, h)
         return x + gate_mlp * h
+
+    def flops(self, n: int, mlp: bool = True) -> float:
+        """The adaLN modulation's FLOPs for n rows, plus the MLP's unless a cache reuses it."""
+        w = self.in_ln.normalized_shape[0]
+        return fl.linear(n, w, 3 * w) + (2 * fl.linear(n, w, w) if mlp else 0.0)
 
 
 class FinalLayer(nn.Module):
@@ -73,10 +81,13 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(model_channels, 2 * model_channels))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        n, w = x.shape
-        fl.count("head", fl.linear(n, w, 2 * w) + fl.linear(n, w, self.linear.out_features))
+        fl.count("head", self.flops(x.shape[0]))
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+    def flops(self, n: int) -> float:
+        w = self.linear.in_features
+        return fl.linear(n, w, 2 * w) + fl.linear(n, w, self.linear.out_features)
 
 
 class SimpleMLPAdaLN(nn.Module):
@@ -108,8 +119,7 @@ class SimpleMLPAdaLN(nn.Module):
                 ) -> torch.Tensor:
         """x [N, 16] noisy latents, t [N] timesteps, c [N, D] conditions from the transformer -> [N, 32]."""
         n = x.shape[0]
-        fl.count("head", fl.linear(n, self.in_channels, self.model_channels)
-                 + fl.linear(n, self.cond_embed.in_features, self.model_channels))
+        fl.count("head", self._input_flops(n))
         x = self.input_proj(x)
         y = self.time_embed(t) + self.cond_embed(c)
         for j, block in enumerate(self.res_blocks):
@@ -122,13 +132,14 @@ class SimpleMLPAdaLN(nn.Module):
                 cache.store_block_delta(j, x, x_in)
         return self.final_layer(x, y)
 
+    def _input_flops(self, n: int) -> float:
+        return fl.linear(n, self.in_channels, self.model_channels) + fl.linear(n, self.cond_embed.in_features,
+                                                                              self.model_channels)
+
     def flops(self, n: int) -> float:
         """What forward counts for n rows without a cache (a compiled call counts none)."""
-        w, f = self.model_channels, self.time_embed.frequency_embedding_size
-        per_block = fl.linear(n, w, 3 * w) + 2 * fl.linear(n, w, w)
-        return (fl.linear(n, self.in_channels, w) + fl.linear(n, self.cond_embed.in_features, w)
-                + fl.linear(n, f, w) + fl.linear(n, w, w) + per_block * len(self.res_blocks)
-                + fl.linear(n, w, 2 * w) + fl.linear(n, w, self.out_channels))
+        return (self._input_flops(n) + self.time_embed.flops(n) + sum(b.flops(n) for b in self.res_blocks)
+                + self.final_layer.flops(n))
 
 
 def call_head(net: SimpleMLPAdaLN, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

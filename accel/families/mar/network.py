@@ -100,11 +100,12 @@ def call_block(block: Block, x: torch.Tensor) -> torch.Tensor:
     return block(x)
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, layer_hook, block_call) -> torch.Tensor:
-    """The blocks in order; block_call (a compiled call_block) when given, else each block with its hook."""
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, layer_hook=None, block_call=None) -> torch.Tensor:
+    """The blocks in order; block_call (a compiled call_block) when given, else each block with its hook
+    (layer_hook(i), a cache's), if any."""
     for i, block in enumerate(blocks):
         if block_call is None:
-            x = block(x, layer_hook(i))
+            x = block(x, layer_hook(i) if layer_hook is not None else None)
         else:
             x = block_call(block, x)
             fl.count(block.attn.group, block.flops(x.shape[0], x.shape[1]))
@@ -183,8 +184,7 @@ class MAR(nn.Module):
         if cache is not None:
             positions = cache.encoder_positions(positions)
         x = x.gather(1, positions.unsqueeze(-1).expand(-1, -1, D))
-        x = run_blocks(self.encoder_blocks, x, cache.encoder_layer if cache is not None else lambda i: None,
-                       block_call)
+        x = run_blocks(self.encoder_blocks, x, cache.encoder_layer if cache is not None else None, block_call)
         return self.encoder_norm(x), positions
 
     def forward_mae_decoder(self, x: torch.Tensor, positions: torch.Tensor, cache: TransformerCache | None = None,
@@ -202,8 +202,7 @@ class MAR(nn.Module):
         x = base.scatter(1, index, x + pos.gather(1, index))  # ... except where the encoder has tokens
         if cache is not None:
             cache.store_decoder_input(x)
-        x = run_blocks(self.decoder_blocks, x, cache.decoder_layer if cache is not None else lambda i: None,
-                       block_call)
+        x = run_blocks(self.decoder_blocks, x, cache.decoder_layer if cache is not None else None, block_call)
         if cache is not None:
             x = cache.decoder_output(x)
         x = self.decoder_norm(x)

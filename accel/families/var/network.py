@@ -80,8 +80,12 @@ class SelfAttention(nn.Module):
             k, v = kv_cache.append(k, v)
         mask = None if attn_bias is None else attn_bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        F_.count("transformer", F_.linear(B * L, C, 3 * C) + F_.attention(B * L, k.shape[2], C) + F_.linear(B * L, C, C))
+        F_.count("transformer", self.flops(B * L, k.shape[2]))
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+    def flops(self, n_q: int, n_kv: int) -> float:
+        C = self.proj.in_features
+        return F_.linear(n_q, C, 3 * C) + F_.attention(n_q, n_kv, C) + F_.linear(n_q, C, C)
 
 
 class FFN(nn.Module):
@@ -92,10 +96,12 @@ class FFN(nn.Module):
         self.fc2 = nn.Linear(hidden, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0] * x.shape[1]
-        F_.count("transformer", F_.linear(n, self.fc1.in_features, self.fc1.out_features)
-                 + F_.linear(n, self.fc2.in_features, self.fc2.out_features))
+        F_.count("transformer", self.flops(x.shape[0] * x.shape[1]))
         return self.fc2(self.act(self.fc1(x)))
+
+    def flops(self, n: int) -> float:
+        return F_.linear(n, self.fc1.in_features, self.fc1.out_features) + F_.linear(n, self.fc2.in_features,
+                                                                                   self.fc2.out_features)
 
 
 class AdaLNSelfAttn(nn.Module):
@@ -224,12 +230,10 @@ class VAR(nn.Module):
         self.init_buffers()
 
     def scale_flops(self, rows: int, n_q: int, kv_len: int) -> float:
-        """FLOPs of scale_logits' blocks for `rows` maps of n_q tokens attending to kv_len tokens (no pruning)."""
-        C, hidden = self.cfg.C, round(self.cfg.C * self.cfg.mlp_ratio)
+        """What the blocks count for `rows` maps of n_q tokens attending to kv_len tokens, without token hooks
+        (a compiled block call counts none)."""
         n = rows * n_q
-        per_block = (F_.linear(n, C, 3 * C) + F_.attention(n, kv_len, C) + F_.linear(n, C, C)
-                     + F_.linear(n, C, hidden) + F_.linear(n, hidden, C))
-        return per_block * len(self.blocks)
+        return sum(b.attn.flops(n, kv_len) + b.ffn.flops(n) for b in self.blocks)
 
     def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         F_.count("head", F_.linear(h.shape[0] * h.shape[1], self.cfg.C, self.cfg.vocab_size))
